@@ -1,0 +1,110 @@
+"""Start-up and idle footprint of `chute run configs/demo.toml`.
+
+Figures: milliseconds from process start to the first item processed (the
+demo's report pool prints a line per item), and the resident memory of the
+idle runtime. Baseline in the same run: a bare `python -c pass` start, the
+floor no Python program gets under.
+
+    python bench/startup.py [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+IDLE_CONFIG = """
+[sources.numbers]
+type = "generate"
+topic = "jobs"
+count = 0
+rate = 2
+[pools.summarize]
+topic = "jobs"
+output = "summaries"
+concurrency = 4
+executor = {{ type = "python", function = "demo_tasks:summarize", path = ["{configs}"] }}
+[pools.report]
+topic = "summaries"
+track = false
+executor = {{ type = "python", function = "demo_tasks:report", path = ["{configs}"] }}
+"""
+
+
+def chute_cmd() -> list[str]:
+    exe = shutil.which("chute", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "runtime.cli"]
+
+
+def time_to_first_item(config: Path) -> float:
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [*chute_cmd(), "run", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    elapsed = time.perf_counter() - start
+    proc.terminate()
+    proc.wait(timeout=30)
+    assert line.startswith("item"), line
+    return elapsed * 1000
+
+
+def bare_python() -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    return (time.perf_counter() - start) * 1000
+
+
+def idle_rss_mb(config: Path) -> float:
+    proc = subprocess.Popen(
+        [*chute_cmd(), "run", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for _ in range(6):  # a few items through: every code path imported and warm
+        proc.stdout.readline()
+    with open(f"/proc/{proc.pid}/status") as f:
+        rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    proc.terminate()
+    proc.wait(timeout=30)
+    return rss_kb / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        demo = Path(tmp) / "demo.toml"
+        demo.write_text(
+            (REPO / "configs" / "demo.toml")
+            .read_text()
+            .replace('path = ["."]', f'path = ["{REPO / "configs"}"]')
+        )
+        idle = Path(tmp) / "idle.toml"
+        idle.write_text(IDLE_CONFIG.format(configs=REPO / "configs"))
+        os.chdir(tmp)
+        firsts = [time_to_first_item(demo) for _ in range(args.runs)]
+        bares = [bare_python() for _ in range(args.runs)]
+        rss = idle_rss_mb(idle)
+    print(f"chute run demo.toml, start -> first item: median {statistics.median(firsts):6.0f} ms")
+    print(f"bare `python -c pass`                      : median {statistics.median(bares):6.0f} ms")
+    print(f"idle runtime RSS                           : {rss:6.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

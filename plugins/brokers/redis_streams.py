@@ -1,0 +1,563 @@
+"""Topics on Redis Streams, so several chute nodes can share the work.
+
+A topic is a stream (``<prefix><topic>``), a consumer group is a Redis
+consumer group, and a consumer is named ``<consumer>@<node>:<pid>`` so the
+group shows which process holds what. The semantics are those of
+``plugins/brokers/memory.py`` (one conformance suite runs over both); how each
+maps onto Redis 7.0:
+
+- **publish**: pipelined ``XADD`` (ids are Redis's own) of one field holding
+  the message as msgspec JSON. Capacity counts unacknowledged entries (per
+  group: lag + pending, from ``XINFO GROUPS``). A publisher spends a local
+  credit measured from Redis (at most an eighth of the capacity) and
+  measures again when it runs out, so nodes publishing at once may overshoot
+  by that much each. While the topic is full it waits for a wakeup from this
+  node's acks, and re-measures on a short backoff (5 ms doubling to 250 ms)
+  for acks made by other nodes: those are only visible in Redis, and a push
+  channel for this rare state would cost every node a pub/sub connection.
+- **read**: first deliveries that are due again (``XAUTOCLAIM`` of entries
+  idle past the visibility timeout; their delivery counts, which
+  ``XAUTOCLAIM`` does not return, come from one pipelined ``XPENDING`` per
+  claimed id), then new ones (``XREADGROUP COUNT BLOCK``). Stale deliveries
+  are looked for at most every ``min(visibility_timeout / 4, 1 s)``, so a
+  blocking read wakes up that often; the cursor persists, so a long pending
+  list is scanned over several reads rather than all at once.
+- **nack** with a delay: Redis has no delayed redelivery, but a pending
+  entry's idle time can be set. ``XCLAIM ... IDLE (vt - delay) JUSTID`` (which
+  does not count a delivery) makes it stale exactly ``delay`` from now. A
+  delay longer than the visibility timeout is parked here and its idle time
+  renewed until it is due; if this node dies meanwhile the delivery comes
+  back after the visibility timeout, as any crashed delivery does.
+- **trim**: Redis 7.0 has no ``XTRIM ... ACKED``, so every few thousand acks
+  the stream is trimmed (``MINID ~``) below the lowest id some group still
+  needs: its oldest pending id, or the one after its last delivered id.
+  Entries removed anyway (by another client) under a pending delivery are
+  logged and counted (``lost_entries``), never fatal.
+- **foreign entries** (written by another client, not decodable): moved to
+  ``<prefix><topic>:dead`` with the reason, acknowledged, counted (``invalid``).
+- **lost connection or a Redis restart**: every command is retried with
+  backoff (50 ms doubling to 2 s) until it succeeds (a read gives up at its
+  own deadline); ``healthy`` is False meanwhile. Publishing and acking are idempotent enough for that (a publish
+  whose reply was lost may append its batch twice: at-least-once), and a
+  read whose reply was lost leaves its entries pending, to be redelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+from msgspec.structs import replace
+from redis.exceptions import ResponseError
+
+from runtime.broker import GroupStats, TopicStats
+from runtime.errors import BrokerUnavailable, ChuteError, ClosedError
+from runtime.message import Message, decode_message, encode_message
+from runtime.meters import RateMeter
+
+from ..redis_conn import (
+    MAX_BLOCK,
+    Reconnecting,
+    RedisUrl,
+    pack,
+    pipelined,
+    raw_reply,
+    xadd_many,
+)
+from ..redis_conn import as_str as _str
+from . import redis_upkeep as upkeep
+
+log = logging.getLogger("chute.broker.redis")
+
+FIELD = b"m"
+"""The one stream field holding a message (msgspec JSON)."""
+
+_PIPELINE = 1000
+"""Commands per pipeline round trip when publishing."""
+
+_TRIM_EVERY = 8192
+"""Acks between trims (each trim costs two round trips)."""
+
+_RAW = ("XREADGROUP", "XAUTOCLAIM", "XPENDING", "XCLAIM")
+"""Replies parsed here rather than by redis-py's callbacks (the hot path)."""
+
+
+class _Group:
+    __slots__ = ("acked", "cursor", "interval", "meter", "name", "next_check", "parked", "vt")
+
+    def __init__(self, name: str, vt: float) -> None:
+        self.name = name
+        self.vt = vt
+        self.interval = min(max(vt / 4, 0.005), 1.0)
+        self.next_check = 0.0  # wall-clock time of the next look for stale deliveries
+        self.cursor = b"0-0"
+        # id -> wall-clock due time: nacked with a delay longer than vt.
+        self.parked: dict[str, float] = {}
+        self.acked = 0
+        self.meter = RateMeter()
+
+
+class _Topic:
+    __slots__ = (
+        "acks_since_trim",
+        "capacity",
+        "credit",
+        "groups",
+        "key",
+        "meter",
+        "name",
+        "writers",
+    )
+
+    def __init__(self, name: str, key: str, capacity: int) -> None:
+        self.name = name
+        self.key = key
+        self.capacity = capacity
+        self.credit = 0
+        self.groups: dict[str, _Group] = {}
+        self.writers: list[asyncio.Future[None]] = []
+        self.meter = RateMeter()
+        self.acks_since_trim = 0
+
+
+class RedisBroker:
+    """Topics on Redis Streams: ``redis://host:port/db[?prefix=chute:&node=NAME]``."""
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        default_capacity: int = 100_000,
+        trim_every: int = _TRIM_EVERY,
+        connect_timeout: float = 10.0,
+        client: aioredis.Redis | None = None,
+    ) -> None:
+        self._url = RedisUrl.parse(url)
+        self.prefix = self._url.prefix
+        self.node = self._url.node
+        self.url = url
+        self.default_capacity = default_capacity
+        self.trim_every = trim_every
+        self.forget_consumers_after = 3600.0
+        """Seconds a consumer with nothing pending may stay silent before it is deleted."""
+        self.connect_timeout = connect_timeout
+        self._conn = Reconnecting("redis broker", self._url, log)
+        self.lost_entries = 0
+        """Pending deliveries whose entry was deleted from the stream by someone else."""
+        self.invalid = 0
+        """Entries that could not be decoded as messages (moved to ``<topic>:dead``)."""
+        self._given_client = client
+        self._redis: aioredis.Redis | None = client
+        self._topics: dict[str, _Topic] = {}
+
+    @property
+    def healthy(self) -> bool:
+        """False while Redis cannot be reached (every call is being retried)."""
+        return self._conn.healthy
+
+    @healthy.setter
+    def healthy(self, value: bool) -> None:
+        self._conn.healthy = value
+
+    # -- connection -------------------------------------------------------
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise ClosedError("the redis broker is not started")
+        return self._redis
+
+    async def start(self) -> None:
+        self._conn.closed = False
+        if self._redis is None:
+            self._redis = self._url.client()
+        for command in _RAW:
+            self._redis.set_response_callback(command, raw_reply)
+        try:
+            await asyncio.wait_for(self._conn.call(self.redis.ping), self.connect_timeout)
+        except TimeoutError:
+            raise BrokerUnavailable(f"cannot reach redis at {self._url.safe}") from None
+
+    async def aclose(self) -> None:
+        self._conn.closed = True
+        for topic in self._topics.values():
+            _wake(topic.writers)
+        if self._redis is not None and self._given_client is None:
+            await self._redis.aclose()
+            self._redis = None
+
+    def _check_open(self) -> None:
+        self._conn.check_open()
+
+    async def _cmd(self, *args: Any) -> Any:
+        return await self.redis.execute_command(*args)  # type: ignore[no-untyped-call]
+
+    # -- topics and groups ------------------------------------------------
+
+    def _topic(self, name: str) -> _Topic:
+        topic = self._topics.get(name)
+        if topic is None:
+            topic = self._topics[name] = _Topic(name, self.prefix + name, self.default_capacity)
+        return topic
+
+    def _group(self, topic: str, group: str) -> tuple[_Topic, _Group]:
+        t = self._topic(topic)
+        g = t.groups.get(group)
+        if g is None:
+            raise KeyError(f"no consumer group {group!r} on topic {topic!r}; call ensure_group")
+        return t, g
+
+    async def declare_topic(self, topic: str, *, capacity: int) -> None:
+        t = self._topic(topic)
+        t.capacity = max(1, capacity)
+        t.credit = 0
+
+    async def ensure_group(self, topic: str, group: str, *, visibility_timeout: float) -> None:
+        t = self._topic(topic)
+        await self._conn.call(lambda: self._create_group(t.key, group))
+        existing = t.groups.get(group)
+        if existing is None:
+            t.groups[group] = _Group(group, visibility_timeout)
+        else:
+            existing.vt = visibility_timeout
+            existing.interval = min(max(visibility_timeout / 4, 0.005), 1.0)
+
+    async def _create_group(self, key: str, group: str, start: str = "$") -> None:
+        try:
+            await self.redis.xgroup_create(key, group, start, mkstream=True)
+        except ResponseError as exc:
+            if "WRONGTYPE" in str(exc):
+                raise ChuteError(f"redis key {key!r} holds something other than a stream; "
+                                 "use another topic name or key prefix") from None  # fmt: skip
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _recover_group(self, t: _Topic, g: _Group, exc: ResponseError) -> None:
+        """The group vanished (Redis restarted without persistence, or someone deleted it).
+
+        Recreated at the stream's start, not its end: what the stream holds now
+        was published since, and redelivering beats losing it.
+        """
+        log.warning("consumer group %s on %s is gone (%s); recreating it", g.name, t.key, exc)
+        await self._conn.call(partial(self._create_group, t.key, g.name, "0"))
+
+    # -- publishing -------------------------------------------------------
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> list[str]:
+        self._check_open()
+        t = self._topic(topic)
+        ids: list[str] = []
+        start = 0
+        backoff = 0.005
+        while start < len(messages):
+            if t.credit <= 0:
+                t.credit = await self._conn.call(lambda: self._room(t))
+                if t.credit <= 0:
+                    await _wait(t.writers, backoff)
+                    backoff = min(backoff * 2, 0.25)
+                    self._check_open()
+                    continue
+            backoff = 0.005
+            chunk = messages[start : start + min(t.credit, _PIPELINE)]
+            ids.extend(await self._conn.call(partial(self._xadd, t, chunk)))
+            t.credit -= len(chunk)
+            start += len(chunk)
+        return ids
+
+    async def _room(self, t: _Topic) -> int:
+        """Capacity minus unacknowledged entries, capped so nodes re-measure often."""
+        unacked = await upkeep.unacked(self.redis, t.key)
+        return min(t.capacity - unacked, max(1, t.capacity // 8))
+
+    async def _xadd(self, t: _Topic, messages: Sequence[Message]) -> list[str]:
+        now = time.time()
+        payloads = []
+        for message in messages:
+            if message.id or message.attempt != 1:  # republished: a fresh copy
+                message = replace(message, id="", attempt=1)
+            elif not message.created_at:
+                message.created_at = now
+            payloads.append(encode_message(message))
+        ids = [_str(i) for i in await xadd_many(self.redis, t.key, FIELD, payloads)]
+        for message, message_id in zip(messages, ids, strict=True):
+            if not message.id:
+                message.id = message_id
+        t.meter.mark(len(ids), now)
+        return ids
+
+    # -- reading ----------------------------------------------------------
+
+    async def read(
+        self, topic: str, group: str, consumer: str, *, count: int, block: float | None
+    ) -> list[Message]:
+        self._check_open()
+        t, g = self._group(topic, group)
+        if count <= 0:  # COUNT 0 would mean "no limit" to Redis
+            return []
+        name = f"{consumer}@{self.node}"
+        deadline = None if block is None else time.monotonic() + block
+        while True:
+            batch: list[Message] = []
+            if time.time() >= g.next_check:
+                # While Redis is down a read gives up at its deadline (or after
+                # one backoff, without one) so the caller's loop keeps control.
+                give_up = deadline if deadline is not None else time.monotonic() + 0.05
+                try:
+                    batch = await self._maintain(t, g, name, count, give_up)
+                except TimeoutError:
+                    return []
+            want = count - len(batch)
+            if want > 0:
+                wait_ms = 0
+                if deadline is not None and not batch:
+                    until = min(deadline - time.monotonic(), g.next_check - time.time(), MAX_BLOCK)
+                    # Redis checks block timeouts about every 100 ms (hz 10): a
+                    # 1 ms block can last that long, so what is left is not blocked on.
+                    wait_ms = int(until * 1000) if until >= 0.001 else 0
+                batch.extend(await self._read_new(t, g, name, want, wait_ms, deadline))
+            if batch or deadline is None or time.monotonic() >= deadline:
+                return batch
+
+    async def _read_new(
+        self, t: _Topic, g: _Group, name: str, count: int, wait_ms: int, deadline: float | None
+    ) -> list[Message]:
+        args: list[Any] = ["XREADGROUP", "GROUP", g.name, name, "COUNT", count]
+        if wait_ms > 0:
+            args += ["BLOCK", wait_ms]
+        args += ["STREAMS", t.key, ">"]
+        give_up = deadline if deadline is not None else time.monotonic() + 0.05
+        while True:
+            try:
+                reply = await self._conn.call(partial(self._cmd, *args), deadline=give_up)
+            except TimeoutError:
+                return []
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self._recover_group(t, g, exc)
+                continue
+            break
+        if not reply:
+            return []
+        streams = reply.values() if isinstance(reply, dict) else [s[1] for s in reply]
+        out: list[Message] = []
+        for entries in streams:
+            out.extend(await self._decode(t, g, entries, None))
+        return out
+
+    async def _decode(
+        self, t: _Topic, g: _Group, entries: list[Any], attempts: dict[str, int] | None
+    ) -> list[Message]:
+        out: list[Message] = []
+        bad: list[tuple[str, Any, str]] = []
+        for raw_id, fields in entries:
+            message_id = _str(raw_id)
+            try:
+                if not fields or fields[0] != FIELD:
+                    raise msgspec.DecodeError(f"no {FIELD.decode()!r} field")
+                message = decode_message(fields[1])
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                bad.append((message_id, fields, str(exc)))
+                continue
+            message.id = message_id
+            message.attempt = attempts.get(message_id, 1) if attempts is not None else 1
+            out.append(message)
+        if bad:
+            await self._dead_letter(t, g, bad)
+        return out
+
+    async def _dead_letter(self, t: _Topic, g: _Group, bad: list[tuple[str, Any, str]]) -> None:
+        """Entries written by something other than chute: set aside, never delivered."""
+        self.invalid += len(bad)
+        dead = t.key + ":dead"
+        pipe = self.redis.pipeline(transaction=False)
+        for message_id, fields, reason in bad:
+            log.error("entry %s on %s is not a chute message (%s): dead-lettered", message_id,
+                      t.key, reason)  # fmt: skip
+            pairs = list(fields or [])
+            pipe.xadd(dead, {"id": message_id, "group": g.name, "error": reason,
+                             "fields": msgspec.json.encode([_str(f) for f in pairs])})  # fmt: skip
+        pipe.xack(t.key, g.name, *[b[0] for b in bad])
+        await self._conn.call(pipe.execute)
+
+    # -- redelivery -------------------------------------------------------
+
+    async def _maintain(
+        self, t: _Topic, g: _Group, name: str, count: int, deadline: float
+    ) -> list[Message]:
+        """Renew parked nacks, then claim deliveries idle past the visibility timeout.
+
+        Raises TimeoutError when Redis stays away past ``deadline`` (monotonic).
+        """
+        now = time.time()
+        if g.parked:
+            await self._renew_parked(t, g, now, deadline)
+        claimed: list[Any] = []
+        deleted: list[Any] = []
+        min_idle = int(g.vt * 1000)
+        cursor = g.cursor
+        for _ in range(4):
+            want = count - len(claimed)
+            args = ("XAUTOCLAIM", t.key, g.name, name, min_idle, cursor, "COUNT", want)
+            try:
+                reply = await self._conn.call(partial(self._cmd, *args), deadline=deadline)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self._recover_group(t, g, exc)
+                return []
+            cursor = reply[0]
+            claimed.extend(e for e in reply[1] if e)
+            if len(reply) > 2:
+                deleted.extend(reply[2])
+            if len(claimed) >= count or cursor in (b"0-0", "0-0"):
+                break
+        g.cursor = cursor
+        full = len(claimed) >= count or cursor not in (b"0-0", "0-0")
+        g.next_check = now if full else now + g.interval
+        if g.parked:
+            g.next_check = min(g.next_check, min(g.parked.values()), now + g.vt / 2)
+        if deleted:
+            self.lost_entries += len(deleted)
+            log.error("%d pending deliveries on %s (group %s) lost their entry (deleted by "
+                      "someone else): %s", len(deleted), t.key, g.name,
+                      ", ".join(_str(d) for d in deleted[:10]))  # fmt: skip
+        if not claimed:
+            return []
+        # Should this time out, the claimed entries come back after another
+        # visibility timeout, one attempt later.
+        ids = [e[0] for e in claimed]
+        attempts = await self._conn.call(partial(self._attempts, t, g, ids), deadline=deadline)
+        return await self._decode(t, g, claimed, attempts)
+
+    async def _attempts(self, t: _Topic, g: _Group, ids: list[Any]) -> dict[str, int]:
+        """Delivery counts of claimed entries: XAUTOCLAIM increments but does not return them."""
+        packed = b"".join(pack("XPENDING", t.key, g.name, i, i, 1) for i in ids)
+        out: dict[str, int] = {}
+        for reply in await pipelined(self.redis, packed, len(ids)):
+            for row in reply or ():
+                out[_str(row[0])] = int(row[3])
+        return out
+
+    async def _renew_parked(self, t: _Topic, g: _Group, now: float, deadline: float) -> None:
+        """Keep long-delayed nacks from going stale before they are due."""
+        pipe = self.redis.pipeline(transaction=False)
+        handed: list[str] = []
+        for message_id, due in g.parked.items():
+            left = due - now
+            if left <= g.vt:  # from here Redis's own idle time carries it
+                handed.append(message_id)
+                idle = int((g.vt - max(left, 0.0)) * 1000)
+            else:
+                idle = 0
+            pipe.execute_command("XCLAIM", t.key, g.name, self.node, 0, message_id,
+                                 "IDLE", idle, "JUSTID")  # fmt: skip
+        await self._conn.call(pipe.execute, deadline=deadline)
+        for message_id in handed:
+            g.parked.pop(message_id, None)
+
+    # -- acknowledging ----------------------------------------------------
+
+    async def ack(self, topic: str, group: str, ids: Sequence[str]) -> None:
+        t = self._topic(topic)
+        g = t.groups.get(group)
+        if g is None or not ids:
+            return
+        if g.parked:
+            for message_id in ids:
+                g.parked.pop(message_id, None)
+        acked = 0
+        for start in range(0, len(ids), 10_000):
+            chunk = ids[start : start + 10_000]
+            acked += int(await self._conn.call(partial(self.redis.xack, t.key, group, *chunk)))
+        g.acked += acked
+        g.meter.mark(acked, time.time())
+        t.acks_since_trim += acked
+        if t.acks_since_trim >= self.trim_every:
+            t.acks_since_trim = 0
+            await self._conn.call(lambda: self._trim(t))
+        if acked and t.writers:
+            _wake(t.writers)
+
+    async def nack(self, topic: str, group: str, ids: Sequence[str], *, delay: float = 0.0) -> None:
+        t = self._topic(topic)
+        g = t.groups.get(group)
+        if g is None or not ids:
+            return
+        now = time.time()
+        delay = max(0.0, delay)
+        if delay > g.vt:
+            for message_id in ids:
+                g.parked[message_id] = now + delay
+            idle = 0
+        else:
+            idle = int((g.vt - delay) * 1000)
+        args = ("XCLAIM", t.key, g.name, self.node, 0, *ids, "IDLE", idle, "JUSTID")
+        await self._conn.call(partial(self._cmd, *args))
+        g.next_check = min(g.next_check, now + min(delay, g.vt / 2))
+
+    async def _trim(self, t: _Topic) -> None:
+        await upkeep.trim(self.redis, t.key)
+        for g in t.groups.values():
+            await upkeep.forget_consumers(self.redis, t.key, g.name, self.forget_consumers_after)
+
+    # -- statistics -------------------------------------------------------
+
+    async def stats(self, topic: str) -> TopicStats:
+        t = self._topic(topic)
+        return await self._conn.call(lambda: self._stats(t))
+
+    async def _stats(self, t: _Topic) -> TopicStats:
+        added, groups = await upkeep.snapshot(self.redis, t.key)
+        now = time.time()
+        out = []
+        for snap in groups:
+            local = t.groups.get(snap.name)
+            out.append(
+                GroupStats(
+                    name=snap.name,
+                    consumers=snap.consumers,
+                    lag=snap.lag,
+                    pending=snap.pending,
+                    oldest_pending_age=snap.oldest_pending_age,
+                    acked=local.acked if local else 0,
+                    ack_rate=local.meter.rate(now) if local else 0.0,
+                )
+            )
+        return TopicStats(
+            topic=t.name,
+            length=max((g.lag + g.pending for g in out), default=0),
+            capacity=t.capacity,
+            published=added,
+            publish_rate=t.meter.rate(now),
+            groups=out,
+        )
+
+    def topic_names(self) -> list[str]:
+        return list(self._topics)
+
+
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+    waiters.clear()
+
+
+async def _wait(waiters: list[asyncio.Future[None]], limit: float) -> None:
+    """Until woken by a local ack, or ``limit`` seconds (acks on other nodes)."""
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    waiters.append(waiter)
+    try:
+        await asyncio.wait_for(waiter, limit)
+    except TimeoutError:
+        pass
+    finally:
+        if waiter in waiters:
+            waiters.remove(waiter)

@@ -1,0 +1,60 @@
+"""Run an in-process callable per item: for embedding, tests and benchmarks.
+
+The function gets the item's data and returns the result (any JSON value, or
+None). Coroutine functions are awaited on the event loop; plain functions run
+inline (cheapest, but they block the loop while they run) unless ``thread`` is
+set, for blocking or CPU-heavy work.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import anyio.to_thread
+
+from runtime.config import Strict
+from runtime.context import PluginContext
+from runtime.errors import ConfigError, PluginNotFound
+from runtime.executor import WorkItem
+from runtime.registry import import_object
+
+
+class PythonOptions(Strict):
+    function: str
+    """``module:function``; the module is imported from the working folder or ``path``."""
+    thread: bool = False
+    """Run a plain function in a worker thread instead of on the event loop."""
+    path: list[str] = []
+    """Extra folders to import from, relative to the config's folder."""
+
+
+class PythonExecutor:
+    Options: ClassVar[type[Strict]] = PythonOptions
+
+    def __init__(self, options: PythonOptions, ctx: PluginContext) -> None:
+        for folder in [*options.path, "."]:
+            resolved = str(ctx.resolve(folder))
+            if resolved not in sys.path:
+                sys.path.append(resolved)
+        try:
+            fn = import_object(options.function)
+        except PluginNotFound as exc:
+            raise ConfigError([f"function: {exc}"]) from None
+        if not callable(fn):
+            raise ConfigError([f"function: {options.function!r} is not callable"])
+        self._fn: Callable[[Any], Any] = fn
+        self._is_async = inspect.iscoroutinefunction(fn)
+        self._thread = options.thread
+
+    async def run(self, item: WorkItem) -> Any:
+        if self._is_async:
+            return await self._fn(item.data)
+        if self._thread:
+            return await anyio.to_thread.run_sync(self._fn, item.data)
+        return self._fn(item.data)
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,205 @@
+"""What the watch source knows about files: which ones are items, and what becomes of them.
+
+Everything here is synchronous and touches only the file system, so the
+source can run it in a worker thread. Paths are bytes end to end: a name that
+is not UTF-8 still names its file exactly.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import hashlib
+import logging
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+
+log = logging.getLogger("chute.sources.watch")
+
+DEFAULT_IGNORE = (".*", "*.tmp", "*.part", "*~", "#*#")
+"""Hidden and dot files (rsync's ``.name.XXXXXX``, vim's ``.name.swp``), download and
+editor temp files (``*.tmp``, ``*.part``, ``name~``, emacs' ``#name#``)."""
+
+
+def display(raw: bytes) -> str:
+    """A path as text: exact when it is UTF-8, with ``\\xNN`` for the bytes that are not."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class FileItem:
+    """A complete-looking regular file that matches the glob: one unit of work."""
+
+    path: bytes
+    relpath: bytes
+    size: int
+    mtime_ns: int
+
+    @property
+    def key(self) -> str:
+        """Identity: a file replaced by another of a different size or time is new work."""
+        return f"{display(self.relpath)}@{self.size}@{self.mtime_ns}"
+
+    @property
+    def name(self) -> bytes:
+        return self.relpath.rpartition(b"/")[2]
+
+
+def parse_key(key: str) -> tuple[str, int, int] | None:
+    """``relpath@size@mtime_ns`` back into its parts (None for a key of another shape)."""
+    rest, sep1, mtime = key.rpartition("@")
+    relpath, sep2, size = rest.rpartition("@")
+    if not (sep1 and sep2 and relpath):
+        return None
+    try:
+        return relpath, int(size), int(mtime)
+    except ValueError:
+        return None
+
+
+class Matcher:
+    """The glob and the ignore patterns, over names as text."""
+
+    def __init__(self, glob: str, ignore: list[str], excluded_dirs: list[bytes]) -> None:
+        self.glob = glob
+        self.ignore = tuple(ignore)
+        self.excluded_dirs = frozenset(d.rstrip(b"/") for d in excluded_dirs)
+
+    def ignored(self, name: bytes) -> bool:
+        text = os.fsdecode(name)
+        return any(fnmatch.fnmatchcase(text, pattern) for pattern in self.ignore)
+
+    def wanted(self, relpath: bytes) -> bool:
+        """True when the file's path matches the glob and no part of it is ignored."""
+        parts = relpath.split(b"/")
+        if any(self.ignored(part) for part in parts):
+            return False
+        target = relpath if "/" in self.glob else parts[-1]
+        return fnmatch.fnmatchcase(os.fsdecode(target), self.glob)
+
+    def walk_into(self, path: bytes) -> bool:
+        return path.rstrip(b"/") not in self.excluded_dirs and not self.ignored(
+            path.rpartition(b"/")[2]
+        )
+
+
+class Verdict:
+    """Why a matching path is not an item; logged once per path and reason."""
+
+    NOT_A_FILE = "not a regular file (a directory or device whose name matches the glob)"
+    EMPTY = "empty (zero bytes); it becomes an item when it is written and closed"
+    LOOP = "a symbolic link loop"
+    DANGLING = "a symbolic link to nothing"
+    UNREADABLE = "cannot be read"
+
+
+def classify(root: bytes, path: bytes, matcher: Matcher, skip_empty: bool) -> FileItem | str | None:
+    """The item at ``path``; or a reason it is bad input; or None when it is simply not ours.
+
+    Symbolic links to files are followed (the link's target is the work); links
+    to directories never are, so a link loop cannot trap a walk.
+    """
+    relpath = path[len(root) :].lstrip(b"/")
+    if not relpath or not matcher.wanted(relpath):
+        return None
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return Verdict.LOOP
+        if exc.errno == errno.ENOENT:
+            return Verdict.DANGLING if os.path.islink(path) else None
+        return f"{Verdict.UNREADABLE}: {exc.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        return Verdict.NOT_A_FILE
+    if st.st_size == 0 and skip_empty:
+        return Verdict.EMPTY
+    return FileItem(path=path, relpath=relpath, size=st.st_size, mtime_ns=st.st_mtime_ns)
+
+
+@dataclass(slots=True)
+class Listing:
+    items: list[FileItem]
+    problems: list[tuple[bytes, str]]
+    subdirs: list[bytes]
+
+
+def list_dir(
+    root: bytes, directory: bytes, matcher: Matcher, skip_empty: bool, recursive: bool
+) -> Listing:
+    """One folder's items, bad entries and (when recursive) subfolders to walk next."""
+    listing = Listing([], [], [])
+    try:
+        entries = list(os.scandir(directory))
+    except OSError as exc:
+        listing.problems.append((directory, f"cannot list the folder: {exc.strerror}"))
+        return listing
+    for entry in entries:
+        path = entry.path
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            is_dir = False
+        if is_dir and recursive and matcher.walk_into(path):
+            listing.subdirs.append(path)
+        verdict = classify(root, path, matcher, skip_empty)
+        if isinstance(verdict, FileItem):
+            listing.items.append(verdict)
+        elif verdict is not None:
+            listing.problems.append((path, verdict))
+    return listing
+
+
+def still_same(item: FileItem) -> bool:
+    try:
+        st = os.stat(item.path)
+    except OSError:
+        return False
+    return st.st_size == item.size and st.st_mtime_ns == item.mtime_ns
+
+
+def dispose(item: FileItem, action: str, target_dir: bytes) -> None:
+    """Keep, move (under ``target_dir``, keeping the relative path) or delete a finished file.
+
+    Only the very file that was emitted is touched: a file replaced since then is
+    new work and stays where it is.
+    """
+    if action == "keep":
+        return
+    if not still_same(item):
+        log.info("%s changed or went away since it was emitted; left in place", display(item.path))
+        return
+    if action == "delete":
+        os.unlink(item.path)
+        return
+    destination = os.path.join(target_dir, item.relpath)
+    os.makedirs(os.path.dirname(destination), exist_ok=True)
+    base, n = destination, 0
+    while os.path.lexists(destination):
+        n += 1
+        destination = base + b".%d" % n
+    try:
+        os.rename(item.path, destination)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        shutil.move(os.fsdecode(item.path), os.fsdecode(destination))
+
+
+def alias_name(item: FileItem) -> bytes:
+    """A UTF-8 name standing for a file whose own name is not UTF-8 (JSON cannot carry it)."""
+    digest = hashlib.sha256(item.path).hexdigest()[:20].encode()
+    ext = os.path.splitext(item.name)[1]
+    if not (is_utf8(ext) and ext[1:].isalnum() and len(ext) <= 16):
+        ext = b""
+    return digest + ext

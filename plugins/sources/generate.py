@@ -1,0 +1,62 @@
+"""Synthetic items: a demo needs work without any files, and so do benchmarks.
+
+Emits ``count`` items (forever when 0), ``rate`` per second (as fast as the
+topic takes them when 0). Item ``i`` has key ``<prefix>-<i>`` and data
+``{"n": i, **data}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import anyio
+
+from runtime.config import Strict
+from runtime.context import PluginContext
+from runtime.message import Message
+from runtime.source import Emit
+from runtime.store import ItemStatus
+
+
+class GenerateOptions(Strict):
+    count: int = 10
+    rate: float = 0.0
+    batch: int = 100
+    prefix: str = "item"
+    data: dict[str, Any] = {}
+
+
+class GenerateSource:
+    Options: ClassVar[type[Strict]] = GenerateOptions
+
+    def __init__(self, options: GenerateOptions, ctx: PluginContext) -> None:
+        self.options = options
+        self._done = anyio.Event()
+
+    async def run(self, emit: Emit) -> None:
+        o = self.options
+        n = 0
+        batch = 1 if o.rate else max(1, o.batch)
+        while o.count == 0 or n < o.count:
+            size = batch if o.count == 0 else min(batch, o.count - n)
+            await emit(
+                [
+                    Message(key=f"{o.prefix}-{i}", data={"n": i, **o.data})
+                    for i in range(n, n + size)
+                ]
+            )
+            n += size
+            if o.rate:
+                await anyio.sleep(1.0 / o.rate)
+        self._done.set()
+
+    async def caught_up(self) -> None:
+        """Finite runs are caught up once everything is emitted; endless ones at once."""
+        if self.options.count:
+            await self._done.wait()
+
+    async def item_finished(self, key: str, status: ItemStatus) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

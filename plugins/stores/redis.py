@@ -1,0 +1,292 @@
+"""Item state in Redis, so several nodes share it: ``state = "redis://host:port/db"``.
+
+Per item (pool, key) a hash ``<prefix>item:<pool>:<key>`` holds status,
+attempts, last error, times, and the owner and fencing token of the latest
+claim. A claim takes a lease, ``<prefix>lease:<pool>:<key>``, with ``SET NX
+PX`` (the owner renews its own), so while the lease lives no other node runs
+the item; every claim draws a new token from one counter (``INCR``), and
+``finish`` records only under the current token, so a late finisher whose
+lease expired and was taken over is not recorded as the completion. Each
+transition is one Lua script, so status, counts and lease change together.
+
+``recover`` returns to pending the items whose lease has expired with no
+finish (their owner crashed), plus, with ``owner_prefix``, the items of that
+owner (this node, restarted): never an item another live node holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from runtime.store import Claim, ItemRecord, ItemStatus
+
+from ..redis_conn import Reconnecting, RedisUrl, as_str
+
+log = logging.getLogger("chute.store.redis")
+
+_FAILURES_KEPT = 1000
+
+# KEYS: item, lease, tokens, counts, running, pools. ARGV: owner, lease ms, now, member, pool.
+_CLAIM = """
+redis.call('SADD', KEYS[6], ARGV[5])
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'done' or status == 'dead' then return {0, 0, status} end
+local ms = tonumber(ARGV[2])
+if ms > 0 then
+  if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ms) then
+    if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {0, 0, 'running'} end
+    redis.call('SET', KEYS[2], ARGV[1], 'PX', ms)
+  end
+else  -- a lease of no time: held by nobody once this call returns
+  local holder = redis.call('GET', KEYS[2])
+  if holder and holder ~= ARGV[1] then return {0, 0, 'running'} end
+  redis.call('DEL', KEYS[2])
+end
+local token = redis.call('INCR', KEYS[3])
+if status then
+  redis.call('HINCRBY', KEYS[4], status, -1)
+else
+  redis.call('HSET', KEYS[1], 'created_at', ARGV[3])
+end
+redis.call('HINCRBY', KEYS[4], 'running', 1)
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'running', 'owner', ARGV[1], 'token', token,
+           'updated_at', ARGV[3])
+redis.call('SADD', KEYS[5], ARGV[4])
+return {1, token, 'running'}
+"""
+
+# KEYS: item, lease, counts, running, failures, seq.
+# ARGV: status, token, error, now, member, kept.
+# A token finishes once: it is spent here. The same finish again (a retry after
+# a lost reply) is reported as recorded; anything else under it is refused.
+_FINISH = """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then
+  local spent = redis.call('HMGET', KEYS[1], 'spent', 'status')
+  if spent[1] == ARGV[2] and spent[2] == ARGV[1] then return 1 end
+  return 0
+end
+local old = redis.call('HGET', KEYS[1], 'status')
+redis.call('HINCRBY', KEYS[3], old, -1)
+redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'last_error', ARGV[3], 'updated_at', ARGV[4],
+           'token', '', 'spent', ARGV[2])
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[4], ARGV[5])
+if ARGV[1] == 'failed' or ARGV[1] == 'dead' then
+  redis.call('ZADD', KEYS[5], redis.call('INCR', KEYS[6]), ARGV[5])
+  redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -1 - tonumber(ARGV[6]))
+else
+  redis.call('ZREM', KEYS[5], ARGV[5])
+end
+return 1
+"""
+
+# KEYS: counts, pools, then the items' hashes. ARGV: now, pool.
+_MARK_PENDING = """
+redis.call('SADD', KEYS[2], ARGV[2])
+local added = 0
+for i = 3, #KEYS do
+  if redis.call('HSETNX', KEYS[i], 'status', 'pending') == 1 then
+    redis.call('HSET', KEYS[i], 'attempts', 0, 'created_at', ARGV[1], 'updated_at', ARGV[1])
+    added = added + 1
+  end
+end
+if added > 0 then redis.call('HINCRBY', KEYS[1], 'pending', added) end
+return added
+"""
+
+# KEYS: item, lease, counts, running. ARGV: owner prefix, now, member.
+_RECOVER = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then
+  redis.call('SREM', KEYS[4], ARGV[3])
+  return 0
+end
+local mine = ARGV[1] ~= '' and
+  string.sub(redis.call('HGET', KEYS[1], 'owner') or '', 1, #ARGV[1]) == ARGV[1]
+if redis.call('EXISTS', KEYS[2]) == 1 and not mine then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('HINCRBY', KEYS[1], 'token', 1)
+redis.call('HSET', KEYS[1], 'status', 'pending', 'updated_at', ARGV[2])
+redis.call('HINCRBY', KEYS[3], 'running', -1)
+redis.call('HINCRBY', KEYS[3], 'pending', 1)
+redis.call('SREM', KEYS[4], ARGV[3])
+return 1
+"""
+
+Arg = str | bytes | int | float
+
+
+def _b(text: str) -> bytes:
+    """Item keys are often file names, which need not be UTF-8 (``os.fsdecode``)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _s(raw: bytes | str) -> str:
+    return raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
+
+
+def _member(pool: str, key: str) -> bytes:
+    """(pool, key) in one set member; pool names never hold a NUL."""
+    return _b(pool) + b"\0" + _b(key)
+
+
+def _unmember(member: bytes) -> tuple[str, str]:
+    pool, _, key = member.partition(b"\0")
+    return _s(pool), _s(key)
+
+
+class RedisStore:
+    """``StateStore`` on Redis: nodes pointing at one Redis share item state and leases."""
+
+    def __init__(self, url: str, workdir: Path) -> None:
+        self._url = RedisUrl.parse(url)
+        self.prefix = self._url.prefix
+        self._conn = Reconnecting("redis state store", self._url, log)
+        self._redis = self._url.client()
+        self._claim = self._redis.register_script(_CLAIM)
+        self._finish = self._redis.register_script(_FINISH)
+        self._mark_pending = self._redis.register_script(_MARK_PENDING)
+        self._recover = self._redis.register_script(_RECOVER)
+
+    @property
+    def healthy(self) -> bool:
+        return self._conn.healthy
+
+    # -- keys ------------------------------------------------------------
+
+    def _item(self, pool: str, key: str) -> bytes:
+        return b"%sitem:%s:%s" % (_b(self.prefix), _b(pool), _b(key))
+
+    def _lease(self, pool: str, key: str) -> bytes:
+        return b"%slease:%s:%s" % (_b(self.prefix), _b(pool), _b(key))
+
+    def _counts(self, pool: str) -> bytes:
+        return b"%scounts:%s" % (_b(self.prefix), _b(pool))
+
+    @property
+    def _pools(self) -> bytes:
+        return _b(self.prefix) + b"pools"
+
+    @property
+    def _running(self) -> bytes:
+        return _b(self.prefix) + b"running"
+
+    @property
+    def _failures(self) -> bytes:
+        return _b(self.prefix) + b"failures"
+
+    async def _smembers(self, key: bytes) -> list[bytes]:
+        return [m if isinstance(m, bytes) else _b(m) for m in await self._redis.smembers(key)]
+
+    # -- the protocol ------------------------------------------------------
+
+    async def open(self) -> None:
+        self._conn.closed = False
+        await self._conn.call(self._redis.ping)
+
+    async def aclose(self) -> None:
+        self._conn.closed = True
+        await self._redis.aclose()
+
+    async def claim(self, pool: str, key: str, *, owner: str, lease: float) -> Claim:
+        keys: list[bytes] = [self._item(pool, key), self._lease(pool, key), _b(self.prefix) + b"tokens",
+                self._counts(pool), self._running, self._pools]  # fmt: skip
+        lease_ms = max(0, int(lease * 1000))
+        args: list[Arg] = [_b(owner), lease_ms, time.time(), _member(pool, key), _b(pool)]
+        granted, token, status = await self._conn.call(partial(self._claim, keys, args))
+        return Claim(granted=bool(granted), token=int(token), status=ItemStatus(as_str(status)))
+
+    async def finish(
+        self, pool: str, key: str, status: ItemStatus, *, token: int, error: str = ""
+    ) -> bool:
+        keys: list[bytes] = [self._item(pool, key), self._lease(pool, key), self._counts(pool),
+                self._running, self._failures, _b(self.prefix) + b"seq"]  # fmt: skip
+        args: list[Arg] = [status.value, token, _b(error), time.time(), _member(pool, key),
+                           _FAILURES_KEPT]  # fmt: skip
+        recorded = await self._conn.call(partial(self._finish, keys, args))
+        if not recorded:
+            log.warning("pool %s: item %r finished as %s under a stale lease (token %d): "
+                        "another node took it over; not recorded", pool, key, status, token)  # fmt: skip
+        return bool(recorded)
+
+    async def mark_pending(self, pool: str, keys: list[str]) -> None:
+        if not keys:
+            return
+
+        for start in range(0, len(keys), 500):
+            chunk = [self._item(pool, k) for k in keys[start : start + 500]]
+            script_keys: list[bytes] = [self._counts(pool), self._pools, *chunk]
+            args: list[Arg] = [time.time(), _b(pool)]
+            await self._conn.call(partial(self._mark_pending, script_keys, args))
+
+    async def get(self, pool: str, keys: list[str]) -> dict[str, ItemRecord]:
+        async def run() -> list[Any]:
+            pipe = self._redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.hgetall(self._item(pool, key))
+            return await pipe.execute()
+
+        rows = await self._conn.call(run)
+        out: dict[str, ItemRecord] = {}
+        for key, row in zip(keys, rows, strict=True):
+            if row:
+                out[key] = _record(pool, key, row)
+        return out
+
+    async def recover(self, owner_prefix: str = "") -> int:
+        members = await self._conn.call(partial(self._smembers, self._running))
+        recovered = 0
+        now = time.time()
+        for member in members:
+            pool, key = _unmember(member)
+            keys: list[bytes] = [self._item(pool, key), self._lease(pool, key), self._counts(pool),
+                    self._running]  # fmt: skip
+            args: list[Arg] = [_b(owner_prefix), now, member]
+            recovered += int(await self._conn.call(partial(self._recover, keys, args)))
+        return recovered
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        async def run() -> dict[str, dict[str, int]]:
+            pools = sorted(_s(p) for p in await self._smembers(self._pools))
+            pipe = self._redis.pipeline(transaction=False)
+            for pool in pools:
+                pipe.hgetall(self._counts(pool))
+            out: dict[str, dict[str, int]] = {}
+            for pool, row in zip(pools, await pipe.execute(), strict=True):
+                # Only the statuses an item is in (the hash keeps zeros).
+                counts = {as_str(s): int(n) for s, n in row.items() if int(n)}
+                if counts:
+                    out[pool] = counts
+            return out
+
+        return await self._conn.call(run)
+
+    async def failures(self, limit: int = 20) -> list[ItemRecord]:
+        async def run() -> list[ItemRecord]:
+            members = await self._redis.zrevrange(self._failures, 0, max(0, limit - 1))
+            pairs = [_unmember(m) for m in members if isinstance(m, bytes)]
+            pipe = self._redis.pipeline(transaction=False)
+            for pool, key in pairs:
+                pipe.hgetall(self._item(pool, key))
+            rows = await pipe.execute()
+            return [_record(p, k, row) for (p, k), row in zip(pairs, rows, strict=True) if row]
+
+        return await self._conn.call(run)
+
+
+def _record(pool: str, key: str, row: dict[bytes, bytes]) -> ItemRecord:
+    fields = {as_str(k): _s(v) for k, v in row.items()}
+    return ItemRecord(
+        pool=pool,
+        key=key,
+        status=ItemStatus(fields.get("status", "pending")),
+        attempts=int(fields.get("attempts", 0)),
+        last_error=fields.get("last_error", ""),
+        created_at=float(fields.get("created_at", 0.0)),
+        updated_at=float(fields.get("updated_at", 0.0)),
+    )

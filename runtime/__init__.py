@@ -1,0 +1,1 @@
+"""chute's engine. Embed it with :class:`runtime.engine.Runtime`."""

@@ -1,0 +1,97 @@
+"""The broker contract: topics, consumer groups, pending deliveries.
+
+Semantics shared by every backend (proven by ``tests/conformance``):
+
+- ``publish`` appends a batch in order and assigns ids of the Redis stream form
+  ``<ms>-<seq>``, strictly increasing per topic. When the topic holds
+  ``capacity`` unacknowledged entries the call waits (back-pressure) instead of
+  dropping anything.
+- Every consumer group sees every message published after the group was
+  created; consumers inside one group share them. ``read`` returns first the
+  deliveries that are due again (nacked and past their delay, or pending longer
+  than the group's visibility timeout), then new messages, each with
+  ``attempt`` set to its delivery count in that group.
+- A delivery stays pending until ``ack``; ``nack`` makes it due again after
+  ``delay`` seconds. Nothing unacknowledged is ever trimmed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import msgspec
+
+from .message import Message
+
+
+class GroupStats(msgspec.Struct, kw_only=True):
+    name: str
+    consumers: int = 0
+    lag: int = 0
+    """Messages published but not yet delivered to this group."""
+    pending: int = 0
+    """Deliveries not yet acknowledged."""
+    oldest_pending_age: float = 0.0
+    """Seconds since the oldest pending delivery was handed out."""
+    acked: int = 0
+    ack_rate: float = 0.0
+    """Acknowledgements per second (exponentially weighted)."""
+
+
+class TopicStats(msgspec.Struct, kw_only=True):
+    topic: str
+    length: int = 0
+    """Entries the topic still holds (unacknowledged by some group)."""
+    capacity: int = 0
+    published: int = 0
+    publish_rate: float = 0.0
+    groups: list[GroupStats] = []
+
+    def group(self, name: str) -> GroupStats:
+        for stats in self.groups:
+            if stats.name == name:
+                return stats
+        return GroupStats(name=name)
+
+    def backlog(self, group: str) -> int:
+        """Work a group still has to do: not yet delivered plus not yet acked."""
+        stats = self.group(group)
+        return stats.lag + stats.pending
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """Topics with consumer groups. Implementations: ``plugins/brokers``."""
+
+    healthy: bool
+    """False while the backing service is unreachable (shown by ``chute status``)."""
+
+    async def start(self) -> None:
+        """Connect. Called once before any other call."""
+
+    async def aclose(self) -> None:
+        """Release connections; pending deliveries stay pending for the next run."""
+
+    async def declare_topic(self, topic: str, *, capacity: int) -> None:
+        """Create the topic if needed and set its capacity (entries not yet acked)."""
+
+    async def ensure_group(self, topic: str, group: str, *, visibility_timeout: float) -> None:
+        """Create the group if needed; a new group starts at the topic's current end."""
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> list[str]:
+        """Append messages in order; return their ids. Waits while the topic is full."""
+
+    async def read(
+        self, topic: str, group: str, consumer: str, *, count: int, block: float | None
+    ) -> list[Message]:
+        """Up to ``count`` deliveries; wait up to ``block`` seconds for one (None: no wait)."""
+
+    async def ack(self, topic: str, group: str, ids: Sequence[str]) -> None:
+        """Finish deliveries. Unknown or already acked ids are ignored."""
+
+    async def nack(self, topic: str, group: str, ids: Sequence[str], *, delay: float = 0.0) -> None:
+        """Make deliveries due again after ``delay`` seconds."""
+
+    async def stats(self, topic: str) -> TopicStats:
+        """A snapshot of the topic and its groups."""

@@ -1,0 +1,294 @@
+"""``chute``: run, check, publish, status, serve-items.
+
+Exit codes: 0 success; 1 a runtime failure; 2 a usage or config error (the
+problems are printed one per line, never as a traceback); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+import msgspec
+
+from .autoscale import describe_scale
+from .config import Config, load_config
+from .errors import ChuteError, ConfigError, InvalidMessage
+from .graph import describe, scheme_of, validate
+
+EXIT_CONFIG = 2
+
+
+def _load(path: str) -> Config:
+    config = load_config(path)
+    validate(config)
+    return config
+
+
+def _fail_config(exc: ConfigError) -> None:
+    for problem in exc.problems:
+        click.echo(problem, err=True)
+    sys.exit(EXIT_CONFIG)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default=None, help="debug, info, warning or error.")
+@click.pass_context
+def main(ctx: click.Context, log_level: str | None) -> None:
+    """chute: topics, sources, operators and worker pools in one process."""
+    ctx.ensure_object(dict)
+    ctx.obj["log_level"] = log_level
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--until-idle", is_flag=True, help="Exit once every topic is drained.")
+@click.pass_context
+def run(ctx: click.Context, config: str, until_idle: bool) -> None:
+    """Run the graph in CONFIG until SIGINT/SIGTERM (or until idle)."""
+    try:
+        cfg = _load(config)
+    except ConfigError as exc:
+        _fail_config(exc)
+    _setup_logging(ctx.obj["log_level"] or cfg.settings.log_level)
+    from .engine import Runtime
+
+    async def main_task() -> None:
+        runtime = Runtime(cfg, until_idle=until_idle)
+        await runtime.build()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signals, runtime, tg.cancel_scope)
+            await runtime.run()
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(main_task)
+    except ConfigError as exc:
+        _fail_config(exc)
+    except ChuteError as exc:
+        click.echo(f"chute: {exc}", err=True)
+        sys.exit(1)
+
+
+async def _stop_on_signals(runtime: Any, scope: anyio.CancelScope) -> None:
+    """First signal: graceful stop. Second: cancel at once."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        count = 0
+        async for signum in signals:
+            count += 1
+            if count == 1:
+                logging.getLogger("chute").info(
+                    "%s: draining (send again to stop at once)", signal.Signals(signum).name
+                )
+                runtime.stop()
+            else:
+                scope.cancel()
+                return
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+def check(config: str) -> None:
+    """Validate CONFIG without running it; print the graph."""
+    try:
+        cfg = _load(config)
+    except ConfigError as exc:
+        _fail_config(exc)
+    click.echo(f"{config}: ok")
+    click.echo(describe(cfg))
+
+
+def _api_url(cfg: Config | None, url: str | None) -> str:
+    if url:
+        return url.rstrip("/")
+    host, port = ("127.0.0.1", 8765) if cfg is None else (cfg.api.host, cfg.api.port)
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
+@main.command()
+@click.argument("topic")
+@click.argument("data", required=False)
+@click.option("--key", default="", help="Item key (identity and shard key).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Publish through this config's broker (Redis) or API.")  # fmt: skip
+@click.option("--url", default=None, help="The runtime's API, default http://127.0.0.1:8765.")
+@click.option("--token", default=None, envvar="CHUTE_TOKEN", help="API bearer token.")
+def publish(topic: str, data: str | None, key: str, config_path: str | None,
+            url: str | None, token: str | None) -> None:  # fmt: skip
+    """Publish DATA (JSON), or NDJSON lines from stdin, to TOPIC."""
+    from .api import parse_messages
+
+    body = data.encode() if data is not None else sys.stdin.buffer.read()
+    try:
+        messages = parse_messages(body)
+    except (InvalidMessage, UnicodeDecodeError) as exc:
+        raise click.UsageError(f"cannot read the messages: {exc}") from None
+    if key:
+        for m in messages:
+            m.key = key
+    cfg = None
+    if config_path:
+        try:
+            cfg = _load(config_path)
+        except ConfigError as exc:
+            _fail_config(exc)
+    if cfg is not None and scheme_of(cfg.settings.broker) != "memory":
+        ids = anyio.run(_publish_direct, cfg, topic, messages)
+    else:
+        token = token or (cfg.api.token if cfg else None)
+        ids = anyio.run(_publish_http, _api_url(cfg, url), token, topic, messages)
+    for message_id in ids:
+        click.echo(message_id)
+
+
+async def _publish_direct(cfg: Config, topic: str, messages: list[Any]) -> list[str]:
+    from .registry import load_plugin
+
+    broker = load_plugin("broker", scheme_of(cfg.settings.broker))(cfg.settings.broker)
+    await broker.start()
+    try:
+        ids: list[str] = await broker.publish(topic, messages)
+        return ids
+    finally:
+        await broker.aclose()
+
+
+async def _publish_http(url: str, token: str | None, topic: str, messages: list[Any]) -> list[str]:
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    body = b"\n".join(
+        msgspec.json.encode({"data": m.data, "key": m.key, "headers": m.headers}) for m in messages
+    )
+    try:
+        async with (
+            aiohttp.ClientSession(headers=headers) as session,
+            session.post(f"{url}/v1/topics/{topic}/messages", data=body) as resp,
+        ):
+            answer = await resp.json(content_type=None)
+            if resp.status != 201:
+                raise click.ClickException(f"{url}: {answer.get('error', resp.status)}")
+            return list(answer["ids"])
+    except aiohttp.ClientConnectionError as exc:
+        raise click.ClickException(
+            f"no runtime answers at {url} ({exc}); is `chute run` running with its API enabled?"
+        ) from None
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--url", default=None, help="The runtime's API, for live pool figures.")
+@click.option("--token", default=None, envvar="CHUTE_TOKEN")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(config: str, url: str | None, token: str | None, as_json: bool) -> None:
+    """Item counts and recent failures from the state store; live figures if running."""
+    try:
+        cfg = _load(config)
+    except ConfigError as exc:
+        _fail_config(exc)
+    report = anyio.run(
+        _status, cfg, _api_url(cfg, url) if (url or cfg.api.enabled) else None, token
+    )
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    for pool, counts in sorted(report["items"].items()):
+        summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        click.echo(f"pool {pool}: {summary}")
+    if report["failures"]:
+        click.echo("recent failures:")
+        for f in report["failures"]:
+            click.echo(
+                f"  [{f['status']}] {f['pool']} {f['key']!r} x{f['attempts']}: {f['last_error']}"
+            )
+    live = report.get("live")
+    if live:
+        for pool in live["pools"]:
+            click.echo(
+                f"live pool {pool['name']}: concurrency {pool['concurrency']}, in flight "
+                f"{pool['in_flight']}, ok {pool['succeeded']}, failed {pool['failed']}, dead {pool['dead']}"
+            )
+            if pool.get("scale"):
+                click.echo(f"  scaling: {describe_scale(pool['scale'])}")
+        for topic in live["topics"]:
+            for g in topic["groups"]:
+                click.echo(
+                    f"live topic {topic['topic']} group {g['name']}: lag {g['lag']}, "
+                    f"pending {g['pending']}, oldest {g['oldest_pending_age']:.1f}s"
+                )
+    elif url or cfg.api.enabled:
+        click.echo("(the runtime is not running, or its API is not reachable)")
+
+
+async def _status(cfg: Config, url: str | None, token: str | None) -> dict[str, Any]:
+    from .registry import load_plugin
+
+    report: dict[str, Any] = {"items": {}, "failures": [], "live": None}
+    workdir = (Path(cfg.base_dir) / cfg.settings.workdir).resolve()
+    store = load_plugin("store", scheme_of(cfg.settings.state))(cfg.settings.state, workdir)
+    await store.open()
+    try:
+        report["items"] = await store.counts()
+        report["failures"] = msgspec.to_builtins(await store.failures(10))
+    finally:
+        await store.aclose()
+    if url:
+        import aiohttp
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            async with (
+                aiohttp.ClientSession(headers=headers) as session,
+                session.get(f"{url}/v1/status", timeout=aiohttp.ClientTimeout(2)) as r,
+            ):
+                if r.status == 200:
+                    report["live"] = await r.json()
+        except (aiohttp.ClientError, TimeoutError):
+            pass
+    return report
+
+
+@main.command("serve-items")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+@click.option("--glob", default="*", show_default=True, help="Which file names are items.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but loopback needs --token.")  # fmt: skip
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--token", default="", envvar="CHUTE_TOKEN",
+              help="Require 'Authorization: Bearer TOKEN'.")  # fmt: skip
+@click.pass_context
+def serve_items(ctx: click.Context, directory: str, glob: str, host: str, port: int,
+                token: str) -> None:  # fmt: skip
+    """Serve DIRECTORY's files as the book's item API (GET /v1/items, /v1/items/NAME)."""
+    from .items_server import serve_items as serve
+
+    _setup_logging(ctx.obj["log_level"] or "info")
+    try:
+        anyio.run(serve, directory, glob, host, port, token)
+    except ConfigError as exc:
+        _fail_config(exc)
+    except OSError as exc:
+        click.echo(f"chute serve-items: cannot listen on {host}:{port}: {exc.strerror}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,359 @@
+"""Config files (TOML or YAML) decoded into msgspec Structs.
+
+Every table is decoded on its own so ``chute check`` reports every broken
+table, not just the first; unknown fields are errors (a typo must not become a
+silent default). Each problem is one line: ``FILE: [TABLE] KEY: what is wrong``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from .errors import ConfigError
+
+
+class Duration(float):
+    """Seconds; written as a number or a string such as ``"250ms"``, ``"30s"``, ``"2m"``."""
+
+
+class Size(int):
+    """Bytes; written as a number or a string such as ``"64KiB"``, ``"1MiB"``, ``"2GB"``."""
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE_UNITS = {
+    "": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3,
+}  # fmt: skip
+_NUMBER_UNIT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_duration(value: object) -> Duration:
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as '30s', got a boolean")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _NUMBER_UNIT.match(value)):
+        unit = m.group(2).lower() or "s"
+        if unit not in _DURATION_UNITS:
+            raise ValueError(f"unknown duration unit {m.group(2)!r} (use ms, s, m, h or d)")
+        seconds = float(m.group(1)) * _DURATION_UNITS[unit]
+    else:
+        raise ValueError(f"expected a duration such as '30s' or '250ms', got {value!r}")
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative, got {value!r}")
+    return Duration(seconds)
+
+
+def parse_size(value: object) -> Size:
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as '1MiB', got a boolean")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (m := _NUMBER_UNIT.match(value)):
+        unit = m.group(2).lower()
+        if unit not in _SIZE_UNITS:
+            raise ValueError(f"unknown size unit {m.group(2)!r} (use B, KiB, MiB, GiB, kB, MB, GB)")
+        size = int(float(m.group(1)) * _SIZE_UNITS[unit])
+    else:
+        raise ValueError(f"expected a size such as '1MiB', got {value!r}")
+    if size < 0:
+        raise ValueError(f"a size cannot be negative, got {value!r}")
+    return Size(size)
+
+
+def dec_hook(tp: type, value: object) -> object:
+    if tp is Duration:
+        return parse_duration(value)
+    if tp is Size:
+        return parse_size(value)
+    raise NotImplementedError(f"no decoder for {tp!r}")
+
+
+class Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base for config tables: unknown keys are errors."""
+
+
+class TopicConfig(Strict):
+    capacity: int = 100_000
+    """Unacknowledged entries the topic holds before publishers wait."""
+    visibility_timeout: Duration = Duration(300.0)
+    """A delivery pending longer than this is handed to another consumer."""
+
+
+class RetryConfig(Strict):
+    attempts: int = 3
+    """Deliveries before an item is dead-lettered (1 = no retry)."""
+    backoff: Duration = Duration(1.0)
+    max_backoff: Duration = Duration(300.0)
+    jitter: float = 0.2
+    """Random fraction added to each backoff, so retries of a burst spread out."""
+
+
+class ScaleConfig(Strict):
+    min: int = 1
+    max: int = 1
+    utilization: float = 0.9
+    """Target fraction of time workers are busy, in (0, 1]."""
+    cooldown: Duration = Duration(30.0)
+    """A lower target must hold this long before the pool shrinks."""
+    drain_within: Duration = Duration(60.0)
+    """Add workers so the backlog drains within this horizon."""
+    half_life: Duration = Duration(10.0)
+    """Half-life of the arrival-rate and service-time averages."""
+    interval: Duration = Duration(1.0)
+    """How often the controller looks at the statistics."""
+
+
+class PoolConfig(Strict):
+    topic: str
+    executor: dict[str, Any]
+    """``{ type = "command" | "python" | "chain" | "module:Class", ...options }``."""
+    concurrency: int | None = None
+    """A fixed pool size; shorthand for ``scale = { min = N, max = N }``."""
+    scale: ScaleConfig | None = None
+    output: str = ""
+    """Topic that receives each item's result (a pipeline's next stage)."""
+    group: str = ""
+    """Consumer group name; defaults to the pool's name."""
+    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    timeout: Duration | None = None
+    """Per-attempt time limit."""
+    track: bool = True
+    """Remember each item's status in the state store (skip finished work on restart)."""
+    batch: int = 256
+    """Most deliveries fetched from the broker at once."""
+
+    def scale_or_fixed(self) -> ScaleConfig:
+        if self.scale is not None:
+            return self.scale
+        n = self.concurrency if self.concurrency is not None else 1
+        return ScaleConfig(min=n, max=n)
+
+
+class ShardHealth(Strict):
+    error_rate: float = 0.5
+    """A shard whose pool fails more than this fraction of items is unhealthy."""
+    stall: Duration = Duration(60.0)
+    """A shard whose oldest pending delivery is older than this is unhealthy."""
+    interval: Duration = Duration(1.0)
+
+
+class OperatorBase(Strict, tag_field="type", kw_only=True):
+    group: str = ""
+    """Consumer group name on the input topic(s); defaults to the operator's name."""
+    batch: int = 512
+
+
+class CopyOperator(OperatorBase, tag="copy", kw_only=True):
+    input: str
+    outputs: list[str]
+
+
+class FilterOperator(OperatorBase, tag="filter", kw_only=True):
+    input: str
+    output: str
+    where: str
+    """JMESPath over the message; a truthy result keeps it."""
+    rejected: str = ""
+    """Optional topic for messages that do not match."""
+
+
+class Route(Strict):
+    when: str
+    output: str
+
+
+class SplitOperator(OperatorBase, tag="split", kw_only=True):
+    input: str
+    routes: list[Route]
+    mode: Literal["first", "all"] = "first"
+    default: str = ""
+    """Topic for messages matching no route; without it they are counted and dropped."""
+    dead_letter_unmatched: bool = False
+    """Send messages matching no route to ``<name>.dead`` instead of dropping them."""
+
+
+class ShardOperator(OperatorBase, tag="shard", kw_only=True):
+    input: str
+    outputs: list[str] = []
+    """Shard topics; or give ``shards`` and ``prefix`` for ``prefix-0 .. prefix-N-1``."""
+    shards: int = 0
+    prefix: str = ""
+    key: str = ""
+    """JMESPath for the shard key; defaults to the message key."""
+    health: ShardHealth = msgspec.field(default_factory=ShardHealth)
+
+    def shard_topics(self) -> list[str]:
+        if self.outputs:
+            return list(self.outputs)
+        return [f"{self.prefix}-{i}" for i in range(self.shards)]
+
+
+class MergeOperator(OperatorBase, tag="merge", kw_only=True):
+    inputs: list[str]
+    output: str
+
+
+OperatorConfig = CopyOperator | FilterOperator | SplitOperator | ShardOperator | MergeOperator
+
+
+class ApiConfig(Strict):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str = ""
+
+
+class Settings(Strict):
+    """Top-level keys."""
+
+    broker: str = "memory"
+    """``memory`` or a URL such as ``redis://127.0.0.1:6379/0``."""
+    state: str = "sqlite"
+    """``sqlite`` (file under ``workdir``), ``sqlite:///path.db``, ``redis://...`` or ``memory``."""
+    workdir: str = ".chute"
+    """Folder for the state database and executors' private folders (relative to the config)."""
+    node: str = ""
+    """This node's name in consumer names and leases; defaults to host and pid."""
+    log_level: str = "info"
+    shutdown_grace: Duration = Duration(30.0)
+    """How long in-flight items may finish after SIGINT/SIGTERM."""
+
+
+class Config(msgspec.Struct, kw_only=True):
+    """A whole graph, after decoding. ``path`` names the file for error messages."""
+
+    settings: Settings = msgspec.field(default_factory=Settings)
+    api: ApiConfig = msgspec.field(default_factory=ApiConfig)
+    topics: dict[str, TopicConfig] = {}
+    sources: dict[str, dict[str, Any]] = {}
+    pools: dict[str, PoolConfig] = {}
+    operators: dict[str, OperatorConfig] = {}
+    path: str = "<config>"
+    base_dir: str = "."
+
+
+_TABLES = ("topics", "sources", "pools", "operators", "api")
+_TABLE_TYPES: dict[str, Any] = {
+    "topics": TopicConfig,
+    "pools": PoolConfig,
+    "operators": OperatorConfig,
+}
+
+
+def where(path: str, table: str, key: str) -> str:
+    """The prefix of every config problem: ``FILE: [TABLE] KEY``."""
+    return f"{path}: [{table}] {key}".rstrip()
+
+
+def describe_validation_error(err: msgspec.ValidationError) -> tuple[str, str]:
+    """Split msgspec's ``msg - at `$.a.b` `` into (key path, message)."""
+    text = str(err)
+    m = re.match(r"^(.*) - at `\$\.?(.*)`$", text, re.S)
+    if m:
+        msg, key = m.group(1), m.group(2)
+    else:
+        msg, key = text, ""
+    unknown = re.match(r"Object contains unknown field `(.*)`", msg)
+    missing = re.match(r"Object missing required field `(.*)`", msg)
+    if unknown:
+        key = f"{key}.{unknown.group(1)}" if key else unknown.group(1)
+        msg = "unknown key (check the spelling; see the docs for this table)"
+    elif missing:
+        key = f"{key}.{missing.group(1)}" if key else missing.group(1)
+        msg = "missing: this key is required"
+    return key, msg[:1].lower() + msg[1:]
+
+
+def _read_document(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the config: {exc.strerror}"]) from None
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml  # only YAML users pay for the import
+
+            doc = yaml.safe_load(text) or {}
+        else:
+            doc = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: the config is not UTF-8 text ({exc.reason})"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    except Exception as exc:  # yaml.YAMLError, without importing yaml up front
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    if not isinstance(doc, dict):
+        raise ConfigError([f"{path}: the config must be a table of keys, not {type(doc).__name__}"])
+    return doc
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and decode a config file; raises ConfigError listing every broken table."""
+    file = Path(path)
+    return config_from_dict(_read_document(file), path=str(file), base_dir=str(file.parent))
+
+
+def config_from_dict(doc: dict[str, Any], *, path: str = "<config>", base_dir: str = ".") -> Config:
+    """Decode a config document (already parsed); the embedded API calls this directly."""
+    problems: list[str] = []
+    top = {k: v for k, v in doc.items() if k not in _TABLES}
+    settings = Settings()
+    try:
+        settings = msgspec.convert(top, Settings, dec_hook=dec_hook)
+    except msgspec.ValidationError as err:
+        key, msg = describe_validation_error(err)
+        problems.append(f"{path}: {key}: {msg}")
+
+    api = ApiConfig()
+    if "api" in doc:
+        try:
+            api = msgspec.convert(doc["api"], ApiConfig, dec_hook=dec_hook)
+        except msgspec.ValidationError as err:
+            key, msg = describe_validation_error(err)
+            problems.append(f"{where(path, 'api', key)}: {msg}")
+
+    decoded: dict[str, dict[str, Any]] = {}
+    for table in ("topics", "sources", "pools", "operators"):
+        entries = doc.get(table, {})
+        decoded[table] = {}
+        if not isinstance(entries, dict):
+            problems.append(f"{path}: [{table}]: expected a table of named entries")
+            continue
+        for name, body in entries.items():
+            label = f"{table}.{name}"
+            if not isinstance(body, dict):
+                problems.append(f"{where(path, label, '')}: expected a table")
+                continue
+            if table == "sources":
+                decoded[table][name] = body
+                continue
+            try:
+                decoded[table][name] = msgspec.convert(body, _TABLE_TYPES[table], dec_hook=dec_hook)
+            except msgspec.ValidationError as err:
+                key, msg = describe_validation_error(err)
+                if table == "operators" and "type" not in body:
+                    key, msg = "type", "missing: one of copy, filter, split, shard, merge"
+                elif table == "operators" and key == "type":
+                    msg = (
+                        f"unknown operator {body.get('type')!r} (copy, filter, split, shard, merge)"
+                    )
+                problems.append(f"{where(path, label, key)}: {msg}")
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        settings=settings,
+        api=api,
+        topics=decoded["topics"],
+        sources=decoded["sources"],
+        pools=decoded["pools"],
+        operators=decoded["operators"],
+        path=path,
+        base_dir=base_dir,
+    )

@@ -1,0 +1,387 @@
+"""The runtime: build a validated graph and run it in one task group.
+
+Start-up order: broker, state store (recovering items a crash left running),
+topics and consumer groups, pools and operators, then sources, so nothing is
+published before its readers exist. Shutdown runs the same way back: stop
+the sources (intake), let pools drain their in-flight items for the grace
+period, cancel what is left (deliveries stay pending and come back), flush
+the final acks under a shield, then close executors, store and broker.
+
+Embedding::
+
+    async with Runtime(load_config("configs/demo.toml")) as rt:
+        await rt.publish("jobs", {"n": 1}, key="job-1")
+        outcome = await rt.wait_for("workers", "job-1")
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup, TaskStatus
+
+from .broker import Broker, TopicStats
+from .config import Config, TopicConfig, load_config, where
+from .context import PluginContext
+from .errors import ConfigError
+from .graph import DEAD_SUFFIX, operator_topics, plugin_options, scheme_of, validate
+from .message import Message, new_message
+from .pool import PoolCounters, WorkerPool
+from .registry import load_plugin
+from .source import Source
+from .store import ItemStatus, StateStore
+
+log = logging.getLogger("chute")
+
+_OUTCOMES_KEPT = 10_000
+"""Recent final outcomes remembered for ``wait_for`` callers that ask late."""
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    status: ItemStatus
+    result: Any = None
+    """The executor's result when done; the error text when dead."""
+
+
+class RuntimeStatus(msgspec.Struct, kw_only=True):
+    node: str
+    broker: str
+    broker_healthy: bool
+    topics: list[TopicStats]
+    pools: list[PoolCounters]
+    operators: dict[str, Any] = {}
+    items: dict[str, dict[str, int]] = {}
+
+
+def default_node_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Runtime:
+    def __init__(self, config: Config | str | Path, *, until_idle: bool = False) -> None:
+        self.config = config if isinstance(config, Config) else load_config(config)
+        validate(self.config)
+        settings = self.config.settings
+        self.node = settings.node or default_node_name()
+        self.until_idle = until_idle
+        self.base_dir = Path(self.config.base_dir)
+        self.workdir = (self.base_dir / settings.workdir).resolve()
+        self.topics: dict[str, TopicConfig] = self._all_topics()
+        self.broker: Broker = self._build_broker()
+        self.store: StateStore | None = None
+        self.pools: dict[str, WorkerPool] = {}
+        self.operators: dict[str, Any] = {}
+        self.sources: dict[str, tuple[Source, str]] = {}
+        self.ready = anyio.Event()
+        self._stop = anyio.Event()
+        self._outcomes: OrderedDict[tuple[str, str], Outcome] = OrderedDict()
+        self._waiters: dict[tuple[str, str], list[anyio.Event]] = {}
+        self._task_group: TaskGroup | None = None
+        self.api_port: int | None = None
+        self._built = False
+
+    # -- building ------------------------------------------------------------
+
+    def _build_broker(self) -> Broker:
+        url = self.config.settings.broker
+        cls = load_plugin("broker", scheme_of(url))
+        broker: Broker = cls(url)
+        return broker
+
+    def _context(self, name: str, topic: str) -> PluginContext:
+        return PluginContext(
+            name=name,
+            topic=topic,
+            base_dir=self.base_dir,
+            workdir=self.workdir,
+            node=self.node,
+            broker=self.broker,
+            store=self.store,
+        )
+
+    def _build_plugin(self, kind: str, label: str, key: str, spec: dict[str, Any],
+                      runtime_keys: tuple[str, ...], topic: str) -> Any:  # fmt: skip
+        name = label.split(".", 1)[1]
+        try:
+            cls, options = plugin_options(kind, spec, runtime_keys)
+            return cls(options, self._context(name, topic))
+        except ConfigError as exc:
+            prefix = where(self.config.path, label, key)
+            raise ConfigError([f"{prefix}{p}" for p in exc.problems]) from None
+
+    async def _open_store(self) -> None:
+        if not any(p.track for p in self.config.pools.values()):
+            return
+        url = self.config.settings.state
+        cls = load_plugin("store", scheme_of(url))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.store = cls(url, self.workdir)
+        await self.store.open()
+        recovered = await self.store.recover()
+        if recovered:
+            log.warning("%d items were left running by an earlier crash; they run again", recovered)
+
+    async def build(self) -> None:
+        """Connect and build every part; ``run`` does this itself when not done yet.
+
+        Separate so a caller sees a ConfigError or connection error plainly,
+        before any task group wraps it.
+        """
+        if self._built:
+            return
+        self._built = True
+        cfg = self.config
+        await self.broker.start()
+        await self._open_store()
+        topics = self.topics
+        for topic in sorted(topics):
+            await self.broker.declare_topic(topic, capacity=topics[topic].capacity)
+        for name, pool_cfg in cfg.pools.items():
+            label = f"pools.{name}"
+            executor = self._build_plugin(
+                "executor", label, "executor.", pool_cfg.executor, (), pool_cfg.topic
+            )
+            pool = WorkerPool(
+                name, pool_cfg, broker=self.broker, executor=executor, store=self.store,
+                node=self.node, on_final=self._on_final,
+            )  # fmt: skip
+            await pool.prepare(topics[pool_cfg.topic].visibility_timeout)
+            self.pools[name] = pool
+        if cfg.operators:
+            from .operators import PoolErrorRates, build_operator
+
+            error_rate = PoolErrorRates(self.pools.values())
+            for name, op_cfg in cfg.operators.items():
+                op = build_operator(
+                    name, op_cfg, self.broker, node=self.node, error_rate=error_rate
+                )
+                await op.prepare(self.topics)
+                self.operators[name] = op
+        for name, spec in cfg.sources.items():
+            topic = str(spec["topic"])
+            source = self._build_plugin("source", f"sources.{name}", "", spec, ("topic",), topic)
+            self.sources[name] = (source, topic)
+
+    def known_topics(self) -> set[str]:
+        return set(self.topics)
+
+    def _all_topics(self) -> dict[str, TopicConfig]:
+        cfg = self.config
+        names: set[str] = set(cfg.topics)
+        for name, pool in cfg.pools.items():
+            names.update({pool.topic, name + DEAD_SUFFIX, *([pool.output] if pool.output else [])})
+        for name, op in cfg.operators.items():
+            inputs, outputs = operator_topics(op)
+            names.update([*inputs, *outputs, name + DEAD_SUFFIX])
+        for spec in cfg.sources.values():
+            names.add(str(spec["topic"]))
+        return {n: cfg.topics.get(n, TopicConfig()) for n in names}
+
+    # -- running -------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until ``stop()`` (or, with ``until_idle``, until every topic is drained)."""
+        grace = float(self.config.settings.shutdown_grace)
+        try:
+            await self.build()
+            # Services (the API, the idle watcher) outlive the drain and end
+            # once the pools, operators and sources have.
+            async with anyio.create_task_group() as services:
+                if self.config.api.enabled:
+                    from .api import serve_api
+
+                    await services.start(serve_api, self)
+                if self.until_idle:
+                    services.start_soon(self._stop_when_idle)
+                await self._run_graph(grace, task_status)
+                services.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._close()
+
+    async def _run_graph(self, grace: float, task_status: TaskStatus[None]) -> None:
+        async with anyio.create_task_group() as tg:
+            pools_stop = anyio.Event()
+            for pool in self.pools.values():
+                tg.start_soon(pool.run, pools_stop, grace)
+            operators_scope = anyio.CancelScope()
+            tg.start_soon(self._run_operators, operators_scope, pools_stop)
+            sources_scope = anyio.CancelScope()
+            tg.start_soon(self._run_sources, sources_scope)
+            self.ready.set()
+            task_status.started()
+            await self._stop.wait()
+            log.info("stopping: sources first, then %gs for items in flight", grace)
+            sources_scope.cancel()
+            pools_stop.set()
+            # Operators move messages quickly; give them the same deadline.
+            operators_scope.deadline = anyio.current_time() + grace
+            tg.cancel_scope.deadline = anyio.current_time() + grace + 5.0
+
+    async def _run_sources(self, scope: anyio.CancelScope) -> None:
+        with scope:
+            async with anyio.create_task_group() as tg:
+                for name, (source, topic) in self.sources.items():
+                    tg.start_soon(self._run_source, name, source, topic)
+
+    async def _run_source(self, name: str, source: Source, topic: str) -> None:
+        async def emit(messages: Sequence[Message]) -> list[str]:
+            return await self.broker.publish(topic, messages)
+
+        await source.run(emit)
+        log.info("source %s finished", name)
+
+    async def _run_operators(self, scope: anyio.CancelScope, stop: anyio.Event) -> None:
+        with scope:
+            async with anyio.create_task_group() as tg:
+                for op in self.operators.values():
+                    tg.start_soon(op.run, stop)
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (safe to call more than once)."""
+        self._stop.set()
+
+    async def _close(self) -> None:
+        for pool in self.pools.values():
+            await _quietly(pool.executor.aclose(), f"closing pool {pool.name}'s executor")
+        for name, (source, _) in self.sources.items():
+            await _quietly(source.aclose(), f"closing source {name}")
+        if self.store is not None:
+            await _quietly(self.store.aclose(), "closing the state store")
+        await _quietly(self.broker.aclose(), "closing the broker")
+
+    # -- idle detection ----------------------------------------------------------
+
+    async def _stop_when_idle(self) -> None:
+        for source, _ in self.sources.values():
+            caught_up = getattr(source, "caught_up", None)
+            if caught_up is not None:
+                await caught_up()
+        await self.wait_idle()
+        log.info("every topic is drained: stopping (--until-idle)")
+        self.stop()
+
+    async def wait_idle(self) -> None:
+        """Return once no pool runs anything and every group has consumed every topic."""
+        quiet_checks = 0
+        while quiet_checks < 2:  # idle twice in a row: nothing was between two hands
+            events = [pool.changed for pool in self.pools.values()]
+            if await self._is_idle():
+                quiet_checks += 1
+                await anyio.sleep(0.02)
+                continue
+            quiet_checks = 0
+            # Pools announce finished items; operators and redeliveries do not,
+            # so look again at least every 100 ms.
+            with anyio.move_on_after(0.1):
+                async with anyio.create_task_group() as tg:
+                    for event in events:
+                        tg.start_soon(_set_then_cancel, event, tg)
+
+    async def _is_idle(self) -> bool:
+        if any(pool.counters.in_flight for pool in self.pools.values()):
+            return False
+        for topic in self.topics:
+            stats = await self.broker.stats(topic)
+            if any(g.lag or g.pending for g in stats.groups):
+                return False
+        return True
+
+    # -- outcomes ----------------------------------------------------------------
+
+    async def _on_final(self, pool: WorkerPool, message: Message, status: ItemStatus,
+                        result: Any) -> None:  # fmt: skip
+        key = (pool.name, message.key or message.id)
+        self._outcomes[key] = Outcome(status=status, result=result)
+        if len(self._outcomes) > _OUTCOMES_KEPT:
+            self._outcomes.popitem(last=False)
+        for event in self._waiters.pop(key, []):
+            event.set()
+        for name, (source, topic) in self.sources.items():
+            if topic == pool.topic:
+                await _quietly(
+                    source.item_finished(key[1], status), f"source {name} finishing {key[1]!r}"
+                )
+
+    async def wait_for(self, pool: str, key: str) -> Outcome:
+        """Wait until the item ``key`` is done or dead in ``pool``."""
+        while (pool, key) not in self._outcomes:
+            event = anyio.Event()
+            self._waiters.setdefault((pool, key), []).append(event)
+            await event.wait()
+        return self._outcomes[(pool, key)]
+
+    # -- publishing and status -----------------------------------------------------
+
+    async def publish(self, topic: str, data: Any, *, key: str = "",
+                      headers: dict[str, str] | None = None) -> str:  # fmt: skip
+        [message_id] = await self.broker.publish(
+            topic, [new_message(data, key=key, headers=headers)]
+        )
+        return message_id
+
+    async def publish_many(self, topic: str, messages: Sequence[Message]) -> list[str]:
+        return await self.broker.publish(topic, messages)
+
+    async def status(self) -> RuntimeStatus:
+        topics = [await self.broker.stats(t) for t in sorted(self.topics)]
+        items = await self.store.counts() if self.store is not None else {}
+        operators = {}
+        for name, op in self.operators.items():
+            stats = getattr(op, "stats", None)
+            operators[name] = msgspec.to_builtins(stats()) if stats else {}
+        return RuntimeStatus(
+            node=self.node,
+            broker=self.config.settings.broker,
+            broker_healthy=bool(getattr(self.broker, "healthy", True)),
+            topics=topics,
+            pools=[p.counters for p in self.pools.values()],
+            operators=operators,
+            items=items,
+        )
+
+    # -- embedding as an async context manager ---------------------------------------
+
+    async def __aenter__(self) -> Runtime:
+        try:
+            await self.build()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._close()
+            raise
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        try:
+            await self._task_group.start(self.run)
+        except BaseException as exc:
+            await self._task_group.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> bool | None:  # fmt: skip
+        self.stop()
+        assert self._task_group is not None
+        return await self._task_group.__aexit__(exc_type, exc, tb)
+
+
+async def _set_then_cancel(event: anyio.Event, tg: TaskGroup) -> None:
+    await event.wait()
+    tg.cancel_scope.cancel()
+
+
+async def _quietly(awaitable: Any, what: str) -> None:
+    """Shutdown steps never stop the other steps: a failure is logged."""
+    try:
+        await awaitable
+    except Exception:
+        log.exception("error while %s", what)

@@ -1,0 +1,41 @@
+"""One error tree: a root and a few causes, each with a message a user can act on."""
+
+from __future__ import annotations
+
+
+class ChuteError(Exception):
+    """Root of every error chute raises on purpose."""
+
+
+class ConfigError(ChuteError):
+    """A config file (or config object) is wrong. One problem per line in ``problems``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class PluginNotFound(ChuteError):
+    """No plugin of that kind and name is installed (or its extra is missing)."""
+
+
+class ClosedError(ChuteError):
+    """The broker, store or runtime was closed by us; the operation cannot proceed."""
+
+
+class BrokerUnavailable(ChuteError):
+    """The broker's backing service cannot be reached; the caller retries with backoff."""
+
+
+class ItemFailed(ChuteError):
+    """An executor failed on an item. ``permanent`` failures skip the remaining attempts."""
+
+    def __init__(self, reason: str, *, permanent: bool = False, output: str = "") -> None:
+        self.reason = reason
+        self.permanent = permanent
+        self.output = output
+        super().__init__(reason)
+
+
+class InvalidMessage(ChuteError):
+    """A message or item could not be decoded or does not have the expected shape."""

@@ -1,0 +1,35 @@
+"""The executor contract: run one item, return its result or raise ItemFailed."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol
+
+import msgspec
+
+from .message import Message
+
+
+class WorkItem(msgspec.Struct, kw_only=True):
+    """What an executor is given: the item's name (its key), data and attempt."""
+
+    name: str
+    data: Any
+    attempt: int
+    message: Message
+    pool: str
+
+
+class Executor(Protocol):
+    """Runs one item at a time per call; calls may run concurrently.
+
+    Return the result (any JSON value, or None) on success. Raise
+    ``runtime.errors.ItemFailed`` on failure, with ``permanent=True`` when a
+    retry cannot help (the item goes straight to the dead letters). Any other
+    exception counts as a retryable failure.
+    """
+
+    Options: ClassVar[type[msgspec.Struct]]
+
+    async def run(self, item: WorkItem) -> Any: ...
+
+    async def aclose(self) -> None: ...

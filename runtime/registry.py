@@ -1,0 +1,65 @@
+"""Find plugins by entry point name, or ``module:attr`` for a one-off.
+
+The built-in plugins register through the same entry points a third-party
+package would use, so ``runtime`` never imports ``plugins``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Any
+
+from .errors import PluginNotFound
+
+GROUPS = {
+    "broker": "chute.brokers",
+    "source": "chute.sources",
+    "executor": "chute.executors",
+    "store": "chute.stores",
+}
+
+# Plugins whose dependencies live in an extra, so a missing import says what to install.
+_EXTRAS = {"redis": "redis", "redis_streams": "redis"}
+
+
+@cache
+def available(kind: str) -> tuple[str, ...]:
+    return tuple(sorted(ep.name for ep in entry_points(group=GROUPS[kind])))
+
+
+def import_object(spec: str) -> Any:
+    """Import ``module:attr`` (``attr`` may be dotted)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise PluginNotFound(f"{spec!r} is not of the form 'module:attribute'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise PluginNotFound(f"cannot import {module_name!r}: {exc}") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise PluginNotFound(f"module {module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+@cache
+def load_plugin(kind: str, name: str) -> Any:
+    """The class registered as ``name`` in the entry-point group for ``kind``."""
+    if ":" in name:
+        return import_object(name)
+    matches = [ep for ep in entry_points(group=GROUPS[kind]) if ep.name == name]
+    if not matches:
+        known = ", ".join(available(kind)) or "none installed"
+        raise PluginNotFound(f"unknown {kind} {name!r} (known: {known})")
+    try:
+        return matches[0].load()
+    except ImportError as exc:
+        extra = next((e for mod, e in _EXTRAS.items() if mod in matches[0].value), None)
+        hint = f"; install it with: pip install 'chute[{extra}]'" if extra else ""
+        raise PluginNotFound(
+            f"the {kind} plugin {name!r} cannot be imported: {exc}{hint}"
+        ) from None

@@ -1,0 +1,72 @@
+"""The state store contract: what the work-queue manager remembers per item.
+
+Items are scoped by pool, so one key can flow through several pools of a
+pipeline. ``claim`` is how a pool starts an item: it refuses items that are
+done or dead, and items another owner holds a live lease on, and returns a
+fencing token so a late finisher whose lease was taken over cannot record the
+completion.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol
+
+import msgspec
+
+
+class ItemStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    DEAD = "dead"
+
+
+FINAL_STATUSES = frozenset({ItemStatus.DONE, ItemStatus.DEAD})
+
+
+class ItemRecord(msgspec.Struct, kw_only=True):
+    pool: str
+    key: str
+    status: ItemStatus
+    attempts: int = 0
+    last_error: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class Claim(msgspec.Struct, frozen=True, kw_only=True):
+    granted: bool
+    token: int = 0
+    """Fencing token: pass it back to ``finish``."""
+    status: ItemStatus = ItemStatus.RUNNING
+    """When not granted: why (DONE/DEAD: finished already; RUNNING: leased elsewhere)."""
+
+
+class StateStore(Protocol):
+    async def open(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def claim(self, pool: str, key: str, *, owner: str, lease: float) -> Claim:
+        """Mark the item running for ``owner`` for ``lease`` seconds, unless final or held."""
+
+    async def finish(
+        self, pool: str, key: str, status: ItemStatus, *, token: int, error: str = ""
+    ) -> bool:
+        """Record the outcome. False (and nothing written) when ``token`` was fenced out."""
+
+    async def mark_pending(self, pool: str, keys: list[str]) -> None:
+        """Record items as known and waiting (no-op for items already known)."""
+
+    async def get(self, pool: str, keys: list[str]) -> dict[str, ItemRecord]: ...
+
+    async def recover(self, owner_prefix: str = "") -> int:
+        """Return items left running by a crashed process to pending; count them."""
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """Per pool, the number of items in each status."""
+
+    async def failures(self, limit: int = 20) -> list[ItemRecord]:
+        """The most recent failed and dead items, newest first."""

@@ -1,0 +1,64 @@
+"""The broker backends the conformance suite runs over.
+
+Each entry is an async context manager factory yielding a started broker with
+a fresh namespace. The Redis backends add themselves here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import fakeredis
+
+from plugins.brokers.memory import MemoryBroker
+from plugins.brokers.redis_streams import RedisBroker
+from runtime.broker import Broker
+from tests.redis_server import drop_prefix, shared_url, unique_prefix
+
+
+@asynccontextmanager
+async def memory_broker() -> AsyncIterator[Broker]:
+    broker = MemoryBroker()
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.aclose()
+
+
+@asynccontextmanager
+async def fakeredis_broker() -> AsyncIterator[Broker]:
+    client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    broker = RedisBroker("redis://fakeredis/0", client=client, trim_every=64)
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.aclose()
+        await client.aclose()
+
+
+@asynccontextmanager
+async def redis_broker() -> AsyncIterator[Broker]:
+    """A real Redis (see tests/redis_server.py); each broker in its own key namespace."""
+    url = shared_url()
+    prefix = unique_prefix()
+    # Trim often, so the suite's small runs exercise trimming too.
+    broker = RedisBroker(f"{url}?prefix={prefix}", trim_every=64)
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.aclose()
+        drop_prefix(url, prefix)
+
+
+BACKENDS: dict[str, Callable[[], AbstractAsyncContextManager[Broker]]] = {
+    "memory": memory_broker,
+    "fakeredis": fakeredis_broker,
+    "redis": redis_broker,
+}
+
+REAL_REDIS = frozenset({"redis"})
+"""Backends that need a redis-server (tests on them are marked ``redis``)."""

@@ -1,0 +1,39 @@
+"""Fixtures shared across the suite. Redis: see tests/redis_server.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.redis_server import RedisServer, drop_prefix, shared_url, unique_prefix
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests parametrised over the real Redis backend get the ``redis`` marker."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None:
+            continue
+        if "redis" in (callspec.params.get("broker"), callspec.params.get("backend")):
+            item.add_marker(pytest.mark.redis)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server that the test may stop, kill and restart."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """The shared Redis with a fresh key prefix: ``redis://...?prefix=...``."""
+    url = shared_url()
+    prefix = unique_prefix()
+    yield f"{url}?prefix={prefix}"
+    drop_prefix(url, prefix)

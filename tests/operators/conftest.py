@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from plugins.brokers.memory import MemoryBroker
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[MemoryBroker]:
+    b = MemoryBroker()
+    await b.start()
+    try:
+        yield b
+    finally:
+        await b.aclose()

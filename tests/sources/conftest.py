@@ -1,0 +1,89 @@
+"""Run a real source in a task group and collect what it emits."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+
+from plugins.brokers.memory import MemoryBroker
+from runtime.config import dec_hook
+from runtime.context import PluginContext
+from runtime.message import Message
+
+WAIT = 10.0
+"""Upper bound for something that should happen at once; reaching it fails the test."""
+
+
+class Collector:
+    """The ``emit`` callable a source gets: keeps every message, wakes waiters on each batch."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.batches = 0
+        self._changed = anyio.Event()
+
+    async def __call__(self, batch: Sequence[Message]) -> list[str]:
+        self.messages.extend(batch)
+        self.batches += 1
+        self._changed.set()
+        self._changed = anyio.Event()
+        return [str(len(self.messages) - len(batch) + i) for i in range(len(batch))]
+
+    def keys(self) -> list[str]:
+        return [m.key for m in self.messages]
+
+    def by_name(self, name: str) -> list[Message]:
+        return [m for m in self.messages if m.data.get("name") == name]
+
+    async def wait_for(self, ready: Callable[[], Any], limit: float = WAIT) -> None:
+        with anyio.fail_after(limit):
+            while not ready():
+                await self._changed.wait()
+
+    async def wait_name(self, name: str, limit: float = WAIT) -> Message:
+        await self.wait_for(lambda: self.by_name(name), limit)
+        return self.by_name(name)[0]
+
+
+def make_context(tmp: Path, name: str = "inbox") -> PluginContext:
+    return PluginContext(
+        name=name,
+        topic=f"{name}.items",
+        base_dir=tmp,
+        workdir=tmp / ".chute",
+        node="test-node",
+        broker=MemoryBroker(),
+    )
+
+
+def build(cls: Any, options: dict[str, Any], ctx: PluginContext) -> Any:
+    """Decode options exactly as the runtime does, then build the plugin."""
+    return cls(msgspec.convert(options, cls.Options, dec_hook=dec_hook), ctx)
+
+
+@asynccontextmanager
+async def running(source: Any) -> AsyncIterator[Collector]:
+    collector = Collector()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(source.run, collector)
+        ready = getattr(source, "ready", None)
+        if ready is not None:
+            with anyio.fail_after(WAIT):
+                await ready.wait()
+        try:
+            yield collector
+        finally:
+            tg.cancel_scope.cancel()
+    await source.aclose()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -1,0 +1,147 @@
+"""The command line as a user drives it: real processes, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def chute(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runtime.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **kw,
+    )  # type: ignore[call-overload]
+
+
+def write_config(tmp_path: Path, port: int, *, sleep: float = 0.0, grace: str = "10s") -> Path:
+    path = tmp_path / "chute.toml"
+    path.write_text(
+        f"""
+shutdown_grace = "{grace}"
+[api]
+enabled = true
+port = {port}
+[topics.jobs]
+[pools.work]
+topic = "jobs"
+concurrency = 2
+track = false
+executor = {{ type = "python", function = "tests.helpers.tasks:record", path = ["{REPO}"], thread = true }}
+"""
+    )
+    return path
+
+
+def start(config: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "runtime.cli", "run", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=config.parent,
+    )
+
+
+def wait_for_api(port: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("the API never came up")
+
+
+def test_publish_through_the_api_and_stop_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "ran.log"
+    proc = start(write_config(tmp_path, port))
+    try:
+        wait_for_api(port, proc)
+        url = f"http://127.0.0.1:{port}"
+        one = chute("publish", "--url", url, "jobs", json.dumps({"n": 1, "log": str(log)}))
+        assert one.returncode == 0, one.stderr
+        lines = "\n".join(
+            json.dumps({"data": {"n": n, "log": str(log)}, "key": f"k{n}"}) for n in (2, 3)
+        )
+        many = chute("publish", "--url", url, "jobs", input=lines)
+        assert many.returncode == 0, many.stderr
+        assert len(many.stdout.split()) == 2
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (
+            not log.exists() or len(log.read_text().split()) < 3
+        ):
+            time.sleep(0.05)
+        assert sorted(log.read_text().split()) == ["1", "2", "3"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "draining" in err
+
+
+def test_sigterm_lets_running_items_finish(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "ran.log"
+    proc = start(write_config(tmp_path, port))
+    try:
+        wait_for_api(port, proc)
+        body = "\n".join(json.dumps({"n": n, "log": str(log), "sleep": 1.0}) for n in (1, 2))
+        assert (
+            chute("publish", "--url", f"http://127.0.0.1:{port}", "jobs", input=body).returncode
+            == 0
+        )
+        time.sleep(0.4)  # both items are running now (concurrency 2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert sorted(log.read_text().split()) == ["1", "2"]
+
+
+def test_publish_without_a_runtime_says_what_to_do(tmp_path: Path) -> None:
+    result = chute("publish", "--url", f"http://127.0.0.1:{free_port()}", "jobs", '{"n": 1}')
+    assert result.returncode == 1
+    assert "is `chute run` running with its API enabled?" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_publish_rejects_malformed_json(tmp_path: Path) -> None:
+    result = chute("publish", "jobs", "{not json")
+    assert result.returncode == 2
+    assert "cannot read the messages" in result.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "getpgid"), reason="POSIX only")
+def test_publish_to_an_unknown_topic_is_refused(tmp_path: Path) -> None:
+    port = free_port()
+    proc = start(write_config(tmp_path, port))
+    try:
+        wait_for_api(port, proc)
+        result = chute("publish", "--url", f"http://127.0.0.1:{port}", "nope", '{"n": 1}')
+        assert result.returncode == 1
+        assert "unknown topic 'nope'" in result.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)

@@ -1,0 +1,34 @@
+"""The README's first command: the demo runs on the embedded defaults and finishes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_demo_runs_until_idle_and_a_restart_redoes_nothing(tmp_path: Path) -> None:
+    for name in ("demo.toml", "demo_tasks.py"):
+        shutil.copy(REPO / "configs" / name, tmp_path / name)
+    cmd = [sys.executable, "-m", "runtime.cli", "run", str(tmp_path / "demo.toml"), "--until-idle"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert len(lines) == 20 and all(line.startswith("item") for line in lines)
+    assert sorted(int(line.split()[1].rstrip(":")) for line in lines) == list(range(20))
+    assert (tmp_path / ".chute" / "state.db").exists()
+
+    # Same items again: the state store remembers them, so nothing runs twice.
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == ""
+
+    status = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "status", str(tmp_path / "demo.toml")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    assert "pool summarize: done 20" in status.stdout
