@@ -1,0 +1,232 @@
+"""Item state in SQLite, the default: ``state = "sqlite"`` (``WORKDIR/state.db``).
+
+One table, one row per (pool, key), in WAL mode with ``synchronous=NORMAL``:
+a committed transaction survives the process being killed (only a power cut
+can take the last few back), and readers such as ``chute status`` never wait
+for the runtime. Each call is one short statement run on the event loop: a
+hop to a thread costs more than the statement itself.
+
+A claim bumps the row's fencing token; ``finish`` writes only under the
+current token. The runtime that opens the file takes an advisory lock on
+``<db>.lock`` when it recovers; holding it proves no other process is running
+items from this file, so every item left ``running`` is a crash's leftover
+and returns to pending. Without the lock (a second process sharing the file)
+only items whose lease expired are recovered.
+
+``state = "memory"`` is the same store on an in-memory database: nothing is
+kept across restarts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import sqlite3
+import time
+from pathlib import Path
+from typing import IO
+
+from runtime.errors import ConfigError
+from runtime.store import Claim, ItemRecord, ItemStatus
+
+log = logging.getLogger("chute.store.sqlite")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    pool TEXT NOT NULL,
+    key BLOB NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    owner TEXT NOT NULL DEFAULT '',
+    token INTEGER NOT NULL DEFAULT 0,
+    lease_until REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (pool, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS items_by_status ON items (status, updated_at);
+"""
+
+# Granted unless final, or running under a live lease held by someone else.
+_CLAIM = """
+INSERT INTO items (pool, key, status, attempts, created_at, updated_at, owner, token, lease_until)
+VALUES (?1, ?2, 'running', 1, ?3, ?3, ?4, 1, ?5)
+ON CONFLICT (pool, key) DO UPDATE SET
+    status = 'running', attempts = attempts + 1, updated_at = ?3, owner = ?4,
+    token = token + 1, lease_until = ?5
+WHERE status NOT IN ('done', 'dead')
+  AND (status != 'running' OR owner = ?4 OR lease_until <= ?3)
+RETURNING token
+"""
+
+_FINISH = """
+UPDATE items SET status = ?1, last_error = ?2, updated_at = ?3, owner = '', lease_until = 0
+WHERE pool = ?4 AND key = ?5 AND token = ?6 AND status = 'running'
+"""
+
+_COLUMNS = "pool, key, status, attempts, last_error, created_at, updated_at"
+
+
+def _b(key: str) -> bytes:
+    """Item keys are often file names, which need not be UTF-8 (``os.fsdecode``)."""
+    return key.encode("utf-8", "surrogateescape")
+
+
+def _record(row: tuple[str, bytes, str, int, str, float, float]) -> ItemRecord:
+    pool, key, status, attempts, last_error, created_at, updated_at = row
+    return ItemRecord(
+        pool=pool,
+        key=key.decode("utf-8", "surrogateescape"),
+        status=ItemStatus(status),
+        attempts=attempts,
+        last_error=last_error,
+        created_at=created_at,
+        updated_at=updated_at,
+    )
+
+
+def database_path(url: str, workdir: Path) -> Path:
+    """``sqlite`` -> WORKDIR/state.db; ``sqlite:///abs.db``; ``sqlite://rel.db`` (in WORKDIR)."""
+    rest = url.removeprefix("sqlite").removeprefix(":").removeprefix("//")
+    if not rest:
+        return workdir / "state.db"
+    path = Path(rest).expanduser()
+    return path if path.is_absolute() else workdir / path
+
+
+class SqliteStore:
+    """``StateStore`` in one SQLite file under the working folder."""
+
+    def __init__(self, url: str, workdir: Path) -> None:
+        self.path: Path | None = database_path(url, workdir)
+        self._db: sqlite3.Connection | None = None
+        self._lock: IO[bytes] | None = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise ConfigError(["state: the store is not open (call open() first)"])
+        return self._db
+
+    async def open(self) -> None:
+        target = ":memory:"
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            target = str(self.path)
+        try:
+            db = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout = 5000")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError([f"state: cannot open the state database {target}: {exc}"]) from None
+        self._db = db
+
+    async def aclose(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
+
+    async def claim(self, pool: str, key: str, *, owner: str, lease: float) -> Claim:
+        now = time.time()
+        row = self.db.execute(_CLAIM, (pool, _b(key), now, owner, now + max(0.0, lease))).fetchone()
+        if row is not None:
+            return Claim(granted=True, token=int(row[0]))
+        found = self.db.execute(
+            "SELECT status FROM items WHERE pool = ? AND key = ?", (pool, _b(key))
+        ).fetchone()
+        return Claim(granted=False, status=ItemStatus(found[0] if found else "running"))
+
+    async def finish(
+        self, pool: str, key: str, status: ItemStatus, *, token: int, error: str = ""
+    ) -> bool:
+        cursor = self.db.execute(_FINISH, (status.value, error, time.time(), pool, _b(key), token))
+        if cursor.rowcount == 1:
+            return True
+        log.warning("pool %s: item %r finished as %s under a stale lease (token %d): "
+                    "another owner took it over; not recorded", pool, key, status, token)  # fmt: skip
+        return False
+
+    async def mark_pending(self, pool: str, keys: list[str]) -> None:
+        now = time.time()
+        self.db.executemany(
+            "INSERT OR IGNORE INTO items (pool, key, status, created_at, updated_at) "
+            "VALUES (?, ?, 'pending', ?, ?)",
+            [(pool, _b(k), now, now) for k in keys],
+        )
+
+    async def get(self, pool: str, keys: list[str]) -> dict[str, ItemRecord]:
+        out: dict[str, ItemRecord] = {}
+        for start in range(0, len(keys), 500):  # SQLite caps bound parameters
+            chunk = [_b(k) for k in keys[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                f"SELECT {_COLUMNS} FROM items WHERE pool = ? AND key IN ({marks})", (pool, *chunk)
+            )
+            for row in rows:
+                record = _record(row)
+                out[record.key] = record
+        return out
+
+    def _sole_user(self) -> bool:
+        """Take the runner's lock on the database; False when another process holds it."""
+        if self.path is None:
+            return True
+        if self._lock is None:
+            lock = open(f"{self.path}.lock", "ab")  # noqa: SIM115 - held until aclose
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                return False
+            self._lock = lock
+        return True
+
+    async def recover(self, owner_prefix: str = "") -> int:
+        now = time.time()
+        args: tuple[float | int | str, ...] = ()
+        if self._sole_user():
+            where = "status = 'running'"
+        else:
+            log.warning("another process (lock file %s.lock) runs items from %s; only items "
+                        "whose lease expired are recovered (several nodes: use a redis state "
+                        "store)", self.path, self.path)  # fmt: skip
+            where = "status = 'running' AND (lease_until <= ? OR substr(owner, 1, ?) = ?)"
+            args = (now, len(owner_prefix), owner_prefix) if owner_prefix else (now, 1, "\0")
+        cursor = self.db.execute(
+            "UPDATE items SET status = 'pending', token = token + 1, owner = '', lease_until = 0, "
+            f"updated_at = ? WHERE {where}",
+            (now, *args),
+        )
+        return cursor.rowcount
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        rows = self.db.execute(
+            "SELECT pool, status, count(*) FROM items GROUP BY pool, status ORDER BY pool"
+        )
+        for pool, status, n in rows:
+            out.setdefault(pool, {})[status] = n
+        return out
+
+    async def failures(self, limit: int = 20) -> list[ItemRecord]:
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS} FROM items WHERE status IN ('failed', 'dead') "
+            "ORDER BY updated_at DESC LIMIT ?",
+            (limit,),
+        )
+        return [_record(row) for row in rows]
+
+
+class MemoryStore(SqliteStore):
+    """``state = "memory"``: the same rules, kept in memory only (tests, benchmarks)."""
+
+    def __init__(self, url: str, workdir: Path) -> None:
+        super().__init__(url, workdir)
+        self.path = None
+
