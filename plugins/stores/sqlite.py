@@ -229,4 +229,3 @@ class MemoryStore(SqliteStore):
     def __init__(self, url: str, workdir: Path) -> None:
         super().__init__(url, workdir)
         self.path = None
-

@@ -1,0 +1,281 @@
+"""command: the book's executor API, run as real processes (no shell, ever)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+from plugins.brokers.memory import MemoryBroker
+from plugins.executors.command import CommandExecutor, CommandOptions
+from runtime.config import config_from_dict, dec_hook
+from runtime.context import PluginContext
+from runtime.engine import Runtime
+from runtime.errors import ConfigError, ItemFailed
+from runtime.executor import WorkItem
+from runtime.message import Message
+from runtime.store import ItemStatus
+
+PY = sys.executable
+
+
+def executor(tmp_path: Path, **options: Any) -> CommandExecutor:
+    ctx = PluginContext(
+        name="work", topic="in", base_dir=tmp_path, workdir=tmp_path / "work",
+        node="test", broker=MemoryBroker(),
+    )  # fmt: skip
+    return CommandExecutor(msgspec.convert(options, CommandOptions, dec_hook=dec_hook), ctx)
+
+
+def item(data: Any, name: str = "item-1", attempt: int = 1) -> WorkItem:
+    message = Message(id="1-0", key=name, data=data, attempt=attempt)
+    return WorkItem(name=name, data=data, attempt=attempt, message=message, pool="work")
+
+
+def script(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "script.py"
+    path.write_text(textwrap.dedent(body))
+    return str(path)
+
+
+async def test_the_book_file_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHUTE_TEST_SECRET", "must not leak")
+    probe = script(tmp_path, """
+        import json, os, stat, sys
+        item = os.environ["WORK_ITEM_FILE"]
+        out = os.environ["WORK_OUTPUT_DIR"]
+        open(os.path.join(out, "made.txt"), "w").write("output")
+        report = {
+            "data": json.load(open(item)),
+            "mode": oct(stat.S_IMODE(os.stat(item).st_mode)),
+            "folder_mode": oct(stat.S_IMODE(os.stat(os.path.dirname(item)).st_mode)),
+            "name": os.environ["WORK_ITEM_NAME"],
+            "attempt": os.environ["WORK_ITEM_ATTEMPT"],
+            "secret": os.environ.get("CHUTE_TEST_SECRET"),
+            "extra": os.environ.get("EXTRA"),
+            "argv": sys.argv[1:],
+            "own_group": os.getpgid(0) == os.getpid(),
+        }
+        json.dump(report, open(os.environ["WORK_RESULT_FILE"], "w"))
+    """)  # fmt: skip
+    ex = executor(tmp_path, argv=[PY, probe, "{path}", "n={meta.n}", "{{literal}}"],
+                  env={"EXTRA": "x"})  # fmt: skip
+    data = {"path": "a b;$(touch CANARY).mp4", "meta": {"n": 3}}
+    result = await ex.run(item(data, name="video 1", attempt=2))
+    assert result == {
+        "data": data,
+        "mode": "0o600",
+        "folder_mode": "0o700",
+        "name": "video 1",
+        "attempt": "2",
+        "secret": None,
+        "extra": "x",
+        "argv": ["a b;$(touch CANARY).mp4", "n=3", "{literal}"],
+        "own_group": True,
+    }
+    [kept] = (tmp_path / "work" / "outputs").glob("*/*/made.txt")
+    assert kept.read_text() == "output"
+    assert not (tmp_path / "CANARY").exists()
+    assert not list((tmp_path / "work" / "run").glob("*/item.json"))
+    await ex.aclose()
+
+
+async def test_exit_codes_decide_retry_or_dead(tmp_path: Path) -> None:
+    fails = script(tmp_path, """
+        import sys
+        print("something went wrong", file=sys.stderr)
+        sys.exit(int(sys.argv[1]))
+    """)  # fmt: skip
+    ex = executor(tmp_path, argv=[PY, fails, "{code}"])
+    with pytest.raises(ItemFailed) as retryable:
+        await ex.run(item({"code": 3}))
+    assert not retryable.value.permanent
+    assert retryable.value.reason == "exit 3: something went wrong"
+    assert "something went wrong" in retryable.value.output
+    with pytest.raises(ItemFailed) as permanent:
+        await ex.run(item({"code": 65}))
+    assert permanent.value.permanent
+
+
+async def test_a_signal_is_a_retryable_failure(tmp_path: Path) -> None:
+    ex = executor(
+        tmp_path, argv=[PY, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
+    )
+    with pytest.raises(ItemFailed) as info:
+        await ex.run(item({}))
+    assert info.value.reason.startswith("killed by SIGSEGV") and not info.value.permanent
+
+
+async def test_a_missing_field_is_a_permanent_failure(tmp_path: Path) -> None:
+    ex = executor(tmp_path, argv=["/bin/true", "{path}"])
+    with pytest.raises(ItemFailed) as info:
+        await ex.run(item({"other": 1}))
+    assert info.value.permanent and "'path'" in info.value.reason
+
+
+async def test_an_executor_that_deletes_its_item_file(tmp_path: Path) -> None:
+    rm = script(tmp_path, "import os; os.unlink(os.environ['WORK_ITEM_FILE'])\n")
+    ex = executor(tmp_path, argv=[PY, rm])
+    assert await ex.run(item({"n": 1})) is None
+    assert await ex.run(item({"n": 2})) is None  # its folder is fine for the next item
+
+
+async def test_a_bad_result_file_is_a_failure(tmp_path: Path) -> None:
+    bad = script(tmp_path, "import os; open(os.environ['WORK_RESULT_FILE'], 'w').write('{nope')\n")
+    with pytest.raises(ItemFailed, match="WORK_RESULT_FILE is not valid JSON"):
+        await executor(tmp_path, argv=[PY, bad]).run(item({}))
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_timeout_kills_the_whole_group_even_a_grandchild_ignoring_sigterm(
+    tmp_path: Path,
+) -> None:
+    pids = tmp_path / "pids"
+    hang = script(tmp_path, f"""
+        import os, signal, subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+        open({str(pids)!r}, "w").write(f"{{os.getpid()}} {{child.pid}}")
+        time.sleep(600)
+    """)  # fmt: skip
+    ex = executor(tmp_path, argv=[PY, hang], grace="500ms")
+    started = time.monotonic()
+    with pytest.raises(TimeoutError), anyio.fail_after(1.5):
+        await ex.run(item({}))
+    parent, grandchild = map(int, pids.read_text().split())
+    assert time.monotonic() - started < 1.5 + 0.5 + 1.0  # timeout + grace + reaping
+    assert not _alive(parent)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(parent, os.WNOHANG)  # noqa: ASYNC222 - reaped already: no zombie left
+    # SIGKILL was sent to the group; it lands within moments, well inside 5 s.
+    with anyio.fail_after(5):
+        while _alive(grandchild):  # noqa: ASYNC110 - not our child: only /proc tells
+            await anyio.sleep(0.02)
+
+
+async def test_leftovers_of_a_finished_executor_are_killed(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    leave = script(tmp_path, f"""
+        import subprocess
+        p = subprocess.Popen(["sleep", "600"])
+        open({str(pid_file)!r}, "w").write(str(p.pid))
+    """)  # fmt: skip
+    with anyio.fail_after(5):  # the stray sleep holds our pipes: we must not wait for it
+        await executor(tmp_path, argv=[PY, leave]).run(item({}))
+    pid = int(pid_file.read_text())
+    for _ in range(50):
+        if not _alive(pid):
+            break
+        await anyio.sleep(0.02)
+    assert not _alive(pid)
+
+
+async def test_100_mib_of_stdout_costs_no_memory(tmp_path: Path) -> None:
+    chatty = script(tmp_path, """
+        import sys
+        block = b"x" * 1048575 + b"\\n"
+        for _ in range(int(sys.argv[1])):
+            sys.stdout.buffer.write(block)
+    """)  # fmt: skip
+    ex = executor(tmp_path, argv=[PY, chatty, "{mib}"])  # the default cap: 1 MiB each
+    await ex.run(item({"mib": 2}))  # warm up: buffers, imports
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    await ex.run(item({"mib": 100}))
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 50
+
+
+async def test_output_is_capped_and_keeps_the_tail(tmp_path: Path) -> None:
+    chatty = script(tmp_path, """
+        import sys
+        for i in range(200000):
+            print(f"line {i}")
+        print("the last words", file=sys.stderr)
+        sys.exit(1)
+    """)  # fmt: skip
+    with pytest.raises(ItemFailed) as info:
+        await executor(tmp_path, argv=[PY, chatty], max_output="4KiB").run(item({}))
+    out = info.value.output
+    assert "line 199999" in out and "line 0\n" not in out and "bytes dropped" in out
+    assert info.value.reason == "exit 1: the last words"
+    assert len(out) < 3 * 4096
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"argv": []}, "argv: empty"),
+        ({"argv": ["no-such-program-here"]}, "argv[0]: program 'no-such-program-here' not found"),
+        ({"argv": ["/bin/true", "{unclosed"]}, "argv[1]: unmatched '{'"),
+        ({"argv": ["/bin/true", "{}"]}, "argv[1]: empty field name"),
+        ({"argv": ["/bin/true"], "cwd": "missing"}, "cwd:"),
+    ],
+)
+def test_bad_options_are_config_errors(
+    tmp_path: Path, options: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        executor(tmp_path, **options)
+    assert any(p.startswith(problem) for p in info.value.problems), info.value.problems
+
+
+async def test_in_a_pool_failures_retry_then_dead_letter_and_others_go_on(tmp_path: Path) -> None:
+    tool = script(tmp_path, """
+        import json, os, sys
+        data = json.load(open(os.environ["WORK_ITEM_FILE"]))
+        if data["kind"] == "flaky" and os.environ["WORK_ITEM_ATTEMPT"] == "1":
+            sys.exit(1)
+        if data["kind"] == "broken":
+            sys.exit(2)
+        if data["kind"] == "bad-data":
+            sys.exit(65)
+    """)  # fmt: skip
+    config = config_from_dict(
+        {
+            "workdir": str(tmp_path / "work"),
+            "topics": {"jobs": {}},
+            "pools": {
+                "work": {
+                    "topic": "jobs",
+                    "concurrency": 4,
+                    "retry": {"attempts": 3, "backoff": "10ms"},
+                    "executor": {"type": "command", "argv": [PY, tool]},
+                }
+            },
+        },
+        path="test.toml",
+        base_dir=str(tmp_path),
+    )
+    kinds = ["fine", "flaky", "broken", "bad-data", "fine"]
+    async with Runtime(config) as rt:
+        await rt.broker.ensure_group("work.dead", "inspect", visibility_timeout=60)
+        for i, kind in enumerate(kinds):
+            await rt.publish("jobs", {"kind": kind}, key=f"{kind}-{i}")
+        with anyio.fail_after(30):
+            outcomes = {
+                f"{k}-{i}": await rt.wait_for("work", f"{k}-{i}") for i, k in enumerate(kinds)
+            }
+        dead = await rt.broker.read("work.dead", "inspect", "t", count=10, block=0.1)
+    assert {k: o.status for k, o in outcomes.items()} == {
+        "fine-0": ItemStatus.DONE, "flaky-1": ItemStatus.DONE, "broken-2": ItemStatus.DEAD,
+        "bad-data-3": ItemStatus.DEAD, "fine-4": ItemStatus.DONE,
+    }  # fmt: skip
+    attempts = {m.key: m.headers["chute-attempts"] for m in dead}
+    assert attempts == {"broken-2": "3", "bad-data-3": "1"}  # exit 65 skips the retries
+    assert all(m.headers["chute-error"].startswith("exit ") for m in dead)
