@@ -22,5 +22,6 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
 
 def report(data: dict[str, Any]) -> None:
     print(
-        f"item {data['n']:>3}: {data['words']} words, sha256 {data['sha256']}  {data['sentence']!r}"
+        f"item {data['n']:>3}: {data['words']} words, sha256 {data['sha256']}  {data['sentence']!r}",
+        flush=True,  # shown as it happens, also through a pipe (| tee, a supervisor)
     )
