@@ -59,6 +59,10 @@ def parse_messages(body: bytes) -> list[Message]:
     return out
 
 
+class _MarkShard(msgspec.Struct, forbid_unknown_fields=True):
+    down: bool
+
+
 def build_app(rt: Runtime) -> web.Application:
     token = rt.config.api.token
 
@@ -90,10 +94,28 @@ def build_app(rt: Runtime) -> web.Application:
         ids = await rt.publish_many(topic, messages)
         return web.json_response({"ids": ids}, status=201)
 
+    async def mark_shard(request: web.Request) -> web.Response:
+        """``POST /v1/operators/<op>/shards/<shard>`` with ``{"down": true|false}``."""
+        name, shard = request.match_info["operator"], request.match_info["shard"]
+        op = rt.operators.get(name)
+        if op is None or not hasattr(op, "mark_down"):
+            return web.json_response({"error": f"no shard operator {name!r}"}, status=404)
+        try:
+            down = msgspec.json.decode(await request.read(), type=_MarkShard).down
+            op.mark_down(int(shard) if shard.isdigit() else shard, down)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return web.json_response({"error": f'expected {{"down": true}}: {exc}'}, status=400)
+        except (KeyError, ValueError, IndexError) as exc:
+            return web.json_response(
+                {"error": f"no shard {shard!r} in {name!r}: {exc}"}, status=404
+            )
+        return web.json_response({"operator": name, "shard": shard, "down": down})
+
     app = web.Application(middlewares=[auth], client_max_size=_MAX_BODY)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/topics/{topic}/messages", publish)
+    app.router.add_post("/v1/operators/{operator}/shards/{shard}", mark_shard)
     return app
 
 

@@ -192,6 +192,50 @@ async def _publish_http(url: str, token: str | None, topic: str, messages: list[
 
 
 @main.command()
+@click.argument("operator")
+@click.argument("shard")
+@click.option("--up", is_flag=True, help="Put the shard back (default: mark it down).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Find the runtime's API from this config.")  # fmt: skip
+@click.option("--url", default=None, help="The runtime's API, default http://127.0.0.1:8765.")
+@click.option("--token", default=None, envvar="CHUTE_TOKEN", help="API bearer token.")
+def shard(operator: str, shard: str, up: bool, config_path: str | None, url: str | None,
+          token: str | None) -> None:  # fmt: skip
+    """Mark SHARD (an index or its topic) of a running shard OPERATOR down, or --up again."""
+    cfg = None
+    if config_path:
+        try:
+            cfg = _load(config_path)
+        except ConfigError as exc:
+            _fail_config(exc)
+    token = token or (cfg.api.token if cfg else None)
+    base = _api_url(cfg, url)
+    answer = anyio.run(_mark_shard, base, token, operator, shard, not up)
+    click.echo(f"{operator}: shard {answer['shard']} is {'down' if answer['down'] else 'up'}")
+
+
+async def _mark_shard(url: str, token: str | None, operator: str, shard: str,
+                      down: bool) -> dict[str, Any]:  # fmt: skip
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    target = f"{url}/v1/operators/{operator}/shards/{shard}"
+    try:
+        async with (
+            aiohttp.ClientSession(headers=headers) as session,
+            session.post(target, data=msgspec.json.encode({"down": down})) as resp,
+        ):
+            answer: dict[str, Any] = await resp.json(content_type=None)
+            if resp.status != 200:
+                raise click.ClickException(f"{url}: {answer.get('error', resp.status)}")
+            return answer
+    except aiohttp.ClientConnectionError as exc:
+        raise click.ClickException(
+            f"no runtime answers at {url} ({exc}); is `chute run` running with its API enabled?"
+        ) from None
+
+
+@main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--url", default=None, help="The runtime's API, for live pool figures.")
 @click.option("--token", default=None, envvar="CHUTE_TOKEN")

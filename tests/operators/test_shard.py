@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import anyio
 import pytest
@@ -169,3 +170,35 @@ async def test_running_operator_watches_health_and_reroutes(broker: MemoryBroker
                 got["photos-1"] += len(await take(broker, "photos-1", wait=1.0))
         tg.cancel_scope.cancel()
     assert got["photos-0"] == 0 and sum(got.values()) == 400
+
+
+async def test_a_shard_is_marked_down_and_up_through_the_api(tmp_path: Path) -> None:
+    import aiohttp
+
+    from runtime.config import config_from_dict
+    from runtime.engine import Runtime
+
+    config = config_from_dict(
+        {
+            "workdir": str(tmp_path / "work"),
+            "api": {"enabled": True, "port": 0},
+            "topics": {"photos": {}, **{t: {} for t in TOPICS}},
+            "operators": {"sharder": SHARD4},
+        },
+        path="test.toml",
+        base_dir=str(tmp_path),
+    )
+    async with Runtime(config) as rt, aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{rt.api_port}/v1/operators/sharder/shards"
+        async with http.post(f"{url}/photos-2", json={"down": True}) as resp:
+            assert resp.status == 200, await resp.text()
+        assert rt.operators["sharder"].healthy == [True, True, False, True]
+        async with http.post(f"{url}/2", json={"down": False}) as resp:
+            assert resp.status == 200
+        assert rt.operators["sharder"].healthy == [True] * 4
+        async with http.post(f"{url}/photos-9", json={"down": True}) as resp:
+            assert resp.status == 404 and "no shard" in (await resp.json())["error"]
+        async with http.post(f"{url}/1", json={"down": "yes"}) as resp:
+            assert resp.status == 400
+        async with http.post(f"{url.replace('sharder', 'nope')}/1", json={"down": True}) as resp:
+            assert resp.status == 404
