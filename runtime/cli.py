@@ -11,7 +11,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import click
@@ -31,7 +31,17 @@ def _load(path: str) -> Config:
     return config
 
 
-def _fail_config(exc: ConfigError) -> None:
+def _load_optional(path: str | None) -> Config | None:
+    """The config named by an optional ``--config``; its mistakes end the command."""
+    if not path:
+        return None
+    try:
+        return _load(path)
+    except ConfigError as exc:
+        _fail_config(exc)
+
+
+def _fail_config(exc: ConfigError) -> NoReturn:
     for problem in exc.problems:
         click.echo(problem, err=True)
     sys.exit(EXIT_CONFIG)
@@ -142,12 +152,7 @@ def publish(topic: str, data: str | None, key: str, config_path: str | None,
     if key:
         for m in messages:
             m.key = key
-    cfg = None
-    if config_path:
-        try:
-            cfg = _load(config_path)
-        except ConfigError as exc:
-            _fail_config(exc)
+    cfg = _load_optional(config_path)
     if cfg is not None and scheme_of(cfg.settings.broker) != "memory":
         ids = anyio.run(_publish_direct, cfg, topic, messages)
     else:
@@ -170,21 +175,28 @@ async def _publish_direct(cfg: Config, topic: str, messages: list[Any]) -> list[
 
 
 async def _publish_http(url: str, token: str | None, topic: str, messages: list[Any]) -> list[str]:
-    import aiohttp
-
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
     body = b"\n".join(
         msgspec.json.encode({"data": m.data, "key": m.key, "headers": m.headers}) for m in messages
     )
+    answer = await _api_post(url, f"/v1/topics/{topic}/messages", token, body, expect=201)
+    return list(answer["ids"])
+
+
+async def _api_post(url: str, path: str, token: str | None, body: bytes,
+                    expect: int = 200) -> dict[str, Any]:  # fmt: skip
+    """POST to the running runtime's API; its errors become one line for the user."""
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         async with (
             aiohttp.ClientSession(headers=headers) as session,
-            session.post(f"{url}/v1/topics/{topic}/messages", data=body) as resp,
+            session.post(f"{url}{path}", data=body) as resp,
         ):
-            answer = await resp.json(content_type=None)
-            if resp.status != 201:
+            answer: dict[str, Any] = await resp.json(content_type=None)
+            if resp.status != expect:
                 raise click.ClickException(f"{url}: {answer.get('error', resp.status)}")
-            return list(answer["ids"])
+            return answer
     except aiohttp.ClientConnectionError as exc:
         raise click.ClickException(
             f"no runtime answers at {url} ({exc}); is `chute run` running with its API enabled?"
@@ -202,37 +214,12 @@ async def _publish_http(url: str, token: str | None, topic: str, messages: list[
 def shard(operator: str, shard: str, up: bool, config_path: str | None, url: str | None,
           token: str | None) -> None:  # fmt: skip
     """Mark SHARD (an index or its topic) of a running shard OPERATOR down, or --up again."""
-    cfg = None
-    if config_path:
-        try:
-            cfg = _load(config_path)
-        except ConfigError as exc:
-            _fail_config(exc)
+    cfg = _load_optional(config_path)
     token = token or (cfg.api.token if cfg else None)
-    base = _api_url(cfg, url)
-    answer = anyio.run(_mark_shard, base, token, operator, shard, not up)
+    path = f"/v1/operators/{operator}/shards/{shard}"
+    body = msgspec.json.encode({"down": not up})
+    answer = anyio.run(_api_post, _api_url(cfg, url), path, token, body)
     click.echo(f"{operator}: shard {answer['shard']} is {'down' if answer['down'] else 'up'}")
-
-
-async def _mark_shard(url: str, token: str | None, operator: str, shard: str,
-                      down: bool) -> dict[str, Any]:  # fmt: skip
-    import aiohttp
-
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    target = f"{url}/v1/operators/{operator}/shards/{shard}"
-    try:
-        async with (
-            aiohttp.ClientSession(headers=headers) as session,
-            session.post(target, data=msgspec.json.encode({"down": down})) as resp,
-        ):
-            answer: dict[str, Any] = await resp.json(content_type=None)
-            if resp.status != 200:
-                raise click.ClickException(f"{url}: {answer.get('error', resp.status)}")
-            return answer
-    except aiohttp.ClientConnectionError as exc:
-        raise click.ClickException(
-            f"no runtime answers at {url} ({exc}); is `chute run` running with its API enabled?"
-        ) from None
 
 
 @main.command()
