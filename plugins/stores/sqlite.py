@@ -7,11 +7,11 @@ for the runtime. Each call is one short statement run on the event loop: a
 hop to a thread costs more than the statement itself.
 
 A claim bumps the row's fencing token; ``finish`` writes only under the
-current token. The runtime that opens the file takes an advisory lock on
-``<db>.lock`` when it recovers; holding it proves no other process is running
-items from this file, so every item left ``running`` is a crash's leftover
-and returns to pending. Without the lock (a second process sharing the file)
-only items whose lease expired are recovered.
+current token. Each runtime that recovers from the file holds an advisory
+lock on ``<db>.lock`` (shared) until it closes; getting it exclusively proves
+no other process is running items from this file, so every item left
+``running`` is a crash's leftover and returns to pending. Otherwise (a second
+process sharing the file) only items whose lease expired are recovered.
 
 ``state = "memory"`` is the same store on an in-memory database: nothing is
 kept across restarts.
@@ -73,14 +73,18 @@ def _b(key: str) -> bytes:
     return key.encode("utf-8", "surrogateescape")
 
 
-def _record(row: tuple[str, bytes, str, int, str, float, float]) -> ItemRecord:
+def _s(raw: bytes | str) -> str:
+    return raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
+
+
+def _record(row: tuple[str, bytes, str, int, bytes | str, float, float]) -> ItemRecord:
     pool, key, status, attempts, last_error, created_at, updated_at = row
     return ItemRecord(
         pool=pool,
-        key=key.decode("utf-8", "surrogateescape"),
+        key=_s(key),
         status=ItemStatus(status),
         attempts=attempts,
-        last_error=last_error,
+        last_error=_s(last_error),  # bytes: an error often quotes the item's file name
         created_at=created_at,
         updated_at=updated_at,
     )
@@ -145,7 +149,8 @@ class SqliteStore:
     async def finish(
         self, pool: str, key: str, status: ItemStatus, *, token: int, error: str = ""
     ) -> bool:
-        cursor = self.db.execute(_FINISH, (status.value, error, time.time(), pool, _b(key), token))
+        args = (status.value, _b(error), time.time(), pool, _b(key), token)
+        cursor = self.db.execute(_FINISH, args)
         if cursor.rowcount == 1:
             return True
         log.warning("pool %s: item %r finished as %s under a stale lease (token %d): "
@@ -174,18 +179,32 @@ class SqliteStore:
         return out
 
     def _sole_user(self) -> bool:
-        """Take the runner's lock on the database; False when another process holds it."""
+        """Lock ``<db>.lock`` until aclose; True when no other runner holds it too.
+
+        Every runner holds it shared, so the next one to start sees all that
+        are still running, not only the first. Only while recovering is it
+        held exclusively (see ``recover``).
+        """
         if self.path is None:
             return True
         if self._lock is None:
-            lock = open(f"{self.path}.lock", "ab")  # noqa: SIM115 - held until aclose
-            try:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                lock.close()
-                return False
-            self._lock = lock
+            self._lock = open(f"{self.path}.lock", "ab")  # noqa: SIM115 - held until aclose
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._share()
+            return False
         return True
+
+    def _share(self) -> None:
+        """Hold the lock shared; refused only while another runner is inside recover()."""
+        assert self._lock is not None
+        for _ in range(200):
+            try:
+                fcntl.flock(self._lock.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                time.sleep(0.01)  # a moment, at start-up; never wait on it for good
 
     async def recover(self, owner_prefix: str = "") -> int:
         now = time.time()
@@ -203,6 +222,8 @@ class SqliteStore:
             f"updated_at = ? WHERE {where}",
             (now, *args),
         )
+        if self._lock is not None:
+            self._share()  # let the next runner in, and be seen by it
         return cursor.rowcount
 
     async def counts(self) -> dict[str, dict[str, int]]:
