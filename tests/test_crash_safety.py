@@ -59,6 +59,7 @@ executor = {{ type = "command", argv = [{", ".join(f'"{a}"' for a in argv)}] }}
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(400)  # the suite's 120 s default is shorter than the final run's 300 s
 def test_kill_9_five_times_then_until_idle_finishes_everything(tmp_path: Path) -> None:
     seed = int(os.environ.get("CHUTE_CHAOS_SEED", random.randrange(2**32)))
     print(f"\ncrash-safety seed: {seed} (rerun with CHUTE_CHAOS_SEED={seed})")
