@@ -183,21 +183,24 @@ class CommandExecutor:
         if problems:
             raise ConfigError(problems)
         self.cwd = ctx.resolve(options.cwd or ".")
-        program = options.argv[0]
-        if not self.argv[0].fields:
-            found = shutil.which(program, path=os.environ.get("PATH")) if "/" not in program \
-                else (str(self.cwd / program) if os.access(self.cwd / program, os.X_OK) else None)  # fmt: skip
-            if found is None:
-                where = "on PATH" if "/" not in program else f"in {self.cwd}"
-                raise ConfigError([f"argv[0]: program {program!r} not found {where}"])
         if options.cwd and not self.cwd.is_dir():
             raise ConfigError([f"cwd: {self.cwd} is not a folder"])
+        self.base_env = self._base_env(options)
+        if not self.argv[0].fields:
+            self._check_program(options.argv[0])
         self.options = options
         self.pool = ctx.name
         self.scratch = ctx.workdir / "run" / _safe_name(ctx.name)
         self.outputs = ctx.workdir / "outputs" / _safe_name(ctx.name)
-        self.base_env = self._base_env(options)
         self._free: list[Path] = []
+
+    def _check_program(self, program: str) -> None:
+        """Look the program up as exec will: on the child's PATH, or relative to ``cwd``."""
+        if "/" in program:
+            if not os.access(self.cwd / program, os.X_OK):
+                raise ConfigError([f"argv[0]: program {program!r} not found in {self.cwd}"])
+        elif shutil.which(program, path=self.base_env.get("PATH", os.defpath)) is None:
+            raise ConfigError([f"argv[0]: program {program!r} not found on PATH"])
 
     @staticmethod
     def _base_env(options: CommandOptions) -> dict[str, str]:

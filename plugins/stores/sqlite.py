@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from runtime.errors import ConfigError
+from runtime.errors import ClosedError, ConfigError
 from runtime.store import Claim, ItemRecord, ItemStatus
 
 log = logging.getLogger("chute.store.sqlite")
@@ -110,7 +110,7 @@ class SqliteStore:
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
-            raise ConfigError(["state: the store is not open (call open() first)"])
+            raise ClosedError("the sqlite state store is not open (call open() first)")
         return self._db
 
     async def open(self) -> None:
@@ -118,13 +118,14 @@ class SqliteStore:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             target = str(self.path)
+        db = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
         try:
-            db = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA busy_timeout = 5000")
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
+            db.close()
             raise ConfigError([f"state: cannot open the state database {target}: {exc}"]) from None
         self._db = db
 
@@ -208,19 +209,22 @@ class SqliteStore:
 
     async def recover(self, owner_prefix: str = "") -> int:
         now = time.time()
-        args: tuple[float | int | str, ...] = ()
-        if self._sole_user():
-            where = "status = 'running'"
-        else:
+        where = "status = 'running'"
+        args: list[float | int | str] = [now]
+        if not self._sole_user():
             log.warning("another process (lock file %s.lock) runs items from %s; only items "
                         "whose lease expired are recovered (several nodes: use a redis state "
                         "store)", self.path, self.path)  # fmt: skip
-            where = "status = 'running' AND (lease_until <= ? OR substr(owner, 1, ?) = ?)"
-            args = (now, len(owner_prefix), owner_prefix) if owner_prefix else (now, 1, "\0")
+            where += " AND (lease_until <= ?"
+            args.append(now)
+            if owner_prefix:
+                where += " OR substr(owner, 1, ?) = ?"
+                args += [len(owner_prefix), owner_prefix]
+            where += ")"
         cursor = self.db.execute(
             "UPDATE items SET status = 'pending', token = token + 1, owner = '', lease_until = 0, "
             f"updated_at = ? WHERE {where}",
-            (now, *args),
+            args,
         )
         if self._lock is not None:
             self._share()  # let the next runner in, and be seen by it
