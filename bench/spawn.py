@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import subprocess
 import tempfile
 import time
@@ -106,22 +107,43 @@ async def chute(count: int, concurrency: int) -> float:
         return count / elapsed
 
 
+def _cpu() -> float:
+    """CPU seconds this process (the parent, not its children) has used."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _with_cpu(run: Callable[[int, int], Awaitable[float]], count: int,
+                    c: int) -> tuple[float, float]:  # fmt: skip
+    """(items/s, parent CPU microseconds per item)."""
+    before = _cpu()
+    rate = await run(count, c)
+    return rate, (_cpu() - before) / count * 1e6
+
+
 async def main(count: int, concurrencies: list[int]) -> None:
     await bare_asyncio(50, 2)  # warm up imports and the child watcher
     print(f"spawn throughput, {count} runs of {TRUE} (items/s)")
     for c in concurrencies:
+        asyncio_rate = await bare_asyncio(count, c)
+        threads_rate = await bare_threads(count, c)
+        pidfd_rate, pidfd_cpu = await _with_cpu(bare_pidfd, count, c)
+        ours, ours_cpu = await _with_cpu(chute, count, c)
         bare = {
-            "asyncio.create_subprocess_exec": await bare_asyncio(count, c),
-            "subprocess.run in threads": await bare_threads(count, c),
-            "Popen + pidfd on the loop": await bare_pidfd(count, c),
+            "asyncio.create_subprocess_exec": asyncio_rate,
+            "subprocess.run in threads": threads_rate,
+            "Popen + pidfd on the loop": pidfd_rate,
         }
-        ours = await chute(count, c)
         best_name, best = max(bare.items(), key=lambda kv: kv[1])
         for name, rate in bare.items():
             print(f"  concurrency {c}: bare {name:<32} {rate:8.0f}/s")
         print(
             f"  concurrency {c}: chute command pool (end to end)  {ours:8.0f}/s"
             f"   ratio {ours / best:.2f}x the best bare loop ({best_name})"
+        )
+        print(
+            f"  concurrency {c}: parent CPU per item: chute {ours_cpu:.0f} us, "
+            f"bare Popen + pidfd {pidfd_cpu:.0f} us"
         )
 
 
