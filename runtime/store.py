@@ -5,11 +5,17 @@ pipeline. ``claim`` is how a pool starts an item: it refuses items that are
 done or dead, and items another owner holds a live lease on, and returns a
 fencing token so a late finisher whose lease was taken over cannot record the
 completion.
+
+The pool claims a whole fetched batch with ``claim_many`` and records
+outcomes with ``finish_many`` just before it acknowledges them: one
+transaction (SQLite) or one round trip (Redis) for many items, where a call
+per item would cost as much as spawning the item's process.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import Protocol
 
 import msgspec
@@ -44,6 +50,16 @@ class Claim(msgspec.Struct, frozen=True, kw_only=True):
     """When not granted: why (DONE/DEAD: finished already; RUNNING: leased elsewhere)."""
 
 
+class Finish(msgspec.Struct, frozen=True):
+    """One outcome for ``finish_many``."""
+
+    key: str
+    status: ItemStatus
+    """DONE, FAILED or DEAD; PENDING gives an unrun claim back (one attempt less)."""
+    token: int
+    error: str = ""
+
+
 class StateStore(Protocol):
     async def open(self) -> None: ...
 
@@ -52,10 +68,18 @@ class StateStore(Protocol):
     async def claim(self, pool: str, key: str, *, owner: str, lease: float) -> Claim:
         """Mark the item running for ``owner`` for ``lease`` seconds, unless final or held."""
 
+    async def claim_many(
+        self, pool: str, keys: Sequence[str], *, owner: str, lease: float
+    ) -> list[Claim]:
+        """``claim`` for each key (in order), in one transaction or round trip."""
+
     async def finish(
         self, pool: str, key: str, status: ItemStatus, *, token: int, error: str = ""
     ) -> bool:
         """Record the outcome. False (and nothing written) when ``token`` was fenced out."""
+
+    async def finish_many(self, pool: str, outcomes: Sequence[Finish]) -> list[bool]:
+        """``finish`` for each outcome (in order), in one transaction or round trip."""
 
     async def mark_pending(self, pool: str, keys: list[str]) -> None:
         """Record items as known and waiting (no-op for items already known)."""

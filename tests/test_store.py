@@ -19,7 +19,7 @@ import pytest
 from plugins.stores.redis import RedisStore
 from plugins.stores.sqlite import MemoryStore, SqliteStore, database_path
 from runtime.errors import ConfigError
-from runtime.store import ItemStatus, StateStore
+from runtime.store import Finish, ItemStatus, StateStore
 
 BACKENDS = ["sqlite", "memory", pytest.param("redis", marks=pytest.mark.redis)]
 
@@ -179,17 +179,49 @@ async def test_failures_are_listed_newest_first_and_forgotten_once_done(
     assert [r.key for r in await store.failures(limit=1)] == ["b"]
 
 
-async def test_a_failed_item_being_retried_is_not_listed_as_a_failure(
-    store: StateStore, request: pytest.FixtureRequest
-) -> None:
-    if isinstance(store, RedisStore):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="RedisStore keeps the item in its failures set until it finishes "
-                "done, so failures() lists it with status running",
-            )
-        )
+async def test_a_batch_of_claims_and_finishes_follows_the_same_rules(store: StateStore) -> None:
+    held = await store.claim("p", "held", owner="n2:p", lease=30)
+    finished = await store.claim("p", "done", owner="n1:p", lease=30)
+    await store.finish("p", "done", ItemStatus.DONE, token=finished.token)
+
+    claims = await store.claim_many("p", ["a", "held", "done", "b"], owner="n1:p", lease=30)
+    assert [(c.granted, c.status) for c in claims] == [
+        (True, ItemStatus.RUNNING),
+        (False, ItemStatus.RUNNING),
+        (False, ItemStatus.DONE),
+        (True, ItemStatus.RUNNING),
+    ]
+    a, _, _, b = claims
+    recorded = await store.finish_many(
+        "p",
+        [
+            Finish("a", ItemStatus.DONE, a.token),
+            Finish("held", ItemStatus.DONE, held.token + 1000),  # a stale token: refused
+            Finish("b", ItemStatus.DEAD, b.token, "bad input"),
+        ],
+    )
+    assert recorded == [True, False, True]
+    assert await statuses(store, "p", ["a", "held", "b"]) == {
+        "a": ItemStatus.DONE,
+        "held": ItemStatus.RUNNING,
+        "b": ItemStatus.DEAD,
+    }
+    assert await store.claim_many("p", [], owner="n1:p", lease=30) == []
+    assert await store.finish_many("p", []) == []
+
+
+async def test_a_claim_given_back_unrun_is_pending_and_costs_no_attempt(store: StateStore) -> None:
+    first = await store.claim("p", "a", owner="n1:p", lease=30)
+    await store.finish("p", "a", ItemStatus.FAILED, token=first.token, error="boom")
+    [again] = await store.claim_many("p", ["a"], owner="n1:p", lease=300)
+    assert await store.finish_many("p", [Finish("a", ItemStatus.PENDING, again.token)]) == [True]
+    record = (await store.get("p", ["a"]))["a"]
+    assert (record.status, record.attempts) == (ItemStatus.PENDING, 1)
+    # Nobody holds it now: another node may take it at once.
+    assert (await store.claim("p", "a", owner="n2:p", lease=30)).granted
+
+
+async def test_a_failed_item_being_retried_is_not_listed_as_a_failure(store: StateStore) -> None:
     first = await store.claim("p", "a", owner="n1:p", lease=30)
     await store.finish("p", "a", ItemStatus.FAILED, token=first.token, error="boom")
     assert [r.key for r in await store.failures()] == ["a"]

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from runtime.store import Claim, ItemRecord, ItemStatus
+from runtime.store import Claim, Finish, ItemRecord, ItemStatus
 
 from ..redis_conn import Reconnecting, RedisUrl, as_str
 
@@ -30,7 +31,8 @@ log = logging.getLogger("chute.store.redis")
 
 _FAILURES_KEPT = 1000
 
-# KEYS: item, lease, tokens, counts, running, pools. ARGV: owner, lease ms, now, member, pool.
+# KEYS: item, lease, tokens, counts, running, pools, failures.
+# ARGV: owner, lease ms, now, member, pool.
 _CLAIM = """
 redis.call('SADD', KEYS[6], ARGV[5])
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -57,6 +59,7 @@ redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'status', 'running', 'owner', ARGV[1], 'token', token,
            'updated_at', ARGV[3])
 redis.call('SADD', KEYS[5], ARGV[4])
+redis.call('ZREM', KEYS[7], ARGV[4])  -- a failed item that runs again is no failure yet
 return {1, token, 'running'}
 """
 
@@ -75,6 +78,7 @@ redis.call('HINCRBY', KEYS[3], old, -1)
 redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'last_error', ARGV[3], 'updated_at', ARGV[4],
            'token', '', 'spent', ARGV[2])
+if ARGV[1] == 'pending' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
 redis.call('DEL', KEYS[2])
 redis.call('SREM', KEYS[4], ARGV[5])
 if ARGV[1] == 'failed' or ARGV[1] == 'dead' then
@@ -183,6 +187,12 @@ class RedisStore:
     async def _smembers(self, key: bytes) -> list[bytes]:
         return [m if isinstance(m, bytes) else _b(m) for m in await self._redis.smembers(key)]
 
+    async def _hgetall_many(self, keys: list[bytes]) -> list[dict[bytes, bytes]]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hgetall(key)
+            return await pipe.execute()
+
     # -- the protocol ------------------------------------------------------
 
     async def open(self) -> None:
@@ -194,25 +204,58 @@ class RedisStore:
         await self._redis.aclose()
 
     async def claim(self, pool: str, key: str, *, owner: str, lease: float) -> Claim:
-        keys: list[bytes] = [self._item(pool, key), self._lease(pool, key), _b(self.prefix) + b"tokens",
-                self._counts(pool), self._running, self._pools]  # fmt: skip
+        [claim] = await self.claim_many(pool, [key], owner=owner, lease=lease)
+        return claim
+
+    async def claim_many(
+        self, pool: str, keys: Sequence[str], *, owner: str, lease: float
+    ) -> list[Claim]:
         lease_ms = max(0, int(lease * 1000))
-        args: list[Arg] = [_b(owner), lease_ms, time.time(), _member(pool, key), _b(pool)]
-        granted, token, status = await self._conn.call(partial(self._claim, keys, args))
-        return Claim(granted=bool(granted), token=int(token), status=ItemStatus(as_str(status)))
+        now = time.time()
+
+        async def run() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    script_keys: list[bytes] = [self._item(pool, key), self._lease(pool, key),
+                            _b(self.prefix) + b"tokens", self._counts(pool), self._running,
+                            self._pools, self._failures]  # fmt: skip
+                    args: list[Arg] = [_b(owner), lease_ms, now, _member(pool, key), _b(pool)]
+                    await self._claim(script_keys, args, client=pipe)
+                return await pipe.execute()
+
+        replies = await self._conn.call(run) if keys else []
+        return [
+            Claim(granted=bool(granted), token=int(token), status=ItemStatus(as_str(status)))
+            for granted, token, status in replies
+        ]
 
     async def finish(
         self, pool: str, key: str, status: ItemStatus, *, token: int, error: str = ""
     ) -> bool:
-        keys: list[bytes] = [self._item(pool, key), self._lease(pool, key), self._counts(pool),
-                self._running, self._failures, _b(self.prefix) + b"seq"]  # fmt: skip
-        args: list[Arg] = [status.value, token, _b(error), time.time(), _member(pool, key),
-                           _FAILURES_KEPT]  # fmt: skip
-        recorded = await self._conn.call(partial(self._finish, keys, args))
-        if not recorded:
-            log.warning("pool %s: item %r finished as %s under a stale lease (token %d): "
-                        "another node took it over; not recorded", pool, key, status, token)  # fmt: skip
-        return bool(recorded)
+        [recorded] = await self.finish_many(pool, [Finish(key, status, token, error)])
+        return recorded
+
+    async def finish_many(self, pool: str, outcomes: Sequence[Finish]) -> list[bool]:
+        now = time.time()
+
+        async def run() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for o in outcomes:
+                    script_keys: list[bytes] = [self._item(pool, o.key), self._lease(pool, o.key),
+                            self._counts(pool), self._running, self._failures,
+                            _b(self.prefix) + b"seq"]  # fmt: skip
+                    args: list[Arg] = [o.status.value, o.token, _b(o.error), now,
+                                       _member(pool, o.key), _FAILURES_KEPT]  # fmt: skip
+                    await self._finish(script_keys, args, client=pipe)
+                return await pipe.execute()
+
+        recorded = [bool(r) for r in await self._conn.call(run)] if outcomes else []
+        for o, ok in zip(outcomes, recorded, strict=True):
+            if not ok:
+                log.warning("pool %s: item %r finished as %s under a stale lease (token %d): "
+                            "another node took it over; not recorded",
+                            pool, o.key, o.status, o.token)  # fmt: skip
+        return recorded
 
     async def mark_pending(self, pool: str, keys: list[str]) -> None:
         if not keys:
@@ -226,10 +269,7 @@ class RedisStore:
 
     async def get(self, pool: str, keys: list[str]) -> dict[str, ItemRecord]:
         async def run() -> list[Any]:
-            pipe = self._redis.pipeline(transaction=False)
-            for key in keys:
-                pipe.hgetall(self._item(pool, key))
-            return await pipe.execute()
+            return await self._hgetall_many([self._item(pool, key) for key in keys])
 
         rows = await self._conn.call(run)
         out: dict[str, ItemRecord] = {}
@@ -253,11 +293,9 @@ class RedisStore:
     async def counts(self) -> dict[str, dict[str, int]]:
         async def run() -> dict[str, dict[str, int]]:
             pools = sorted(_s(p) for p in await self._smembers(self._pools))
-            pipe = self._redis.pipeline(transaction=False)
-            for pool in pools:
-                pipe.hgetall(self._counts(pool))
+            rows = await self._hgetall_many([self._counts(pool) for pool in pools])
             out: dict[str, dict[str, int]] = {}
-            for pool, row in zip(pools, await pipe.execute(), strict=True):
+            for pool, row in zip(pools, rows, strict=True):
                 # Only the statuses an item is in (the hash keeps zeros).
                 counts = {as_str(s): int(n) for s, n in row.items() if int(n)}
                 if counts:
@@ -270,10 +308,7 @@ class RedisStore:
         async def run() -> list[ItemRecord]:
             members = await self._redis.zrevrange(self._failures, 0, max(0, limit - 1))
             pairs = [_unmember(m) for m in members if isinstance(m, bytes)]
-            pipe = self._redis.pipeline(transaction=False)
-            for pool, key in pairs:
-                pipe.hgetall(self._item(pool, key))
-            rows = await pipe.execute()
+            rows = await self._hgetall_many([self._item(pool, key) for pool, key in pairs])
             return [_record(p, k, row) for (p, k), row in zip(pairs, rows, strict=True) if row]
 
         return await self._conn.call(run)

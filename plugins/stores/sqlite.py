@@ -19,15 +19,17 @@ kept across restarts.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import sqlite3
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
 from runtime.errors import ClosedError, ConfigError
-from runtime.store import Claim, ItemRecord, ItemStatus
+from runtime.store import Claim, Finish, ItemRecord, ItemStatus
 
 log = logging.getLogger("chute.store.sqlite")
 
@@ -45,7 +47,10 @@ CREATE TABLE IF NOT EXISTS items (
     lease_until REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (pool, key)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS items_by_status ON items (status, updated_at);
+-- Only failed and dead rows are indexed (for ``failures``): the claim and
+-- finish of every other item then write no index page at all.
+DROP INDEX IF EXISTS items_by_status;
+CREATE INDEX IF NOT EXISTS items_failed ON items (updated_at) WHERE status IN ('failed', 'dead');
 """
 
 # Granted unless final, or running under a live lease held by someone else.
@@ -61,7 +66,8 @@ RETURNING token
 """
 
 _FINISH = """
-UPDATE items SET status = ?1, last_error = ?2, updated_at = ?3, owner = '', lease_until = 0
+UPDATE items SET status = ?1, last_error = ?2, updated_at = ?3, owner = '', lease_until = 0,
+    attempts = attempts - (?1 = 'pending')
 WHERE pool = ?4 AND key = ?5 AND token = ?6 AND status = 'running'
 """
 
@@ -137,26 +143,59 @@ class SqliteStore:
             self._lock.close()  # releases the flock
             self._lock = None
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One commit for many statements: the commit is most of a statement's cost."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
     async def claim(self, pool: str, key: str, *, owner: str, lease: float) -> Claim:
+        [claim] = await self.claim_many(pool, [key], owner=owner, lease=lease)
+        return claim
+
+    async def claim_many(
+        self, pool: str, keys: Sequence[str], *, owner: str, lease: float
+    ) -> list[Claim]:
         now = time.time()
-        row = self.db.execute(_CLAIM, (pool, _b(key), now, owner, now + max(0.0, lease))).fetchone()
-        if row is not None:
-            return Claim(granted=True, token=int(row[0]))
-        found = self.db.execute(
-            "SELECT status FROM items WHERE pool = ? AND key = ?", (pool, _b(key))
-        ).fetchone()
-        return Claim(granted=False, status=ItemStatus(found[0] if found else "running"))
+        until = now + max(0.0, lease)
+        claims: list[Claim] = []
+        with self._transaction() as db:
+            for key in keys:
+                row = db.execute(_CLAIM, (pool, _b(key), now, owner, until)).fetchone()
+                if row is not None:
+                    claims.append(Claim(granted=True, token=int(row[0])))
+                    continue
+                found = db.execute(
+                    "SELECT status FROM items WHERE pool = ? AND key = ?", (pool, _b(key))
+                ).fetchone()
+                claims.append(Claim(granted=False, status=ItemStatus(found[0])))
+        return claims
 
     async def finish(
         self, pool: str, key: str, status: ItemStatus, *, token: int, error: str = ""
     ) -> bool:
-        args = (status.value, _b(error), time.time(), pool, _b(key), token)
-        cursor = self.db.execute(_FINISH, args)
-        if cursor.rowcount == 1:
-            return True
-        log.warning("pool %s: item %r finished as %s under a stale lease (token %d): "
-                    "another owner took it over; not recorded", pool, key, status, token)  # fmt: skip
-        return False
+        [recorded] = await self.finish_many(pool, [Finish(key, status, token, error)])
+        return recorded
+
+    async def finish_many(self, pool: str, outcomes: Sequence[Finish]) -> list[bool]:
+        now = time.time()
+        recorded: list[bool] = []
+        with self._transaction() as db:
+            for o in outcomes:
+                args = (o.status.value, _b(o.error), now, pool, _b(o.key), o.token)
+                recorded.append(db.execute(_FINISH, args).rowcount == 1)
+        for o, ok in zip(outcomes, recorded, strict=True):
+            if not ok:
+                log.warning("pool %s: item %r finished as %s under a stale lease (token %d): "
+                            "another owner took it over; not recorded",
+                            pool, o.key, o.status, o.token)  # fmt: skip
+        return recorded
 
     async def mark_pending(self, pool: str, keys: list[str]) -> None:
         now = time.time()
