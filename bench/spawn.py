@@ -11,7 +11,11 @@ each one gets its 0600 ``WORK_ITEM_FILE`` and private folder, its outcome is
 recorded in the SQLite state store, and it is acknowledged; from the first
 publish to the last ack.
 
-    python bench/spawn.py [--count 2000] [--concurrency 2 8]
+Each figure is the median of ``--rounds`` rounds, and within a round the
+loops take turns, so a noisy neighbour on a shared machine hits all of them
+alike.
+
+    python bench/spawn.py [--count 2000] [--concurrency 2 8] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import asyncio
 import os
 import resource
+import statistics
 import subprocess
 import tempfile
 import time
@@ -121,29 +126,35 @@ async def _with_cpu(run: Callable[[int, int], Awaitable[float]], count: int,
     return rate, (_cpu() - before) / count * 1e6
 
 
-async def main(count: int, concurrencies: list[int]) -> None:
+LOOPS: dict[str, Callable[[int, int], Awaitable[float]]] = {
+    "asyncio.create_subprocess_exec": bare_asyncio,
+    "subprocess.run in threads": bare_threads,
+    "Popen + pidfd on the loop": bare_pidfd,
+    "chute": chute,
+}
+
+
+async def main(count: int, concurrencies: list[int], rounds: int) -> None:
     await bare_asyncio(50, 2)  # warm up imports and the child watcher
-    print(f"spawn throughput, {count} runs of {TRUE} (items/s)")
+    print(f"spawn throughput, {count} runs of {TRUE}, median of {rounds} rounds (items/s)")
     for c in concurrencies:
-        asyncio_rate = await bare_asyncio(count, c)
-        threads_rate = await bare_threads(count, c)
-        pidfd_rate, pidfd_cpu = await _with_cpu(bare_pidfd, count, c)
-        ours, ours_cpu = await _with_cpu(chute, count, c)
-        bare = {
-            "asyncio.create_subprocess_exec": asyncio_rate,
-            "subprocess.run in threads": threads_rate,
-            "Popen + pidfd on the loop": pidfd_rate,
-        }
-        best_name, best = max(bare.items(), key=lambda kv: kv[1])
-        for name, rate in bare.items():
-            print(f"  concurrency {c}: bare {name:<32} {rate:8.0f}/s")
+        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in LOOPS}
+        for _ in range(rounds):
+            for name, loop in LOOPS.items():
+                runs[name].append(await _with_cpu(loop, count, c))
+        rate = {name: statistics.median(r for r, _ in rs) for name, rs in runs.items()}
+        cpu = {name: statistics.median(u for _, u in rs) for name, rs in runs.items()}
+        ours = rate.pop("chute")
+        best_name, best = max(rate.items(), key=lambda kv: kv[1])
+        for name, r in rate.items():
+            print(f"  concurrency {c}: bare {name:<32} {r:8.0f}/s")
         print(
             f"  concurrency {c}: chute command pool (end to end)  {ours:8.0f}/s"
             f"   ratio {ours / best:.2f}x the best bare loop ({best_name})"
         )
         print(
-            f"  concurrency {c}: parent CPU per item: chute {ours_cpu:.0f} us, "
-            f"bare Popen + pidfd {pidfd_cpu:.0f} us"
+            f"  concurrency {c}: parent CPU per item: chute {cpu['chute']:.0f} us, "
+            f"bare Popen + pidfd {cpu['Popen + pidfd on the loop']:.0f} us"
         )
 
 
@@ -151,5 +162,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[2, 8])
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    asyncio.run(main(args.count, args.concurrency))
+    asyncio.run(main(args.count, args.concurrency, args.rounds))

@@ -5,9 +5,13 @@ moves at run time: growing starts more items at once; shrinking lets running
 items finish and starts no new ones until the pool is under the new limit.
 
 Each item is settled in one order, so a crash anywhere repeats work at most
-and never loses it: publish the result downstream, record the outcome in the
-state store, then acknowledge the delivery. Acks are batched by one flusher
-task (a Redis round trip per item would cap throughput).
+and never loses it: claim it in the state store, run it, publish the result
+downstream, record the outcome, then acknowledge the delivery. The store and
+the broker see batches, never single items: a fetched batch is claimed in
+one call, and one flusher task records the outcomes that finished since its
+last pass, then acknowledges them (group commit: at most one pass per
+``_FLUSH_EVERY``, so under load a pass carries many items and when idle an
+item's outcome is written at once).
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from contextlib import nullcontext
 from typing import Any, TypeVar
 
 import anyio
@@ -30,7 +33,7 @@ from .config import PoolConfig
 from .errors import ItemFailed
 from .executor import Executor, WorkItem
 from .message import Message
-from .store import Claim, ItemStatus, StateStore
+from .store import Claim, Finish, ItemStatus, StateStore
 
 log = logging.getLogger("chute.pool")
 T = TypeVar("T")
@@ -40,6 +43,9 @@ OnFinal = Callable[["WorkerPool", Message, ItemStatus, Any], Awaitable[None]]
 
 _OUTPUT_TAIL = 4000
 """Characters of an executor's output kept in a dead letter."""
+
+_FLUSH_EVERY = 0.005
+"""Seconds between two passes of the outcome flusher (its group-commit window)."""
 
 
 class PoolCounters(msgspec.Struct, kw_only=True):
@@ -93,9 +99,13 @@ class WorkerPool:
         self.scaler = Scaler(name, scale)
         self.counters = PoolCounters(name=name, topic=self.topic, concurrency=scale.min)
         self._changed: anyio.Event | None = None
+        # Settled since the flusher's last pass: outcomes to record, then
+        # deliveries to acknowledge, then items to report final.
+        self._finishes: list[Finish] = []
         self._acks: list[str] = []
-        self._acks_ready = anyio.Event()
-        self._buffer: list[Message] = []
+        self._finals: list[tuple[Message, ItemStatus, Any]] = []
+        self._settled = anyio.Event()
+        self._buffer: list[tuple[Message, Claim]] = []
         self._read_lock = anyio.Lock()
         self._stopping = False
         self._intake_scopes: set[anyio.CancelScope] = set()
@@ -143,7 +153,7 @@ class WorkerPool:
         item costs more than a whole no-op item.
         """
         async with anyio.create_task_group() as outer:
-            outer.start_soon(self._flush_acks_forever)
+            outer.start_soon(self._flush_forever)
             outer.start_soon(self._autoscale)
             async with anyio.create_task_group() as workers:
                 for _ in range(self.cfg.scale_or_fixed().max):
@@ -157,7 +167,7 @@ class WorkerPool:
                 workers.cancel_scope.deadline = anyio.current_time() + grace
             with anyio.CancelScope(shield=True):
                 await self._return_buffer()
-                await self._flush_acks()
+                await self._flush()
             outer.cancel_scope.cancel()
 
     async def _autoscale(self) -> None:
@@ -180,14 +190,14 @@ class WorkerPool:
                 acquired, _ = await self._interruptible(self.limiter.acquire())
                 if not acquired:
                     return
-            message = self._buffer.pop() if self._buffer else None
-            if message is None:
-                _, message = await self._interruptible(self._next_message())
-            if message is None:  # stopping
+            taken = self._buffer.pop() if self._buffer else None
+            if taken is None:
+                _, taken = await self._interruptible(self._next_message())
+            if taken is None:  # stopping
                 self.limiter.release()
                 return
             try:
-                await self._process(message)
+                await self._process(*taken)
             finally:
                 self.limiter.release()
 
@@ -205,11 +215,11 @@ class WorkerPool:
             self._intake_scopes.discard(scope)
             waiting.close()  # never started when cancelled up front
 
-    async def _next_message(self) -> Message:
+    async def _next_message(self) -> tuple[Message, Claim]:
         async with self._read_lock:
             return await self._fetch()
 
-    async def _fetch(self) -> Message:
+    async def _fetch(self) -> tuple[Message, Claim]:
         while not self._buffer:
             # Fetch no more than can start soon: a delivery waiting in our
             # buffer ages towards its visibility timeout.
@@ -225,19 +235,48 @@ class WorkerPool:
             if got:
                 if self.items_arrived is not None:
                     self.items_arrived(len(got), time.monotonic())
-                got.reverse()  # pop() from the end keeps delivery order
-                self._buffer = got
+                claimed = await self._claim(got)
+                claimed.reverse()  # pop() from the end keeps delivery order
+                self._buffer = claimed
         return self._buffer.pop()
 
+    async def _claim(self, messages: list[Message]) -> list[tuple[Message, Claim]]:
+        """Claim a fetched batch at once; settle at once those that may not run."""
+        if self.store is None:
+            return [(m, Claim(granted=True)) for m in messages]
+        keys = [m.key or m.id for m in messages]
+        claims = await self.store.claim_many(
+            self.name, keys, owner=self.consumer, lease=self._lease
+        )
+        granted: list[tuple[Message, Claim]] = []
+        elsewhere: list[str] = []
+        for message, claim in zip(messages, claims, strict=True):
+            if claim.granted:
+                granted.append((message, claim))
+            elif claim.status in (ItemStatus.DONE, ItemStatus.DEAD):
+                # Done before (a restart, or a duplicate). Tell the source
+                # again: a crash may have come between the outcome and the
+                # source filing the item away.
+                self.counters.skipped += 1
+                self._settle_later(message, None, claim.status, None)
+            else:  # another node holds a live lease on it: look again later
+                elsewhere.append(message.id)
+        if elsewhere:
+            await self.broker.nack(self.topic, self.group, elsewhere, delay=5.0)
+        return granted
+
     async def _return_buffer(self) -> None:
+        """At shutdown: deliveries fetched but not started go back, and so do their claims."""
         if self._buffer:
-            ids = [m.id for m in self._buffer]
-            self._buffer = []
-            await self.broker.nack(self.topic, self.group, ids, delay=0.0)
+            taken, self._buffer = self._buffer, []
+            await self.broker.nack(self.topic, self.group, [m.id for m, _ in taken], delay=0.0)
+            if self.store is not None:
+                unrun = [Finish(m.key or m.id, ItemStatus.PENDING, c.token) for m, c in taken]
+                await self.store.finish_many(self.name, unrun)
 
     # -- one item ------------------------------------------------------------
 
-    async def _process(self, message: Message) -> None:
+    async def _process(self, message: Message, claim: Claim) -> None:
         counters = self.counters
         counters.in_flight += 1
         started = time.monotonic()
@@ -245,7 +284,7 @@ class WorkerPool:
         if self.item_started is not None:
             self.item_started(started)
         try:
-            await self._settle(message)
+            await self._settle(message, claim)
         finally:
             counters.in_flight -= 1
             ended = time.monotonic()
@@ -253,27 +292,13 @@ class WorkerPool:
             self._service_time += (elapsed - self._service_time) * 0.05
             self.scaler.finished(elapsed, ended)
             if self.item_finished is not None:
-                self.item_finished(time.monotonic() - started, time.monotonic())
+                self.item_finished(elapsed, ended)
             if self._changed is not None:
                 self._changed.set()
                 self._changed = None
 
-    async def _settle(self, message: Message) -> None:
+    async def _settle(self, message: Message, claim: Claim) -> None:
         key = message.key or message.id
-        claim = Claim(granted=True)
-        if self.store is not None:
-            claim = await self.store.claim(self.name, key, owner=self.consumer, lease=self._lease)
-            if not claim.granted:
-                if claim.status in (ItemStatus.DONE, ItemStatus.DEAD):
-                    self.counters.skipped += 1
-                    self._ack(message.id)
-                    # Tell the source again: a crash may have come between the
-                    # outcome and the source filing the item away.
-                    if self.on_final is not None:
-                        await self.on_final(self, message, claim.status, None)
-                else:  # another node holds a live lease on it: look again later
-                    await self.broker.nack(self.topic, self.group, [message.id], delay=5.0)
-                return
         item = WorkItem(
             name=key, data=message.data, attempt=message.attempt, message=message, pool=self.name
         )
@@ -295,22 +320,15 @@ class WorkerPool:
             await self._succeeded(message, claim, result)
 
     async def _succeeded(self, message: Message, claim: Claim, result: Any) -> None:
-        # Shielded: once the executor succeeded, a shutdown must not stop
-        # the result from being recorded (the scope costs, so only if needed).
-        shielded = bool(self.cfg.output) or self.store is not None
-        with anyio.CancelScope(shield=True) if shielded else nullcontext():
-            if self.cfg.output:
+        if self.cfg.output:
+            # Shielded: once the executor succeeded, a shutdown must not
+            # stop its result from going downstream.
+            with anyio.CancelScope(shield=True):
                 headers = {**message.headers, "chute-from": self.name}
                 out = Message(key=message.key, data=result, headers=headers)
                 await self.broker.publish(self.cfg.output, [out])
-            if self.store is not None:
-                await self.store.finish(
-                    self.name, message.key or message.id, ItemStatus.DONE, token=claim.token
-                )
-            self._ack(message.id)
-            self.counters.succeeded += 1
-            if self.on_final is not None:
-                await self.on_final(self, message, ItemStatus.DONE, result)
+        self.counters.succeeded += 1
+        self._settle_later(message, claim, ItemStatus.DONE, result)
 
     async def _failed(self, message: Message, claim: Claim, exc: ItemFailed) -> None:
         key = message.key or message.id
@@ -342,29 +360,46 @@ class WorkerPool:
             }
             dead = Message(key=message.key, data=message.data, headers=headers)
             await self.broker.publish(self.dead_topic, [dead])
-            if self.store is not None:
-                await self.store.finish(
-                    self.name, key, ItemStatus.DEAD, token=claim.token, error=exc.reason
-                )
-            self._ack(message.id)
             self.counters.dead += 1
-            if self.on_final is not None:
-                await self.on_final(self, message, ItemStatus.DEAD, exc.reason)
+            self._settle_later(message, claim, ItemStatus.DEAD, exc.reason, error=exc.reason)
 
-    # -- acknowledgements ----------------------------------------------------
+    # -- recording outcomes ----------------------------------------------------
 
-    def _ack(self, message_id: str) -> None:
-        self._acks.append(message_id)
-        self._acks_ready.set()
+    def _settle_later(self, message: Message, claim: Claim | None, status: ItemStatus,
+                      result: Any, *, error: str = "") -> None:  # fmt: skip
+        """Queue a final outcome for the flusher (``claim`` None: nothing to record)."""
+        if claim is not None and self.store is not None:
+            self._finishes.append(Finish(message.key or message.id, status, claim.token, error))
+        self._acks.append(message.id)
+        if self.on_final is not None:
+            self._finals.append((message, status, result))
+        self._settled.set()
 
-    async def _flush_acks(self) -> None:
-        if self._acks:
-            ids, self._acks = self._acks, []
-            await self.broker.ack(self.topic, self.group, ids)
+    async def _flush(self) -> None:
+        """Record, then acknowledge, then report: a crash between repeats work, loses none."""
+        finishes, self._finishes = self._finishes, []
+        acks, self._acks = self._acks, []
+        finals, self._finals = self._finals, []
+        if finishes:
+            assert self.store is not None
+            await self.store.finish_many(self.name, finishes)
+        if acks:
+            await self.broker.ack(self.topic, self.group, acks)
+        for message, status, result in finals:
+            assert self.on_final is not None
+            await self.on_final(self, message, status, result)
+        if self._changed is not None and acks:
+            self._changed.set()
+            self._changed = None
 
-    async def _flush_acks_forever(self) -> None:
+    async def _flush_forever(self) -> None:
+        last = -math.inf
         while True:
-            await self._acks_ready.wait()
-            self._acks_ready = anyio.Event()
+            await self._settled.wait()
+            self._settled = anyio.Event()
+            wait = last + _FLUSH_EVERY - anyio.current_time()
+            if wait > 0:  # let the outcomes of the next few ms join this pass
+                await anyio.sleep(wait)
             with anyio.CancelScope(shield=True):
-                await self._flush_acks()
+                await self._flush()
+            last = anyio.current_time()
