@@ -118,7 +118,7 @@ class WorkerPool:
 
     @property
     def changed(self) -> anyio.Event:
-        """An event set when the next item finishes (idle detection waits on it)."""
+        """An event set when the next outcomes are acknowledged (idle detection waits on it)."""
         if self._changed is None:
             self._changed = anyio.Event()
         return self._changed
@@ -293,9 +293,6 @@ class WorkerPool:
             self.scaler.finished(elapsed, ended)
             if self.item_finished is not None:
                 self.item_finished(elapsed, ended)
-            if self._changed is not None:
-                self._changed.set()
-                self._changed = None
 
     async def _settle(self, message: Message, claim: Claim) -> None:
         key = message.key or message.id
@@ -343,9 +340,8 @@ class WorkerPool:
                     self.name, key, message.attempt, self.cfg.retry.attempts, delay, exc.reason,
                 )  # fmt: skip
                 if self.store is not None:
-                    await self.store.finish(
-                        self.name, key, ItemStatus.FAILED, token=claim.token, error=exc.reason
-                    )
+                    failed = Finish(key, ItemStatus.FAILED, claim.token, exc.reason)
+                    self._warn_fenced([failed], await self.store.finish_many(self.name, [failed]))
                 await self.broker.nack(self.topic, self.group, [message.id], delay=delay)
                 return
             why = "permanent failure" if exc.permanent else f"failed {message.attempt} times"
@@ -382,7 +378,7 @@ class WorkerPool:
         finals, self._finals = self._finals, []
         if finishes:
             assert self.store is not None
-            await self.store.finish_many(self.name, finishes)
+            self._warn_fenced(finishes, await self.store.finish_many(self.name, finishes))
         if acks:
             await self.broker.ack(self.topic, self.group, acks)
         for message, status, result in finals:
@@ -391,6 +387,13 @@ class WorkerPool:
         if self._changed is not None and acks:
             self._changed.set()
             self._changed = None
+
+    def _warn_fenced(self, finishes: list[Finish], recorded: list[bool]) -> None:
+        for finish, ok in zip(finishes, recorded, strict=True):
+            if not ok:
+                log.warning("pool %s: item %r finished as %s under a stale lease (token %d): "
+                            "another owner took it over; not recorded",
+                            self.name, finish.key, finish.status, finish.token)  # fmt: skip
 
     async def _flush_forever(self) -> None:
         last = -math.inf

@@ -169,3 +169,28 @@ async def test_never_more_running_than_the_limit(tmp_path: Path, concurrency: in
                 peak = max(peak, rt.pools["work"].counters.in_flight)
                 await anyio.sleep(0.002)
     assert 1 <= peak <= concurrency
+
+
+async def test_items_fetched_but_not_started_at_shutdown_go_back_pending(tmp_path: Path) -> None:
+    """A batch is claimed as it is fetched; what never started is given back, unclaimed."""
+    from plugins.stores.sqlite import SqliteStore
+
+    config = make_config(tmp_path, work=pool("slow_double", concurrency=1, track=True))
+    async with Runtime(config) as rt:
+        rt.pools["work"]._service_time = 0.001  # as after many quick items: fetch a big batch
+        for n in range(5):
+            await rt.publish("jobs", {"n": n, "sleep": 0.3}, key=f"item-{n}")
+        await anyio.sleep(0.1)
+        assert rt.pools["work"].counters.in_flight == 1
+    assert rt.pools["work"].counters.succeeded == 1  # the running one finished in the grace
+
+    store = SqliteStore("sqlite", tmp_path / "work")
+    await store.open()
+    try:
+        records = await store.get("work", [f"item-{n}" for n in range(5)])
+    finally:
+        await store.aclose()
+    assert records["item-0"].status == ItemStatus.DONE
+    assert {(records[f"item-{n}"].status, records[f"item-{n}"].attempts) for n in range(1, 5)} == {
+        (ItemStatus.PENDING, 0)
+    }

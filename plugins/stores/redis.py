@@ -250,11 +250,6 @@ class RedisStore:
                 return await pipe.execute()
 
         recorded = [bool(r) for r in await self._conn.call(run)] if outcomes else []
-        for o, ok in zip(outcomes, recorded, strict=True):
-            if not ok:
-                log.warning("pool %s: item %r finished as %s under a stale lease (token %d): "
-                            "another node took it over; not recorded",
-                            pool, o.key, o.status, o.token)  # fmt: skip
         return recorded
 
     async def mark_pending(self, pool: str, keys: list[str]) -> None:

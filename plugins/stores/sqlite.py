@@ -190,11 +190,6 @@ class SqliteStore:
             for o in outcomes:
                 args = (o.status.value, _b(o.error), now, pool, _b(o.key), o.token)
                 recorded.append(db.execute(_FINISH, args).rowcount == 1)
-        for o, ok in zip(outcomes, recorded, strict=True):
-            if not ok:
-                log.warning("pool %s: item %r finished as %s under a stale lease (token %d): "
-                            "another owner took it over; not recorded",
-                            pool, o.key, o.status, o.token)  # fmt: skip
         return recorded
 
     async def mark_pending(self, pool: str, keys: list[str]) -> None:

@@ -128,6 +128,43 @@ async def test_an_executor_that_deletes_its_item_file(tmp_path: Path) -> None:
     assert await ex.run(item({"n": 2})) is None  # its folder is fine for the next item
 
 
+async def test_a_reused_folder_gives_each_item_only_its_own_data(tmp_path: Path) -> None:
+    """Folders are reused and their item file rewritten, never through what a child left."""
+    outside = tmp_path / "outside.txt"
+    outside.write_text("untouched")
+    probe = script(tmp_path, f"""
+        import json, os, stat
+        path = os.environ["WORK_ITEM_FILE"]
+        data = json.load(open(path))
+        json.dump({{"data": data, "mode": oct(stat.S_IMODE(os.stat(path).st_mode))}},
+                  open(os.environ["WORK_RESULT_FILE"], "w"))
+        trick = data.get("trick")
+        if trick == "chmod":
+            os.chmod(path, 0o644)
+        elif trick == "symlink":
+            os.unlink(path)
+            os.symlink({str(outside)!r}, path)
+        elif trick == "hardlink":
+            os.link(path, {str(tmp_path / "kept")!r})
+    """)  # fmt: skip
+    ex = executor(tmp_path, argv=[PY, probe])
+    sequence = [
+        {"long": "x" * 1000},
+        {"n": 1},  # shorter than the last one: nothing of it may remain
+        {"trick": "chmod"},
+        {"n": 2},
+        {"trick": "symlink"},
+        {"n": 3},
+        {"trick": "hardlink"},
+        {"n": 4},
+    ]
+    for data in sequence:
+        assert await ex.run(item(data)) == {"data": data, "mode": "0o600"}
+    assert outside.read_text() == "untouched"
+    assert msgspec.json.decode((tmp_path / "kept").read_bytes()) == {"trick": "hardlink"}
+    await ex.aclose()
+
+
 async def test_a_bad_result_file_is_a_failure(tmp_path: Path) -> None:
     bad = script(tmp_path, "import os; open(os.environ['WORK_RESULT_FILE'], 'w').write('{nope')\n")
     with pytest.raises(ItemFailed, match="WORK_RESULT_FILE is not valid JSON"):
