@@ -3,8 +3,10 @@
 One table, one row per (pool, key), in WAL mode with ``synchronous=NORMAL``:
 a committed transaction survives the process being killed (only a power cut
 can take the last few back), and readers such as ``chute status`` never wait
-for the runtime. Each call is one short statement run on the event loop: a
-hop to a thread costs more than the statement itself.
+for the runtime. Each call is one short transaction run on the event loop (a
+hop to a thread costs more than the statements); ``claim_many`` and
+``finish_many`` put a whole batch in one, since the commit is most of the
+cost of a single statement.
 
 A claim bumps the row's fencing token; ``finish`` writes only under the
 current token. Each runtime that recovers from the file holds an advisory
@@ -27,6 +29,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
+
+import anyio
 
 from runtime.errors import ClosedError, ConfigError
 from runtime.store import Claim, Finish, ItemRecord, ItemStatus
@@ -213,7 +217,7 @@ class SqliteStore:
                 out[record.key] = record
         return out
 
-    def _sole_user(self) -> bool:
+    async def _sole_user(self) -> bool:
         """Lock ``<db>.lock`` until aclose; True when no other runner holds it too.
 
         Every runner holds it shared, so the next one to start sees all that
@@ -223,15 +227,15 @@ class SqliteStore:
         if self.path is None:
             return True
         if self._lock is None:
-            self._lock = open(f"{self.path}.lock", "ab")  # noqa: SIM115 - held until aclose
+            self._lock = open(f"{self.path}.lock", "ab")  # noqa: SIM115, ASYNC230 - held until aclose
         try:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._share()
+            await self._share()
             return False
         return True
 
-    def _share(self) -> None:
+    async def _share(self) -> None:
         """Hold the lock shared; refused only while another runner is inside recover()."""
         assert self._lock is not None
         for _ in range(200):
@@ -239,13 +243,13 @@ class SqliteStore:
                 fcntl.flock(self._lock.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
-                time.sleep(0.01)  # a moment, at start-up; never wait on it for good
+                await anyio.sleep(0.01)  # a moment, at start-up; never wait on it for good
 
     async def recover(self, owner_prefix: str = "") -> int:
         now = time.time()
         where = "status = 'running'"
         args: list[float | int | str] = [now]
-        if not self._sole_user():
+        if not await self._sole_user():
             log.warning("another process (lock file %s.lock) runs items from %s; only items "
                         "whose lease expired are recovered (several nodes: use a redis state "
                         "store)", self.path, self.path)  # fmt: skip
@@ -261,7 +265,7 @@ class SqliteStore:
             args,
         )
         if self._lock is not None:
-            self._share()  # let the next runner in, and be seen by it
+            await self._share()  # let the next runner in, and be seen by it
         return cursor.rowcount
 
     async def counts(self) -> dict[str, dict[str, int]]:
