@@ -202,3 +202,35 @@ async def test_a_shard_is_marked_down_and_up_through_the_api(tmp_path: Path) -> 
             assert resp.status == 400
         async with http.post(f"{url.replace('sharder', 'nope')}/1", json={"down": True}) as resp:
             assert resp.status == 404
+
+
+async def test_the_shard_command_marks_a_shard_of_a_running_runtime(tmp_path: Path) -> None:
+    from runtime.config import config_from_dict
+    from runtime.engine import Runtime
+
+    config = config_from_dict(
+        {
+            "workdir": str(tmp_path / "work"),
+            "api": {"enabled": True, "port": 0},
+            "topics": {"photos": {}, **{t: {} for t in TOPICS}},
+            "operators": {"sharder": SHARD4},
+        },
+        path="test.toml",
+        base_dir=str(tmp_path),
+    )
+    async with Runtime(config) as rt:
+        url = f"http://127.0.0.1:{rt.api_port}"
+
+        async def chute(*args: str) -> subprocess.CompletedProcess[bytes]:
+            cli = [sys.executable, "-m", "runtime.cli", "shard", *args, "--url", url]
+            return await anyio.run_process(cli, check=False)
+
+        down = await chute("sharder", "photos-2")
+        assert down.returncode == 0, down.stderr
+        assert down.stdout.decode().strip() == "sharder: shard photos-2 is down"
+        assert rt.operators["sharder"].healthy == [True, True, False, True]
+        up = await chute("sharder", "2", "--up")
+        assert up.stdout.decode().strip() == "sharder: shard 2 is up"
+        assert rt.operators["sharder"].healthy == [True] * 4
+        unknown = await chute("sharder", "photos-9")
+        assert unknown.returncode != 0 and b"no shard" in unknown.stderr
