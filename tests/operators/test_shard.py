@@ -11,6 +11,8 @@ import anyio
 import pytest
 
 from plugins.brokers.memory import MemoryBroker
+from runtime.config import Config, config_from_dict
+from runtime.engine import Runtime
 from runtime.operators import Shard, ShardRing
 
 from .helpers import drain, make, publish, take, watch
@@ -172,22 +174,20 @@ async def test_running_operator_watches_health_and_reroutes(broker: MemoryBroker
     assert got["photos-0"] == 0 and sum(got.values()) == 400
 
 
+def _sharder_with_api(tmp_path: Path) -> Config:
+    doc = {
+        "workdir": str(tmp_path / "work"),
+        "api": {"enabled": True, "port": 0},
+        "topics": {"photos": {}, **{t: {} for t in TOPICS}},
+        "operators": {"sharder": SHARD4},
+    }
+    return config_from_dict(doc, path="test.toml", base_dir=str(tmp_path))
+
+
 async def test_a_shard_is_marked_down_and_up_through_the_api(tmp_path: Path) -> None:
     import aiohttp
 
-    from runtime.config import config_from_dict
-    from runtime.engine import Runtime
-
-    config = config_from_dict(
-        {
-            "workdir": str(tmp_path / "work"),
-            "api": {"enabled": True, "port": 0},
-            "topics": {"photos": {}, **{t: {} for t in TOPICS}},
-            "operators": {"sharder": SHARD4},
-        },
-        path="test.toml",
-        base_dir=str(tmp_path),
-    )
+    config = _sharder_with_api(tmp_path)
     async with Runtime(config) as rt, aiohttp.ClientSession() as http:
         url = f"http://127.0.0.1:{rt.api_port}/v1/operators/sharder/shards"
         async with http.post(f"{url}/photos-2", json={"down": True}) as resp:
@@ -205,19 +205,7 @@ async def test_a_shard_is_marked_down_and_up_through_the_api(tmp_path: Path) -> 
 
 
 async def test_the_shard_command_marks_a_shard_of_a_running_runtime(tmp_path: Path) -> None:
-    from runtime.config import config_from_dict
-    from runtime.engine import Runtime
-
-    config = config_from_dict(
-        {
-            "workdir": str(tmp_path / "work"),
-            "api": {"enabled": True, "port": 0},
-            "topics": {"photos": {}, **{t: {} for t in TOPICS}},
-            "operators": {"sharder": SHARD4},
-        },
-        path="test.toml",
-        base_dir=str(tmp_path),
-    )
+    config = _sharder_with_api(tmp_path)
     async with Runtime(config) as rt:
         url = f"http://127.0.0.1:{rt.api_port}"
 
