@@ -235,7 +235,10 @@ class WorkerPool:
             if got:
                 if self.items_arrived is not None:
                     self.items_arrived(len(got), time.monotonic())
-                claimed = await self._claim(got)
+                # Shielded: a shutdown arriving mid-claim must still find the
+                # batch in the buffer, to give deliveries and claims back.
+                with anyio.CancelScope(shield=True):
+                    claimed = await self._claim(got)
                 claimed.reverse()  # pop() from the end keeps delivery order
                 self._buffer = claimed
         return self._buffer.pop()
