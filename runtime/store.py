@@ -94,3 +94,17 @@ class StateStore(Protocol):
 
     async def failures(self, limit: int = 20) -> list[ItemRecord]:
         """The most recent failed and dead items, newest first."""
+
+
+class OneItemCalls:
+    """``claim`` and ``finish`` of one item, as a batch of one: a store writes the batch calls."""
+
+    async def claim(self: StateStore, pool: str, key: str, *, owner: str, lease: float) -> Claim:
+        [claim] = await self.claim_many(pool, [key], owner=owner, lease=lease)
+        return claim
+
+    async def finish(
+        self: StateStore, pool: str, key: str, status: ItemStatus, *, token: int, error: str = ""
+    ) -> bool:
+        [recorded] = await self.finish_many(pool, [Finish(key, status, token, error)])
+        return recorded

@@ -190,25 +190,25 @@ class CommandExecutor:
         self.cwd = ctx.resolve(options.cwd or ".")
         if options.cwd and not self.cwd.is_dir():
             raise ConfigError([f"cwd: {self.cwd} is not a folder"])
-        self.base_env = self._base_env(options)
+        env = self._base_env(options)
         if not self.argv[0].fields:
-            self._check_program(options.argv[0])
+            self._check_program(options.argv[0], env.get("PATH", os.defpath))
         self.options = options
         self.pool = ctx.name
         self.scratch = ctx.workdir / "run" / _safe_name(ctx.name)
         self.outputs = ctx.workdir / "outputs" / _safe_name(ctx.name)
         # Encoded once: Popen would encode every variable of every item.
-        self._env = {os.fsencode(k): os.fsencode(v) for k, v in self.base_env.items()}
+        self._env = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
         self._free: list[_Folder] = []
         self._devnull: int | None = None
         self._watcher: _Watcher | None = None
 
-    def _check_program(self, program: str) -> None:
+    def _check_program(self, program: str, path: str) -> None:
         """Look the program up as exec will: on the child's PATH, or relative to ``cwd``."""
         if "/" in program:
             if not os.access(self.cwd / program, os.X_OK):
                 raise ConfigError([f"argv[0]: program {program!r} not found in {self.cwd}"])
-        elif shutil.which(program, path=self.base_env.get("PATH", os.defpath)) is None:
+        elif shutil.which(program, path=path) is None:
             raise ConfigError([f"argv[0]: program {program!r} not found on PATH"])
 
     @staticmethod
@@ -230,13 +230,14 @@ class CommandExecutor:
         left: set[str] | None = None
         try:
             code, stdout, stderr = await self._run_in(folder, argv, item)
-            output = _combined(stdout, stderr)
             left = _listdir(folder.path)
             if code == 0:
-                wrote_result = left is not None and "result.json" in left
-                return _read_result(folder.result_file, output) if wrote_result else None
+                if left is None or "result.json" not in left:
+                    return None
+                return _read_result(folder.result_file, stdout, stderr)
         finally:
             self._give_back(folder, item.name, left)
+        output = _combined(stdout, stderr)
         if code == EX_DATAERR:
             raise ItemFailed(_reason("exit 65 (permanent)", stderr), permanent=True, output=output)
         if code < 0:
@@ -397,33 +398,33 @@ def _write_private(path: str, data: bytes) -> None:
     """Write an item file, 0600, rewriting the one a reused folder holds in place.
 
     Rewriting skips an inode allocation and two directory updates (about
-    half an item's file work on ext4). The file is rewritten only while it
-    is still our private regular file; anything else is replaced.
+    half an item's file work on ext4).
     """
+    fd, size = _open_private(path)
+    try:
+        _write_all(fd, data)
+        if size > len(data):
+            os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
+def _open_private(path: str) -> tuple[int, int]:
+    """The item file open for writing, and its size: ours if still our private
+    regular file, else a fresh one in place of whatever a child left there."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
-        fd = -1
+        pass
     except OSError:  # a symlink (ELOOP) or some other odd thing in its place
         os.unlink(path)
-        fd = -1
-    if fd >= 0:
+    else:
         st = os.fstat(fd)
         if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and stat.S_IMODE(st.st_mode) == 0o600:
-            try:
-                _write_all(fd, data)
-                if st.st_size > len(data):
-                    os.ftruncate(fd, len(data))
-            finally:
-                os.close(fd)
-            return
+            return fd, st.st_size
         os.close(fd)
         os.unlink(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        _write_all(fd, data)
-    finally:
-        os.close(fd)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), 0
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -528,18 +529,21 @@ def _killpg(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def _read_result(path: str, output: str) -> Any:
+def _read_result(path: str, stdout: Tail, stderr: Tail) -> Any:
+    """The item's result; the output is joined only for a failure that reports it."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise ItemFailed(f"cannot read WORK_RESULT_FILE: {exc.strerror}", output=output) from None
+        why = f"cannot read WORK_RESULT_FILE: {exc.strerror}"
+        raise ItemFailed(why, output=_combined(stdout, stderr)) from None
     try:
         return msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
-        raise ItemFailed(f"WORK_RESULT_FILE is not valid JSON: {exc}", output=output) from None
+        why = f"WORK_RESULT_FILE is not valid JSON: {exc}"
+        raise ItemFailed(why, output=_combined(stdout, stderr)) from None
 
 
 def _combined(stdout: Tail, stderr: Tail) -> str:

@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from runtime.store import Claim, Finish, ItemRecord, ItemStatus
+from runtime.store import Claim, Finish, ItemRecord, ItemStatus, OneItemCalls
 
 from ..redis_conn import Reconnecting, RedisUrl, as_str
 
@@ -144,7 +144,7 @@ def _unmember(member: bytes) -> tuple[str, str]:
     return _s(pool), _s(key)
 
 
-class RedisStore:
+class RedisStore(OneItemCalls):
     """``StateStore`` on Redis: nodes pointing at one Redis share item state and leases."""
 
     def __init__(self, url: str, workdir: Path) -> None:
@@ -203,10 +203,6 @@ class RedisStore:
         self._conn.closed = True
         await self._redis.aclose()
 
-    async def claim(self, pool: str, key: str, *, owner: str, lease: float) -> Claim:
-        [claim] = await self.claim_many(pool, [key], owner=owner, lease=lease)
-        return claim
-
     async def claim_many(
         self, pool: str, keys: Sequence[str], *, owner: str, lease: float
     ) -> list[Claim]:
@@ -228,12 +224,6 @@ class RedisStore:
             Claim(granted=bool(granted), token=int(token), status=ItemStatus(as_str(status)))
             for granted, token, status in replies
         ]
-
-    async def finish(
-        self, pool: str, key: str, status: ItemStatus, *, token: int, error: str = ""
-    ) -> bool:
-        [recorded] = await self.finish_many(pool, [Finish(key, status, token, error)])
-        return recorded
 
     async def finish_many(self, pool: str, outcomes: Sequence[Finish]) -> list[bool]:
         now = time.time()

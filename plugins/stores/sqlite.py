@@ -33,7 +33,7 @@ from typing import IO
 import anyio
 
 from runtime.errors import ClosedError, ConfigError
-from runtime.store import Claim, Finish, ItemRecord, ItemStatus
+from runtime.store import Claim, Finish, ItemRecord, ItemStatus, OneItemCalls
 
 log = logging.getLogger("chute.store.sqlite")
 
@@ -109,7 +109,7 @@ def database_path(url: str, workdir: Path) -> Path:
     return path if path.is_absolute() else workdir / path
 
 
-class SqliteStore:
+class SqliteStore(OneItemCalls):
     """``StateStore`` in one SQLite file under the working folder."""
 
     def __init__(self, url: str, workdir: Path) -> None:
@@ -159,10 +159,6 @@ class SqliteStore:
             raise
         db.execute("COMMIT")
 
-    async def claim(self, pool: str, key: str, *, owner: str, lease: float) -> Claim:
-        [claim] = await self.claim_many(pool, [key], owner=owner, lease=lease)
-        return claim
-
     async def claim_many(
         self, pool: str, keys: Sequence[str], *, owner: str, lease: float
     ) -> list[Claim]:
@@ -171,21 +167,16 @@ class SqliteStore:
         claims: list[Claim] = []
         with self._transaction() as db:
             for key in keys:
-                row = db.execute(_CLAIM, (pool, _b(key), now, owner, until)).fetchone()
+                raw = _b(key)
+                row = db.execute(_CLAIM, (pool, raw, now, owner, until)).fetchone()
                 if row is not None:
                     claims.append(Claim(granted=True, token=int(row[0])))
                     continue
                 found = db.execute(
-                    "SELECT status FROM items WHERE pool = ? AND key = ?", (pool, _b(key))
+                    "SELECT status FROM items WHERE pool = ? AND key = ?", (pool, raw)
                 ).fetchone()
                 claims.append(Claim(granted=False, status=ItemStatus(found[0])))
         return claims
-
-    async def finish(
-        self, pool: str, key: str, status: ItemStatus, *, token: int, error: str = ""
-    ) -> bool:
-        [recorded] = await self.finish_many(pool, [Finish(key, status, token, error)])
-        return recorded
 
     async def finish_many(self, pool: str, outcomes: Sequence[Finish]) -> list[bool]:
         now = time.time()
