@@ -102,14 +102,24 @@ async def chute(count: int, concurrency: int) -> float:
         )
         async with Runtime(config) as rt:
             messages = [new_message({"n": n}, key=f"item-{n}") for n in range(count)]
+            pool = rt.pools["spawn"]
             started = time.perf_counter()
             await rt.publish_many("jobs", messages)
-            await rt.wait_idle()
+            while (acked := await _acked(rt)) < count:
+                await pool.changed.wait()  # set by the pool after each batch of acks
             elapsed = time.perf_counter() - started
-            done = rt.pools["spawn"].counters.succeeded
+            await rt.wait_idle()  # its 40 ms of confirming quiet is not spawn time
+            done = pool.counters.succeeded
+        if acked != count:
+            raise SystemExit(f"{acked} of {count} items acknowledged")
         if done != count:
             raise SystemExit(f"only {done} of {count} items succeeded")
         return count / elapsed
+
+
+async def _acked(rt: Runtime) -> int:
+    stats = await rt.broker.stats("jobs")
+    return sum(g.acked for g in stats.groups)
 
 
 def _cpu() -> float:
