@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import stat
+import sys
 from dataclasses import dataclass
 
 log = logging.getLogger("chute.sources.watch")
@@ -203,3 +204,46 @@ def alias_name(item: FileItem) -> bytes:
     if not (is_utf8(ext) and ext[1:].isalnum() and len(ext) <= 16):
         ext = b""
     return digest + ext
+
+
+def open_for_writing(root: bytes) -> set[bytes]:
+    """Paths under ``root`` that a process we can see holds open for writing.
+
+    Reads ``/proc/<pid>/fd`` and ``fdinfo`` once for the whole system, so a scan
+    of any size pays for it once. Processes of other users are invisible unless
+    we are root: the answer is a best effort, an extra guard on top of the
+    kernel's close-write signal, never the only one.
+    """
+    if not sys.platform.startswith("linux"):
+        return set()
+    prefix = root.rstrip(b"/") + b"/"
+    found: set[bytes] = set()
+    try:
+        pids = [p for p in os.listdir(b"/proc") if p.isdigit()]
+    except OSError:
+        return found
+    for pid in pids:
+        fd_dir = b"/proc/" + pid + b"/fd/"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd_dir + fd)
+            except OSError:
+                continue
+            if not target.startswith(prefix):
+                continue
+            try:
+                with open(b"/proc/" + pid + b"/fdinfo/" + fd, "rb") as info:
+                    text = info.read()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith(b"flags:"):
+                    flags = int(line.split()[1], 8)
+                    if flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
+                        found.add(target)
+                    break
+    return found

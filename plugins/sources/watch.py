@@ -50,7 +50,7 @@ from runtime.message import Message, new_message
 from runtime.source import Emit
 from runtime.store import ItemStatus
 
-from . import _inotify as ino
+from .. import _inotify as ino
 from ._files import (
     DEFAULT_IGNORE,
     FileItem,
@@ -61,6 +61,7 @@ from ._files import (
     dispose,
     is_utf8,
     list_dir,
+    open_for_writing,
     parse_key,
     still_same,
 )
@@ -308,9 +309,9 @@ class WatchSource:
     async def _scan_complete(self, top: bytes) -> list[FileItem]:
         """Items under ``top`` no process is writing: checked before and after listing,
         and re-stat'ed, so a file still being written is left to its close-write event."""
-        busy = await anyio.to_thread.run_sync(ino.open_for_writing, self.root)
+        busy = await anyio.to_thread.run_sync(open_for_writing, self.root)
         items = await self._walk(top)
-        busy |= await anyio.to_thread.run_sync(ino.open_for_writing, self.root)
+        busy |= await anyio.to_thread.run_sync(open_for_writing, self.root)
 
         def settled() -> list[FileItem]:
             return [i for i in items if i.path not in busy and still_same(i)]
@@ -522,7 +523,7 @@ class WatchSource:
         self, ready: dict[bytes, tuple[int, int, float]]
     ) -> tuple[list[FileItem], list[FileItem], list[tuple[bytes, str]]]:
         """Split settling files into still (and not being written) and still moving."""
-        busy = ino.open_for_writing(self.root)
+        busy = open_for_writing(self.root)
         done: list[FileItem] = []
         moving: list[FileItem] = []
         problems: list[tuple[bytes, str]] = []

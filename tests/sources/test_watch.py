@@ -15,7 +15,7 @@ import anyio
 import msgspec
 import pytest
 
-from plugins.sources import _inotify
+from plugins import _inotify
 from plugins.sources.watch import WatchOptions, WatchSource
 from runtime.config import dec_hook
 from runtime.store import ItemStatus

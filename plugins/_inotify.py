@@ -1,4 +1,5 @@
-"""Linux inotify through ctypes, and a look at who holds a file open for writing.
+"""Linux inotify through ctypes: the watch source's events, and the command
+executor's check that an item's folder is as it left it.
 
 Why not watchfiles here: it reports "added" and "modified", never "closed after
 writing" (its issue #345), so a file it reports may still be half written.
@@ -19,6 +20,7 @@ import struct
 import sys
 
 IN_MODIFY = 0x00000002
+IN_ATTRIB = 0x00000004
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_FROM = 0x00000040
 IN_MOVED_TO = 0x00000080
@@ -79,12 +81,16 @@ class Inotify:
             raise OSError(err, os.strerror(err), os.fsdecode(path))
         return int(wd)
 
-    def read(self) -> list[Event]:
-        """Every event queued now (empty when none)."""
+    def rm_watch(self, wd: int) -> None:
+        """Stop a watch; quietly if it is already gone (its folder was deleted)."""
+        self._libc.inotify_rm_watch(self.fd, ctypes.c_int(wd))
+
+    def read(self, size: int = _READ_SIZE) -> list[Event]:
+        """Every event queued now (empty when none), read ``size`` bytes at a time."""
         events: list[Event] = []
         while True:
             try:
-                buf = os.read(self.fd, _READ_SIZE)
+                buf = os.read(self.fd, size)
             except BlockingIOError:
                 return events
             offset, end = 0, len(buf)
@@ -94,53 +100,10 @@ class Inotify:
                 name = buf[offset : offset + length].rstrip(b"\0")
                 offset += length
                 events.append((wd, mask, name))
-            if len(buf) < _READ_SIZE // 2:
+            if len(buf) < size // 2:
                 return events
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-def open_for_writing(root: bytes) -> set[bytes]:
-    """Paths under ``root`` that a process we can see holds open for writing.
-
-    Reads ``/proc/<pid>/fd`` and ``fdinfo`` once for the whole system, so a scan
-    of any size pays for it once. Processes of other users are invisible unless
-    we are root: the answer is a best effort, an extra guard on top of the
-    kernel's close-write signal, never the only one.
-    """
-    if not sys.platform.startswith("linux"):
-        return set()
-    prefix = root.rstrip(b"/") + b"/"
-    found: set[bytes] = set()
-    try:
-        pids = [p for p in os.listdir(b"/proc") if p.isdigit()]
-    except OSError:
-        return found
-    for pid in pids:
-        fd_dir = b"/proc/" + pid + b"/fd/"
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink(fd_dir + fd)
-            except OSError:
-                continue
-            if not target.startswith(prefix):
-                continue
-            try:
-                with open(b"/proc/" + pid + b"/fdinfo/" + fd, "rb") as info:
-                    text = info.read()
-            except OSError:
-                continue
-            for line in text.splitlines():
-                if line.startswith(b"flags:"):
-                    flags = int(line.split()[1], 8)
-                    if flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
-                        found.add(target)
-                    break
-    return found
