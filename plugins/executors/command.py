@@ -29,28 +29,25 @@ Files the executor writes into ``WORK_OUTPUT_DIR`` are kept under
 ``WORKDIR/outputs/<pool>/`` (one folder per item); an empty output folder is
 removed.
 
-Spawn path: ``subprocess.Popen`` (vfork + exec) called on the event loop
-thread, and the exit awaited through a pidfd, with no child watcher or
-thread in between (measured in ``bench/spawn.py`` beside bare loops). Every
-child's pidfd and pipes share one epoll of the executor's own, and item
-folders are reused with their item file rewritten in place: per item, the
-parent's cost is a few system calls beyond Popen's own.
+Spawn path: glibc's ``posix_spawn`` (vfork + exec, see ``_spawn.py``) called
+on the event loop thread, and the exit awaited through a pidfd, with no child
+watcher or thread in between (measured in ``bench/spawn.py`` beside bare
+loops). Every child's pidfd and pipes share one epoll of the executor's own,
+and an item folder the executor left alone serves the next item with its
+item file rewritten in place (``_folders.py``): per item, the parent's cost
+is a few system calls beyond the spawn's own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import re
 import select
 import shutil
 import signal
-import stat
-import subprocess
-import tempfile
 from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -62,6 +59,9 @@ from runtime.config import Duration, Size, Strict
 from runtime.context import PluginContext
 from runtime.errors import ConfigError, ItemFailed
 from runtime.executor import WorkItem
+
+from ._folders import Folders, ItemFolder
+from ._spawn import Spawner, spawner
 
 log = logging.getLogger("chute.executors.command")
 
@@ -165,13 +165,6 @@ class Tail:
         return f"[... {self.dropped} bytes dropped ...]\n{body}" if self.dropped else body
 
 
-def _safe_name(key: str) -> str:
-    """A folder name for an item key: readable, unique, never a path or a dot name."""
-    raw = key.encode("utf-8", "surrogateescape")
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[-60:].lstrip(".") or "item"
-    return f"{readable}-{hashlib.sha256(raw).hexdigest()[:12]}"
-
-
 class CommandExecutor:
     Options: ClassVar[type[Strict]] = CommandOptions
 
@@ -191,16 +184,20 @@ class CommandExecutor:
         if options.cwd and not self.cwd.is_dir():
             raise ConfigError([f"cwd: {self.cwd} is not a folder"])
         env = self._base_env(options)
+        problems = [f"env: {k!r}: a name may not hold '=' or a NUL byte"
+                    for k, v in env.items() if "=" in k or "\0" in k + v]  # fmt: skip
+        if problems:
+            raise ConfigError(problems)
         if not self.argv[0].fields:
             self._check_program(options.argv[0], env.get("PATH", os.defpath))
         self.options = options
         self.pool = ctx.name
-        self.scratch = ctx.workdir / "run" / _safe_name(ctx.name)
-        self.outputs = ctx.workdir / "outputs" / _safe_name(ctx.name)
-        # Encoded once: Popen would encode every variable of every item.
-        self._env = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
-        self._free: list[_Folder] = []
+        self.folders = Folders(ctx.workdir, ctx.name)
+        # Encoded once, not for every item.
+        self._env = [os.fsencode(f"{k}={v}") for k, v in env.items()]
+        self._path = env.get("PATH", os.defpath)
         self._devnull: int | None = None
+        self._spawner: Spawner | None = None
         self._watcher: _Watcher | None = None
 
     def _check_program(self, program: str, path: str) -> None:
@@ -220,23 +217,25 @@ class CommandExecutor:
             elif name in os.environ:
                 env[name] = os.environ[name]
         env.update(options.env)
+        for name in _BOOK_VARIABLES:  # each item's own, never the config's
+            env.pop(name, None)
         return env
 
     # -- one item ----------------------------------------------------------
 
     async def run(self, item: WorkItem) -> Any:
-        argv = [t.render(item.data) for t in self.argv]
-        folder = self._take_folder()
-        left: set[str] | None = None
+        argv = [os.fsencode(t.render(item.data)) for t in self.argv]
+        if any(b"\0" in arg for arg in argv) or "\0" in item.name:
+            raise ItemFailed("a NUL byte in an argument or the item's name", permanent=True)
+        folder = self.folders.take(msgspec.json.encode(item.data))
         try:
             code, stdout, stderr = await self._run_in(folder, argv, item)
-            left = _listdir(folder.path)
             if code == 0:
-                if left is None or "result.json" not in left:
-                    return None
+                if not self.folders.changed(folder):
+                    return None  # so no result file either
                 return _read_result(folder.result_file, stdout, stderr)
         finally:
-            self._give_back(folder, item.name, left)
+            self.folders.give_back(folder, item.name)
         output = _combined(stdout, stderr)
         if code == EX_DATAERR:
             raise ItemFailed(_reason("exit 65 (permanent)", stderr), permanent=True, output=output)
@@ -245,80 +244,34 @@ class CommandExecutor:
         raise ItemFailed(_reason(f"exit {code}", stderr), output=output)
 
     async def _run_in(
-        self, folder: _Folder, argv: list[str], item: WorkItem
+        self, folder: ItemFolder, argv: list[bytes], item: WorkItem
     ) -> tuple[int, Tail, Tail]:
-        _write_private(folder.item_file, msgspec.json.encode(item.data))
-        env = {
-            **self._env,
-            **folder.env,
-            b"WORK_ITEM_NAME": os.fsencode(item.name),
-            b"WORK_ITEM_ATTEMPT": b"%d" % item.attempt,
-        }
+        env = [
+            *self._env,
+            *folder.env,
+            b"WORK_ITEM_NAME=" + os.fsencode(item.name),
+            b"WORK_ITEM_ATTEMPT=%d" % item.attempt,
+        ]
         stdout, stderr = Tail(self.options.max_output), Tail(self.options.max_output)
         try:
             code = await self._spawn_and_wait(argv, env, stdout, stderr)
         except OSError as exc:  # the program vanished since the config was checked
-            raise ItemFailed(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from None
+            program = os.fsdecode(argv[0])
+            raise ItemFailed(f"cannot start {program!r}: {exc.strerror or exc}") from None
         return code, stdout, stderr
 
-    def _take_folder(self) -> _Folder:
-        """A private 0700 folder holding an empty ``output/``.
-
-        Folders are reused when an item leaves nothing behind: on ext4 a
-        mkdir + rmdir pair costs about 100 us, as much as the rest of an item.
-        """
-        if self._free:
-            return self._free.pop()
-        self.scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
-        folder = _Folder(tempfile.mkdtemp(prefix="item-", dir=self.scratch))
-        os.mkdir(folder.output, 0o700)
-        return folder
-
-    def _give_back(self, folder: _Folder, name: str, left: set[str] | None) -> None:
-        """Keep what the item wrote to its output folder; reuse the folder if it is clean.
-
-        ``left`` is what the folder held after the item (None: not looked at).
-        """
-        try:
-            self._keep_outputs(folder, name)
-            if left is not None and "output" in left and left <= _OURS:
-                if "result.json" in left:
-                    os.unlink(folder.result_file)
-                self._free.append(folder)  # item.json stays: the next item rewrites it
-                return
-        except OSError:
-            pass
-        shutil.rmtree(folder.path, ignore_errors=True)  # the executor left something odd behind
-
-    def _keep_outputs(self, folder: _Folder, name: str) -> None:
-        if not os.listdir(folder.output):
-            return
-        target = self.outputs / _safe_name(name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(folder.output, target)
-        os.mkdir(folder.output, 0o700)
-
     async def _spawn_and_wait(
-        self, argv: list[str], env: dict[bytes, bytes], stdout: Tail, stderr: Tail
+        self, argv: list[bytes], env: list[bytes], stdout: Tail, stderr: Tail
     ) -> int:
         watcher = self._watcher_here()
-        if self._devnull is None:
-            self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        spawn = self._spawner or self._new_spawner()
         # Our ends stay blocking: they are read only when epoll says they
         # are readable, so a read never waits (and saves two fcntl calls).
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
-            proc = subprocess.Popen(  # noqa: ASYNC220 - vfork+exec beats a hop to a thread
-                argv,
-                cwd=self.cwd,
-                env=env,
-                stdin=self._devnull,
-                stdout=out_w,
-                stderr=err_w,
-                start_new_session=True,  # its own process group, which we signal as one
-            )
+            # In its own session, so its own process group, which we signal as one.
+            pid = spawn.spawn(argv, env, out_w, err_w)
         except BaseException:
             for fd in (out_r, err_r):
                 os.close(fd)
@@ -326,25 +279,31 @@ class CommandExecutor:
         finally:
             os.close(out_w)
             os.close(err_w)
-        child = _Child(watcher, os.pidfd_open(proc.pid), {out_r: stdout, err_r: stderr})
+        child = _Child(watcher, os.pidfd_open(pid), {out_r: stdout, err_r: stderr})
         try:
             try:
                 await child.exited
             except BaseException:
                 with anyio.CancelScope(shield=True):
-                    await self._terminate(proc, child.pidfd)
+                    await self._terminate(pid, child.pidfd)
                 raise
             # Exited, but not yet reaped, so its pid (the group's id) cannot
             # be reused: kill what it left in its group, which also closes
             # the pipes a stray grandchild held. One that escaped the group
             # gets a second to let go of them.
-            _killpg(proc.pid, signal.SIGKILL)
-            if not child.drained.done():
+            _killpg(pid, signal.SIGKILL)
+            if child.tails:
+                child.drained = asyncio.get_running_loop().create_future()
                 with anyio.move_on_after(1.0):
                     await child.drained
-            return proc.wait()
+            return spawn.reap(pid)
         finally:
             child.close()
+
+    def _new_spawner(self) -> Spawner:
+        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self._spawner = spawner(os.fsencode(self.cwd), self._path, self._devnull)
+        return self._spawner
 
     def _watcher_here(self) -> _Watcher:
         loop = asyncio.get_running_loop()
@@ -352,92 +311,33 @@ class CommandExecutor:
             self._watcher = _Watcher(loop)
         return self._watcher
 
-    async def _terminate(self, proc: subprocess.Popen[bytes], pidfd: int) -> None:
+    async def _terminate(self, pid: int, pidfd: int) -> None:
         """SIGTERM to the group, SIGKILL after the grace, and reap the child."""
-        _killpg(proc.pid, signal.SIGTERM)
+        _killpg(pid, signal.SIGTERM)
         with anyio.move_on_after(self.options.grace):
             await anyio.wait_readable(pidfd)
-        _killpg(proc.pid, signal.SIGKILL)
+        _killpg(pid, signal.SIGKILL)
         await anyio.wait_readable(pidfd)
-        proc.wait()
-        log.warning("pool %s: stopped pid %d and its process group", self.pool, proc.pid)
+        assert self._spawner is not None
+        self._spawner.reap(pid)
+        log.warning("pool %s: stopped pid %d and its process group", self.pool, pid)
 
     async def aclose(self) -> None:
-        self._free.clear()
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        self.folders.close()
         if self._watcher is not None:
             self._watcher.close()
             self._watcher = None
+        if self._spawner is not None:
+            self._spawner.close()
+            self._spawner = None
         if self._devnull is not None:
             os.close(self._devnull)
             self._devnull = None
 
 
-_OURS = frozenset({"item.json", "result.json", "output"})
-"""What an item's folder may hold after it and still be reused."""
-
-
-class _Folder:
-    """A private folder for one item at a time, with its paths built once."""
-
-    __slots__ = ("env", "item_file", "output", "path", "result_file")
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.item_file = os.path.join(path, "item.json")
-        self.result_file = os.path.join(path, "result.json")
-        self.output = os.path.join(path, "output")
-        self.env = {
-            b"WORK_ITEM_FILE": os.fsencode(self.item_file),
-            b"WORK_OUTPUT_DIR": os.fsencode(self.output),
-            b"WORK_RESULT_FILE": os.fsencode(self.result_file),
-        }
-
-
-def _write_private(path: str, data: bytes) -> None:
-    """Write an item file, 0600, rewriting the one a reused folder holds in place.
-
-    Rewriting skips an inode allocation and two directory updates (about
-    half an item's file work on ext4).
-    """
-    fd, size = _open_private(path)
-    try:
-        _write_all(fd, data)
-        if size > len(data):
-            os.ftruncate(fd, len(data))
-    finally:
-        os.close(fd)
-
-
-def _open_private(path: str) -> tuple[int, int]:
-    """The item file open for writing, and its size: ours if still our private
-    regular file, else a fresh one in place of whatever a child left there."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        pass
-    except OSError:  # a symlink (ELOOP) or some other odd thing in its place
-        os.unlink(path)
-    else:
-        st = os.fstat(fd)
-        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and stat.S_IMODE(st.st_mode) == 0o600:
-            return fd, st.st_size
-        os.close(fd)
-        os.unlink(path)
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), 0
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    written = os.write(fd, data)
-    while written < len(data):  # only after a signal, or with the disk nearly full
-        written += os.write(fd, data[written:])
-
-
-def _listdir(path: str) -> set[str] | None:
-    try:
-        return set(os.listdir(path))
-    except OSError:  # the executor removed its own folder
-        return None
+_BOOK_VARIABLES = (
+    "WORK_ITEM_FILE", "WORK_ITEM_NAME", "WORK_ITEM_ATTEMPT", "WORK_OUTPUT_DIR", "WORK_RESULT_FILE",
+)  # fmt: skip
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -456,10 +356,11 @@ class _Watcher:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.epoll = select.epoll()
-        self.handlers: dict[int, Callable[[int], None]] = {}
+        self.handlers: dict[int, Callable[[int, int], None]] = {}
         loop.add_reader(self.epoll.fileno(), self._ready)
 
-    def add(self, fd: int, handler: Callable[[int], None]) -> None:
+    def add(self, fd: int, handler: Callable[[int, int], None]) -> None:
+        """Call ``handler(fd, events)`` while ``fd`` is readable or hung up."""
         self.handlers[fd] = handler
         self.epoll.register(fd, select.EPOLLIN)
 
@@ -469,10 +370,10 @@ class _Watcher:
 
     def _ready(self) -> None:
         # Level-triggered: what does not fit in one poll is reported again.
-        for fd, _ in self.epoll.poll(0, 64):
+        for fd, events in self.epoll.poll(0, 64):
             handler = self.handlers.get(fd)
             if handler is not None:
-                handler(fd)
+                handler(fd, events)
 
     def close(self) -> None:
         self.loop.remove_reader(self.epoll.fileno())
@@ -488,25 +389,26 @@ class _Child:
         self.pidfd = pidfd
         self.tails = tails
         self.exited: asyncio.Future[None] = watcher.loop.create_future()
-        self.drained: asyncio.Future[None] = watcher.loop.create_future()
+        self.drained: asyncio.Future[None] | None = None
+        """Made only when the pipes are still open after the exit (rarely)."""
         watcher.add(pidfd, self._exit)
         for fd in tails:
             watcher.add(fd, self._read)
 
-    def _exit(self, fd: int) -> None:
+    def _exit(self, fd: int, events: int) -> None:
         self.watcher.remove(fd)
         _resolve(self.exited)
 
-    def _read(self, fd: int) -> None:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:
-            chunk = b""
+    def _read(self, fd: int, events: int) -> None:
+        chunk = b""
+        if events & select.EPOLLIN:  # else hung up with nothing left to read
+            with contextlib.suppress(OSError):
+                chunk = os.read(fd, 65536)
         if chunk:
             self.tails[fd].write(chunk)
             return
         self._close_pipe(fd)
-        if not self.tails:
+        if not self.tails and self.drained is not None:
             _resolve(self.drained)
 
     def _close_pipe(self, fd: int) -> None:
@@ -520,7 +422,7 @@ class _Child:
         self.watcher.remove(self.pidfd)
         os.close(self.pidfd)
         for future in (self.exited, self.drained):
-            if not future.done():
+            if future is not None and not future.done():
                 future.cancel()
 
 

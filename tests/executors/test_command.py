@@ -15,6 +15,7 @@ import msgspec
 import pytest
 
 from plugins.brokers.memory import MemoryBroker
+from plugins.executors import _spawn
 from plugins.executors.command import CommandExecutor, CommandOptions
 from runtime.config import config_from_dict, dec_hook
 from runtime.context import PluginContext
@@ -25,6 +26,16 @@ from runtime.message import Message
 from runtime.store import ItemStatus
 
 PY = sys.executable
+
+
+@pytest.fixture(autouse=True, params=["posix_spawn", "Popen"])
+def spawn_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on glibc's posix_spawn and on the Popen fallback alike."""
+    if request.param == "Popen":
+        monkeypatch.setattr(_spawn, "_LIBC", None)
+    elif _spawn._LIBC is None:
+        pytest.skip("this C library has no posix_spawn_file_actions_addclosefrom_np")
+    return str(request.param)
 
 
 def executor(tmp_path: Path, **options: Any) -> CommandExecutor:
@@ -86,6 +97,85 @@ async def test_the_book_file_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert not (tmp_path / "CANARY").exists()
     assert not list((tmp_path / "work" / "run").glob("*/item.json"))
     await ex.aclose()
+
+
+async def test_the_child_starts_clean(tmp_path: Path) -> None:
+    """Its own session, the working folder, stdin from /dev/null, nothing else
+    inherited: no descriptor beyond 0-2, no blocked or ignored signal."""
+    probe = script(tmp_path, """
+        import json, os
+        json.dump({
+            "session_leader": os.getsid(0) == os.getpid(),
+            "cwd": os.getcwd(),
+            "stdin": os.readlink("/proc/self/fd/0"),
+            "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd"))[:4],
+        }, open(os.environ["WORK_RESULT_FILE"], "w"))
+    """)  # fmt: skip
+    (tmp_path / "jobs").mkdir()
+    ex = executor(tmp_path, argv=[PY, probe], cwd="jobs")
+    # Python ignores SIGPIPE itself, so a program that does not reports the signals.
+    status = executor(
+        tmp_path, argv=["/bin/sh", "-c", 'cat /proc/self/status > "$WORK_OUTPUT_DIR/s"']
+    )
+    inherited = os.open(os.devnull, os.O_RDONLY)  # inheritable, and still not passed on
+    os.set_inheritable(inherited, True)
+    try:
+        result = await ex.run(item({}))
+        await status.run(item({}, name="status"))
+    finally:
+        os.close(inherited)
+    await ex.aclose()
+    # fd 3 is the probe's own listing of /proc/self/fd, open while it lists it
+    assert result == {
+        "session_leader": True,
+        "cwd": str(tmp_path / "jobs"),
+        "stdin": "/dev/null",
+        "fds": [0, 1, 2, 3],
+    }
+    [report] = (tmp_path / "work" / "outputs").glob("*/status-*/s")
+    signals = dict(line.split(":\t") for line in report.read_text().splitlines())
+    standard = (1 << 31) - 1  # 1-31; glibc's posix_spawn ignores its own 32 and 33
+    assert int(signals["SigBlk"], 16) == 0 and int(signals["SigIgn"], 16) & standard == 0
+
+
+def test_stdout_and_stderr_may_be_any_descriptor() -> None:
+    """Even one of 0-2 (when a daemon closed its own): the child's three stay apart."""
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    spawner = _spawn.spawner(b"/", "/usr/bin:/bin", devnull)
+    read_end, write_end = os.pipe()
+    try:
+        pid = spawner.spawn([b"sh", b"-c", b"echo out; echo err >&2"], [], 2, write_end)
+        os.close(write_end)
+        assert spawner.reap(pid) == 0
+        assert os.read(read_end, 100) == b"err\n"
+    finally:
+        os.close(read_end)
+        os.close(devnull)
+        spawner.close()
+
+
+async def test_programs_are_looked_up_on_the_childs_path(tmp_path: Path) -> None:
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    tool = tools / "say-hello"
+    tool.write_text('#!/bin/sh\necho hello from "$1" > "$WORK_OUTPUT_DIR/said"\n')
+    tool.chmod(0o755)
+    ex = executor(tmp_path, argv=["{program}", "{who}"], env={"PATH": f"{tools}:/usr/bin:/bin"})
+    await ex.run(item({"program": "say-hello", "who": "a; b"}, name="one"))
+    with pytest.raises(ItemFailed) as info:
+        await ex.run(item({"program": "no-such-tool", "who": "x"}))
+    await ex.aclose()
+    [said] = (tmp_path / "work" / "outputs").glob("*/one-*/said")
+    assert said.read_text() == "hello from a; b\n"
+    assert info.value.reason.startswith("cannot start 'no-such-tool'")
+    assert not info.value.permanent
+
+
+async def test_a_nul_byte_in_an_argument_is_a_permanent_failure(tmp_path: Path) -> None:
+    ex = executor(tmp_path, argv=["/bin/echo", "{name}"])
+    with pytest.raises(ItemFailed) as info:
+        await ex.run(item({"name": "cut\u0000here"}))
+    assert info.value.permanent and "NUL" in info.value.reason
 
 
 async def test_exit_codes_decide_retry_or_dead(tmp_path: Path) -> None:
@@ -262,6 +352,7 @@ async def test_output_is_capped_and_keeps_the_tail(tmp_path: Path) -> None:
         ({"argv": ["/bin/true", "{unclosed"]}, "argv[1]: unmatched '{'"),
         ({"argv": ["/bin/true", "{}"]}, "argv[1]: empty field name"),
         ({"argv": ["/bin/true"], "cwd": "missing"}, "cwd:"),
+        ({"argv": ["/bin/true"], "env": {"A=B": "x"}}, "env: 'A=B'"),
     ],
 )
 def test_bad_options_are_config_errors(

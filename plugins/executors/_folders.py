@@ -1,0 +1,251 @@
+"""Private item folders for the command executor, reused while nothing changed them.
+
+Each item runs in a 0700 folder of its own holding ``item.json`` (its data,
+0600), an empty ``output/`` and, if the executor writes one, ``result.json``.
+Making and removing a folder costs about as much as the rest of an item
+(mkdir and rmdir on ext4), so a folder the executor left as it found it
+serves the next item, its ``item.json`` rewritten in place.
+
+Knowing that it was left alone costs one read where inotify exists: the
+folder and its ``output/`` are watched for entries created, deleted or moved
+and for changed attributes (not for writes into ``item.json``, which the
+next item rewrites whole). The kernel queues an event in the system call
+that causes it, so once the executor has exited, every event it caused is
+already waiting. A folder without events needs no listing, and its
+``item.json``, still open, takes the next item's data in two system calls.
+A folder with events (or without inotify) is listed: the result and outputs
+are taken, and anything else left behind means a fresh folder next time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import select
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+from .. import _inotify as ino
+
+_WATCH = (
+    ino.IN_CREATE | ino.IN_DELETE | ino.IN_MOVED_FROM | ino.IN_MOVED_TO | ino.IN_ATTRIB
+    | ino.IN_DELETE_SELF | ino.IN_MOVE_SELF | ino.IN_ONLYDIR | ino.IN_DONT_FOLLOW
+)  # fmt: skip
+"""What makes a folder need a look: entries and their attributes, never writes into them."""
+
+_READ_SIZE = 16384
+"""Bytes per inotify read: usually there is nothing to read at all."""
+
+_OURS = frozenset({"item.json", "result.json", "output"})
+"""What an item's folder may hold after it and still be reused."""
+
+
+def safe_name(key: str) -> str:
+    """A folder name for an item key: readable, unique, never a path or a dot name."""
+    raw = key.encode("utf-8", "surrogateescape")
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[-60:].lstrip(".") or "item"
+    return f"{readable}-{hashlib.sha256(raw).hexdigest()[:12]}"
+
+
+class ItemFolder:
+    """One item's folder, with its paths and variables built once."""
+
+    __slots__ = ("changed", "env", "fd", "item_file", "output", "path", "result_file", "wds")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.item_file = os.path.join(path, "item.json")
+        self.result_file = os.path.join(path, "result.json")
+        self.output = os.path.join(path, "output")
+        self.env = [
+            b"WORK_ITEM_FILE=" + os.fsencode(self.item_file),
+            b"WORK_OUTPUT_DIR=" + os.fsencode(self.output),
+            b"WORK_RESULT_FILE=" + os.fsencode(self.result_file),
+        ]
+        self.fd = -1
+        """``item.json`` open for writing, kept only while the folder is watched and unchanged."""
+        self.wds: list[int] = []
+        self.changed = True
+        """Whether anything may have changed since we last looked (always, unwatched)."""
+
+
+class Folders:
+    """The item folders of one executor: under ``run/<pool>/``, outputs kept under ``outputs/<pool>/``."""
+
+    def __init__(self, workdir: Path, pool: str) -> None:
+        self.scratch = workdir / "run" / safe_name(pool)
+        self.outputs = workdir / "outputs" / safe_name(pool)
+        self._free: list[ItemFolder] = []
+        self._watched: dict[int, ItemFolder] = {}
+        self._inotify: ino.Inotify | None = None
+        self._pending = select.poll()  # asks whether there are events without an exception
+        self._looked_at: ItemFolder | None = None
+        if ino.available():
+            with contextlib.suppress(OSError):  # out of inotify instances: list every folder
+                self._inotify = ino.Inotify()
+                self._pending.register(self._inotify.fd, select.POLLIN)
+
+    def take(self, data: bytes) -> ItemFolder:
+        """A folder for one item, its ``item.json`` holding ``data``."""
+        folder = self._free.pop() if self._free else self._new()
+        try:
+            # Checked before writing: a hard link to it (which inotify does not
+            # report on the folder) must not receive this item's data.
+            size = _private_size(os.fstat(folder.fd)) if folder.fd >= 0 else -1
+            if size < 0:
+                if folder.fd >= 0:
+                    os.close(folder.fd)
+                folder.fd, size = _open_private(folder.item_file)
+            _write_all(folder.fd, data)
+            # Truncating costs more than the write (an ext4 journal update),
+            # and is needed only when the last item's data was longer.
+            if size > len(data):
+                os.ftruncate(folder.fd, len(data))
+        except BaseException:
+            self._discard(folder)
+            raise
+        if folder.changed:  # unwatched: the next item opens and checks the file again
+            os.close(folder.fd)
+            folder.fd = -1
+        return folder
+
+    def changed(self, folder: ItemFolder) -> bool:
+        """Whether the item (whose executor has exited) may have changed its folder."""
+        self._drain()
+        self._looked_at = folder
+        return folder.changed
+
+    def give_back(self, folder: ItemFolder, name: str) -> None:
+        """Keep what the item wrote to its output folder; reuse the folder if it is clean."""
+        if self._looked_at is not folder:  # not since its executor ended (cancelled)
+            self._drain()
+        self._looked_at = None
+        if not folder.changed:
+            self._free.append(folder)
+            return
+        try:
+            self._keep_outputs(folder, name)
+            left = set(os.listdir(folder.path))
+            if "output" in left and left <= _OURS:
+                if "result.json" in left:
+                    os.unlink(folder.result_file)
+                self._settle(folder)
+                self._free.append(folder)
+                return
+        except OSError:
+            pass  # the executor removed its folder, or left something odd in it
+        self._discard(folder)
+
+    def close(self) -> None:
+        for folder in self._free:
+            if folder.fd >= 0:
+                os.close(folder.fd)
+        self._free.clear()
+        self._watched.clear()
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    # -- inside ------------------------------------------------------------
+
+    def _new(self) -> ItemFolder:
+        self.scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder = ItemFolder(tempfile.mkdtemp(prefix="item-", dir=self.scratch))
+        os.mkdir(folder.output, 0o700)
+        self._settle(folder)
+        return folder
+
+    def _settle(self, folder: ItemFolder) -> None:
+        """Take the folder as it is now as clean: watch it, or check it before each item."""
+        if folder.fd >= 0:  # it may no longer be the file at item.json's path
+            os.close(folder.fd)
+            folder.fd = -1
+        if self._inotify is None:
+            return
+        folder.fd, _ = _open_private(folder.item_file)
+        try:
+            self._watch(folder)
+        except OSError:  # out of watches: this folder is listed after each item
+            folder.changed = True
+            return
+        self._drain()  # our own changes to it, made just now
+        folder.changed = False
+
+    def _watch(self, folder: ItemFolder) -> None:
+        assert self._inotify is not None
+        for wd in folder.wds:
+            self._watched.pop(wd, None)
+            self._inotify.rm_watch(wd)
+        folder.wds = []
+        for path in (folder.path, folder.output):
+            wd = self._inotify.add_watch(os.fsencode(path), _WATCH)
+            folder.wds.append(wd)
+            self._watched[wd] = folder
+
+    def _drain(self) -> None:
+        if self._inotify is None or not self._pending.poll(0):
+            return
+        for wd, mask, _name in self._inotify.read(_READ_SIZE):
+            if mask & ino.IN_Q_OVERFLOW:  # events were lost: look at every folder
+                for each in self._watched.values():
+                    each.changed = True
+                continue
+            folder = self._watched.get(wd)
+            if folder is not None:
+                folder.changed = True
+                if mask & ino.IN_IGNORED:  # the watch is gone with its folder
+                    del self._watched[wd]
+
+    def _keep_outputs(self, folder: ItemFolder, name: str) -> None:
+        if not os.listdir(folder.output):
+            return
+        target = self.outputs / safe_name(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(folder.output, target)
+        os.mkdir(folder.output, 0o700)
+
+    def _discard(self, folder: ItemFolder) -> None:
+        if folder.fd >= 0:
+            os.close(folder.fd)
+            folder.fd = -1
+        for wd in folder.wds:
+            if self._watched.get(wd) is folder:
+                del self._watched[wd]
+        shutil.rmtree(folder.path, ignore_errors=True)
+
+
+def _private_size(st: os.stat_result) -> int:
+    """The size of a file that is still our private one: regular, 0600, one link; else -1."""
+    if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and stat.S_IMODE(st.st_mode) == 0o600:
+        return st.st_size
+    return -1
+
+
+def _open_private(path: str) -> tuple[int, int]:
+    """``item.json`` open for writing and its size: ours if still our private file,
+    else a fresh one in place of whatever an executor left there."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        pass
+    except OSError:  # a symlink (ELOOP) or some other odd thing in its place
+        os.unlink(path)
+    else:
+        size = _private_size(os.fstat(fd))
+        if size >= 0:
+            return fd, size
+        os.close(fd)
+        os.unlink(path)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), 0
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    written = os.pwrite(fd, data, 0)
+    while written < len(data):  # only after a signal, or with the disk nearly full
+        written += os.pwrite(fd, data[written:], written)

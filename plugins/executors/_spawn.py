@@ -1,0 +1,219 @@
+"""Start a child process for the command executor, at the least cost to the event loop.
+
+The loop thread pays for every spawn twice: the Python work around the
+system call, and the wait while the child is vforked (the parent is
+suspended until the child has called exec). ``subprocess.Popen`` spends
+about as long in Python as in that wait. glibc's ``posix_spawn`` does the
+same vfork, exec and error report in C; what Python 3.11 to 3.13 leave out
+of ``os.posix_spawn`` is changing the child's working folder and closing
+every inherited descriptor, and glibc has both (``addchdir_np`` since 2.29,
+``addclosefrom_np`` since 2.34). So this calls it through ctypes, with the
+file actions built once per set of descriptors and reused.
+
+The child gets what Popen would give it with ``start_new_session=True`` and
+``close_fds=True``: its own session and process group, stdin, stdout and
+stderr on the given descriptors and nothing else open, the working folder,
+an empty signal mask, and SIGPIPE and SIGXFSZ back to their defaults (Python
+ignores both). Where the C library lacks those calls (musl, glibc before
+2.34), or a descriptor is one of 0-2, ``Popen`` does the same job.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from typing import Protocol
+
+_POSIX_SPAWN_SETSIGDEF = 0x04
+_POSIX_SPAWN_SETSIGMASK = 0x08
+_POSIX_SPAWN_SETSID = 0x80
+"""glibc's values (spawn.h); the same on every Linux architecture."""
+
+_OPAQUE = 512
+"""Bytes set aside for posix_spawnattr_t and posix_spawn_file_actions_t
+(glibc: 336 and 80 on 64-bit); only glibc reads and writes them."""
+
+_RESET_TO_DEFAULT = (signal.SIGPIPE, signal.SIGXFSZ)
+"""Signals Python ignores, which exec would otherwise pass on ignored."""
+
+_MAX_ACTIONS = 64
+"""File-action sets kept: one per (stdout, stderr) descriptor pair seen, and
+the kernel hands out the lowest free numbers, so a pool reuses a few."""
+
+
+class Spawner(Protocol):
+    def spawn(self, argv: list[bytes], env: list[bytes], stdout: int, stderr: int) -> int:
+        """Start ``argv`` with ``env`` (``KEY=value`` entries); its pid.
+
+        Raises OSError when the program cannot be started (not found, not
+        executable, the working folder is gone).
+        """
+        ...
+
+    def reap(self, pid: int) -> int:
+        """Wait for a started child; its exit code, or minus the signal that ended it."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def spawner(cwd: bytes, path: str, stdin: int) -> Spawner:
+    """The fastest spawner this platform has, for children in ``cwd`` with ``stdin``.
+
+    ``path`` is the children's PATH, which a program name is looked up on.
+    """
+    if _LIBC is not None and stdin > 2:
+        return PosixSpawn(cwd, path, stdin)
+    return PopenSpawn(cwd, stdin)
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    needed = ("posix_spawn_file_actions_addchdir_np", "posix_spawn_file_actions_addclosefrom_np")
+    if not all(hasattr(libc, name) for name in needed):
+        return None
+    c_void_p, c_int, c_char_p = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
+    libc.posix_spawn.argtypes = [c_void_p, c_char_p, c_void_p, c_void_p, c_void_p, c_void_p]
+    libc.posix_spawn_file_actions_adddup2.argtypes = [c_void_p, c_int, c_int]
+    libc.posix_spawn_file_actions_addchdir_np.argtypes = [c_void_p, c_char_p]
+    libc.posix_spawn_file_actions_addclosefrom_np.argtypes = [c_void_p, c_int]
+    libc.posix_spawnattr_setflags.argtypes = [c_void_p, ctypes.c_short]
+    return libc
+
+
+_LIBC = _load_libc()
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        raise OSError(result, f"{what}: {os.strerror(result)}")
+
+
+class _SigSet(ctypes.Structure):
+    _fields_ = [("bits", ctypes.c_ulong * (1024 // (8 * ctypes.sizeof(ctypes.c_ulong))))]
+
+
+class PosixSpawn:
+    """glibc's posix_spawn through ctypes (see the module's docstring)."""
+
+    def __init__(self, cwd: bytes, path: str, stdin: int) -> None:
+        assert _LIBC is not None
+        self._libc = _LIBC
+        self._cwd = cwd
+        self._path = path
+        self._stdin = stdin
+        self._programs: dict[bytes, bytes] = {}
+        self._actions: dict[tuple[int, int], ctypes.Array[ctypes.c_char]] = {}
+        self._attr = ctypes.create_string_buffer(_OPAQUE)
+        libc = self._libc
+        _check(libc.posix_spawnattr_init(self._attr), "posix_spawnattr_init")
+        empty, defaults = _SigSet(), _SigSet()
+        libc.sigemptyset(ctypes.byref(empty))
+        libc.sigemptyset(ctypes.byref(defaults))
+        for sig in _RESET_TO_DEFAULT:
+            libc.sigaddset(ctypes.byref(defaults), int(sig))
+        _check(libc.posix_spawnattr_setsigmask(self._attr, ctypes.byref(empty)), "setsigmask")
+        _check(libc.posix_spawnattr_setsigdefault(self._attr, ctypes.byref(defaults)), "sigdef")
+        flags = _POSIX_SPAWN_SETSID | _POSIX_SPAWN_SETSIGMASK | _POSIX_SPAWN_SETSIGDEF
+        _check(libc.posix_spawnattr_setflags(self._attr, flags), "posix_spawnattr_setflags")
+
+    def spawn(self, argv: list[bytes], env: list[bytes], stdout: int, stderr: int) -> int:
+        if stdout <= 2 or stderr <= 2:  # only when our own 0-2 are closed
+            return self._spawn_above_2(argv, env, stdout, stderr)
+        program = self._program(argv[0])
+        actions = self._actions.get((stdout, stderr)) or self._new_actions(stdout, stderr)
+        c_argv = (ctypes.c_char_p * (len(argv) + 1))(*argv)
+        c_env = (ctypes.c_char_p * (len(env) + 1))(*env)
+        pid = ctypes.c_int()
+        failed = self._libc.posix_spawn(
+            ctypes.byref(pid), program, actions, self._attr, c_argv, c_env
+        )
+        if failed:
+            if failed == errno.ENOENT:
+                self._programs.pop(argv[0], None)  # look it up again next time
+            raise OSError(failed, os.strerror(failed), os.fsdecode(argv[0]))
+        return pid.value
+
+    def _spawn_above_2(self, argv: list[bytes], env: list[bytes], stdout: int, stderr: int) -> int:
+        """Spawn with copies of the descriptors above 2: a dup2 onto 0-2 must not
+        overwrite another of the three."""
+        out, err = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in (stdout, stderr))
+        try:
+            return self.spawn(argv, env, out, err)
+        finally:
+            os.close(out)
+            os.close(err)
+
+    def reap(self, pid: int) -> int:
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status)
+
+    def _program(self, name: bytes) -> bytes:
+        """What exec is given: a name is looked up on the children's PATH, as Popen does."""
+        if b"/" in name:
+            return name  # relative to the working folder, which the child is in by then
+        found = self._programs.get(name)
+        if found is None:
+            where = shutil.which(os.fsdecode(name), path=self._path)
+            if where is None:
+                raise FileNotFoundError(errno.ENOENT, "not found on PATH", os.fsdecode(name))
+            found = self._programs[name] = os.fsencode(where)
+        return found
+
+    def _new_actions(self, stdout: int, stderr: int) -> ctypes.Array[ctypes.c_char]:
+        libc = self._libc
+        actions = ctypes.create_string_buffer(_OPAQUE)
+        _check(libc.posix_spawn_file_actions_init(actions), "posix_spawn_file_actions_init")
+        for fd, target in ((self._stdin, 0), (stdout, 1), (stderr, 2)):
+            _check(libc.posix_spawn_file_actions_adddup2(actions, fd, target), "adddup2")
+        _check(libc.posix_spawn_file_actions_addchdir_np(actions, self._cwd), "addchdir_np")
+        _check(libc.posix_spawn_file_actions_addclosefrom_np(actions, 3), "addclosefrom_np")
+        if len(self._actions) >= _MAX_ACTIONS:
+            self._forget_actions()
+        self._actions[(stdout, stderr)] = actions
+        return actions
+
+    def close(self) -> None:
+        self._forget_actions()
+        self._libc.posix_spawnattr_destroy(self._attr)
+
+    def _forget_actions(self) -> None:
+        for actions in self._actions.values():
+            self._libc.posix_spawn_file_actions_destroy(actions)
+        self._actions.clear()
+
+
+class PopenSpawn:
+    """``subprocess.Popen``: the same child, where glibc's calls are missing."""
+
+    def __init__(self, cwd: bytes, stdin: int) -> None:
+        self._cwd = cwd
+        self._stdin = stdin
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    def spawn(self, argv: list[bytes], env: list[bytes], stdout: int, stderr: int) -> int:
+        variables = dict(entry.split(b"=", 1) for entry in env)
+        child = subprocess.Popen(
+            argv, cwd=self._cwd, env=variables, stdin=self._stdin, stdout=stdout,
+            stderr=stderr, start_new_session=True,
+        )  # fmt: skip
+        self._children[child.pid] = child
+        return child.pid
+
+    def reap(self, pid: int) -> int:
+        return self._children.pop(pid).wait()
+
+    def close(self) -> None:
+        pass
