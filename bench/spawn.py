@@ -2,9 +2,9 @@
 
 Beside it, in the same run and at the same concurrency, bare spawn loops that
 do nothing but start ``/bin/true`` and reap it (no broker, no item file, no
-state): ``asyncio.create_subprocess_exec``, ``subprocess.run`` from a thread
-pool, and ``Popen`` on the loop awaited through a pidfd. The ratio is chute
-over the best of them.
+state, no pipes): ``asyncio.create_subprocess_exec``, ``subprocess.run`` from
+a thread pool, and ``Popen`` and ``os.posix_spawn`` on the loop, awaited
+through a pidfd. The ratio is chute over the best of them.
 
 chute's figure is end to end: the items are published to the memory broker,
 each one gets its 0600 ``WORK_ITEM_FILE`` and private folder, its outcome is
@@ -83,6 +83,21 @@ async def bare_pidfd(count: int, concurrency: int) -> float:
     return await _bounded(count, concurrency, one)
 
 
+async def bare_posix_spawn(count: int, concurrency: int) -> float:
+    env = dict(os.environ)
+
+    async def one() -> None:
+        pid = os.posix_spawn(TRUE, [TRUE], env)  # noqa: ASYNC221 - the spawn path under test
+        fd = os.pidfd_open(pid)
+        try:
+            await anyio.wait_readable(fd)
+        finally:
+            os.close(fd)
+        os.waitpid(pid, 0)  # noqa: ASYNC222 - exited already: reaping does not wait
+
+    return await _bounded(count, concurrency, one)
+
+
 async def chute(count: int, concurrency: int) -> float:
     with tempfile.TemporaryDirectory() as work:
         config = config_from_dict(
@@ -139,6 +154,7 @@ LOOPS: dict[str, Callable[[int, int], Awaitable[float]]] = {
     "asyncio.create_subprocess_exec": bare_asyncio,
     "subprocess.run in threads": bare_threads,
     "Popen + pidfd on the loop": bare_pidfd,
+    "os.posix_spawn + pidfd on the loop": bare_posix_spawn,
     "chute": chute,
 }
 
