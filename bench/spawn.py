@@ -179,7 +179,7 @@ async def main(count: int, concurrencies: list[int], rounds: int) -> None:
         )
         print(
             f"  concurrency {c}: parent CPU per item: chute {cpu['chute']:.0f} us, "
-            f"bare Popen + pidfd {cpu['Popen + pidfd on the loop']:.0f} us"
+            f"the best bare loop {cpu[best_name]:.0f} us"
         )
 
 
