@@ -13,11 +13,11 @@ thread-based).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import struct
-import sys
+
+from . import _libc
 
 IN_MODIFY = 0x00000002
 IN_ATTRIB = 0x00000004
@@ -44,17 +44,7 @@ Event = tuple[int, int, bytes]
 """(watch descriptor, mask, name); the name is empty for events on the watched folder itself."""
 
 
-def _libc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        return None
-    return libc if hasattr(libc, "inotify_init1") else None
-
-
-_LIBC = _libc()
+_LIBC = _libc.load("inotify_init1")
 
 
 def available() -> bool:

@@ -21,15 +21,15 @@ ignores both). Where the C library lacks those calls (musl, glibc before
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
 import shutil
 import signal
 import subprocess
-import sys
 from typing import Protocol
+
+from .. import _libc
 
 _POSIX_SPAWN_SETSIGDEF = 0x04
 _POSIX_SPAWN_SETSIGMASK = 0x08
@@ -75,14 +75,10 @@ def spawner(cwd: bytes, path: str, stdin: int) -> Spawner:
 
 
 def _load_libc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        return None
-    needed = ("posix_spawn_file_actions_addchdir_np", "posix_spawn_file_actions_addclosefrom_np")
-    if not all(hasattr(libc, name) for name in needed):
+    libc = _libc.load(
+        "posix_spawn_file_actions_addchdir_np", "posix_spawn_file_actions_addclosefrom_np"
+    )
+    if libc is None:
         return None
     c_void_p, c_int, c_char_p = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
     libc.posix_spawn.argtypes = [c_void_p, c_char_p, c_void_p, c_void_p, c_void_p, c_void_p]
