@@ -92,6 +92,10 @@ class Folders:
     def take(self, data: bytes) -> ItemFolder:
         """A folder for one item, its ``item.json`` holding ``data``."""
         folder = self._free.pop() if self._free else self._new()
+        self._drain()  # a straggler of the last item may have touched it since
+        if folder.changed and folder.fd >= 0:  # it did: a fresh folder is the safe one
+            self._discard(folder)
+            folder = self._new()
         try:
             # Checked before writing: a hard link to it (which inotify does not
             # report on the folder) must not receive this item's data.
@@ -108,7 +112,7 @@ class Folders:
         except BaseException:
             self._discard(folder)
             raise
-        if folder.changed:  # unwatched: the next item opens and checks the file again
+        if folder.changed:  # unwatched or touched: the next item opens and checks it again
             os.close(folder.fd)
             folder.fd = -1
         return folder

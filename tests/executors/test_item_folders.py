@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgspec
 import pytest
 
@@ -57,6 +58,12 @@ elif trick == "no-output-dir":
     os.rmdir(os.environ["WORK_OUTPUT_DIR"])
 elif trick == "remove-folder":
     shutil.rmtree(folder)
+elif trick == "late-symlink":  # a straggler outside the group, after the item ended
+    import subprocess
+    subprocess.Popen(
+        [sys.executable, "-c", "import os, sys, time; time.sleep(0.3); os.rename(sys.argv[1], sys.argv[1] + '.old');"
+         "os.symlink(sys.argv[2], sys.argv[1])", path, sys.argv[1] + "/outside.txt"],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 elif trick == "fail-after-stray":
     open(os.path.join(folder, "stray"), "w").close()
     sys.exit(3)
@@ -119,6 +126,20 @@ async def test_the_next_item_sees_only_its_own_data(
         assert kept.is_dir()
     if trick == "hardlink":
         assert msgspec.json.decode((tmp_path / "kept").read_bytes())["trick"] == "hardlink"
+
+
+async def test_a_straggler_replacing_the_item_file_later_is_noticed(
+    ex: CommandExecutor, tmp_path: Path
+) -> None:
+    await report(ex, 1)
+    await ex.run(item({"trick": "late-symlink"}))
+    await anyio.sleep(1.0)  # the straggler has struck by now
+    # Listing only after each item, its renamed file may still be around; its data is not.
+    result = await ex.run(item({"trick": "report", "n": 2}))
+    await ex.aclose()
+    assert result["data"] == {"trick": "report", "n": 2}
+    assert (result["mode"], result["links"]) == ("0o600", 1)
+    assert (tmp_path / "outside.txt").read_text() == "untouched"
 
 
 async def test_a_folder_left_alone_serves_the_next_item(ex: CommandExecutor) -> None:
