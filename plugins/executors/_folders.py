@@ -91,10 +91,13 @@ class Folders:
 
     def take(self, data: bytes) -> ItemFolder:
         """A folder for one item, its ``item.json`` holding ``data``."""
-        folder = self._free.pop() if self._free else self._new()
-        self._drain()  # a straggler of the last item may have touched it since
-        if folder.changed and folder.fd >= 0:  # it did: a fresh folder is the safe one
-            self._discard(folder)
+        if self._free:
+            folder = self._free.pop()
+            self._drain()  # a straggler of the last item may have touched it since
+            if folder.changed and folder.fd >= 0:  # it did: a fresh folder is the safe one
+                self._discard(folder)
+                folder = self._new()
+        else:
             folder = self._new()
         try:
             # Checked before writing: a hard link to it (which inotify does not
@@ -175,6 +178,8 @@ class Folders:
         try:
             self._watch(folder)
         except OSError:  # out of watches: this folder is listed after each item
+            os.close(folder.fd)
+            folder.fd = -1
             folder.changed = True
             return
         self._drain()  # our own changes to it, made just now

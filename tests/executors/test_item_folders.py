@@ -1,12 +1,14 @@
 """Item folders are reused only while clean: whatever an executor does to its
 folder, the next item sees its own data alone, in a private file.
 
-Every test runs twice: with inotify telling which folders changed (so an
-untouched one is not even listed), and without it (every folder is listed).
+Every test runs three ways: with inotify telling which folders changed (so
+an untouched one is not even listed), without inotify, and out of inotify
+watches (in both, every folder is listed).
 """
 
 from __future__ import annotations
 
+import errno
 import sys
 import textwrap
 from pathlib import Path
@@ -70,12 +72,18 @@ elif trick == "fail-after-stray":
 """
 
 
-@pytest.fixture(params=["inotify", "listing"])
+def _no_watches_left(self: _inotify.Inotify, path: bytes, mask: int) -> int:
+    raise OSError(errno.ENOSPC, "inotify watch limit reached", path)
+
+
+@pytest.fixture(params=["inotify", "listing", "out-of-watches"])
 def ex(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> CommandExecutor:
     if request.param == "listing":
         monkeypatch.setattr(_inotify, "available", lambda: False)
+    elif request.param == "out-of-watches":
+        monkeypatch.setattr(_inotify.Inotify, "add_watch", _no_watches_left)
     elif not _inotify.available():
         pytest.skip("no inotify here")
     (tmp_path / "outside.txt").write_text("untouched")
