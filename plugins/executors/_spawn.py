@@ -15,7 +15,7 @@ The child gets what Popen would give it with ``start_new_session=True`` and
 stderr on the given descriptors and nothing else open, the working folder,
 an empty signal mask, and SIGPIPE and SIGXFSZ back to their defaults (Python
 ignores both). Where the C library lacks those calls (musl, glibc before
-2.34), or a descriptor is one of 0-2, ``Popen`` does the same job.
+2.34), or stdin is one of 0-2, ``Popen`` does the same job.
 """
 
 from __future__ import annotations

@@ -285,7 +285,7 @@ class CommandExecutor:
                 await child.exited
             except BaseException:
                 with anyio.CancelScope(shield=True):
-                    await self._terminate(pid, child.pidfd)
+                    await self._terminate(spawn, pid, child.pidfd)
                 raise
             # Exited, but not yet reaped, so its pid (the group's id) cannot
             # be reused: kill what it left in its group, which also closes
@@ -311,15 +311,14 @@ class CommandExecutor:
             self._watcher = _Watcher(loop)
         return self._watcher
 
-    async def _terminate(self, pid: int, pidfd: int) -> None:
+    async def _terminate(self, spawn: Spawner, pid: int, pidfd: int) -> None:
         """SIGTERM to the group, SIGKILL after the grace, and reap the child."""
         _killpg(pid, signal.SIGTERM)
         with anyio.move_on_after(self.options.grace):
             await anyio.wait_readable(pidfd)
         _killpg(pid, signal.SIGKILL)
         await anyio.wait_readable(pidfd)
-        assert self._spawner is not None
-        self._spawner.reap(pid)
+        spawn.reap(pid)
         log.warning("pool %s: stopped pid %d and its process group", self.pool, pid)
 
     async def aclose(self) -> None:
