@@ -27,9 +27,9 @@ Three parts, each testable alone:
 - :func:`decide` is the controller: a pure function of (stats, config, state,
   now) -> (target, state), so tests drive it with a fake clock.
 - :meth:`Scaler.run` ticks every ``interval`` and applies the target, in the
-  pool an anyio ``CapacityLimiter``'s ``total_tokens``. Lowering it never
-  touches running items: they keep their tokens until they finish, and new
-  items wait until the pool is under the new limit.
+  pool the size of its ``Slots``. Lowering it never touches running items:
+  they keep their slots until they finish, and new items wait until the pool
+  is under the new limit.
 """
 
 from __future__ import annotations
