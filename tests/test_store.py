@@ -268,6 +268,20 @@ async def test_keys_that_are_not_utf8_file_names_round_trip(store: StateStore) -
     assert (await store.counts())["p"] == {"dead": 4}
 
 
+async def test_a_batch_of_odd_or_repeated_keys_is_claimed_as_one_by_one(store: StateStore) -> None:
+    odd = [os.fsdecode(b"raw-\xff.mp4"), "nul\0in it", 'caf\u00e9 "q" \\ x', "plain"]
+    claims = await store.claim_many("p", odd, owner="n1:p", lease=30)
+    assert all(c.granted for c in claims)
+    finishes = [Finish(k, ItemStatus.DONE, c.token) for k, c in zip(odd, claims, strict=True)]
+    assert await store.finish_many("p", finishes) == [True] * len(odd)
+    assert await statuses(store, "p", odd) == dict.fromkeys(odd, ItemStatus.DONE)
+    # A key delivered twice in one batch: the second claim fences the first.
+    first, second = await store.claim_many("p", ["twice", "twice"], owner="n1:p", lease=30)
+    assert second.token > first.token
+    assert not await store.finish("p", "twice", ItemStatus.DONE, token=first.token)
+    assert await store.finish("p", "twice", ItemStatus.DONE, token=second.token)
+
+
 # -- the SQLite file ------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO
 
 import anyio
+import msgspec
 
 from runtime.errors import ClosedError, ConfigError
 from runtime.store import Claim, Finish, ItemRecord, ItemStatus, OneItemCalls
@@ -58,16 +59,23 @@ CREATE INDEX IF NOT EXISTS items_failed ON items (updated_at) WHERE status IN ('
 """
 
 # Granted unless final, or running under a live lease held by someone else.
-_CLAIM = """
-INSERT INTO items (pool, key, status, attempts, created_at, updated_at, owner, token, lease_until)
-VALUES (?1, ?2, 'running', 1, ?3, ?3, ?4, 1, ?5)
+_CLAIMED = """
 ON CONFLICT (pool, key) DO UPDATE SET
     status = 'running', attempts = attempts + 1, updated_at = ?3, owner = ?4,
     token = token + 1, lease_until = ?5
 WHERE status NOT IN ('done', 'dead')
   AND (status != 'running' OR owner = ?4 OR lease_until <= ?3)
-RETURNING token
+RETURNING key, token
 """
+_INSERT = "INSERT INTO items (pool, key, status, attempts, created_at, updated_at, owner, token, lease_until)"
+_CLAIM = f"{_INSERT} VALUES (?1, ?2, 'running', 1, ?3, ?3, ?4, 1, ?5) {_CLAIMED}"
+# The same for a JSON list of keys in one statement: SQLite walks the list,
+# at a third of the cost of a statement per key. ("WHERE true" tells the
+# parser that ON CONFLICT belongs to the INSERT.)
+_CLAIM_EACH = (
+    f"{_INSERT} SELECT ?1, CAST(value AS BLOB), 'running', 1, ?3, ?3, ?4, 1, ?5 "
+    f"FROM json_each(?2) WHERE true {_CLAIMED}"
+)
 
 _FINISH = """
 UPDATE items SET status = ?1, last_error = ?2, updated_at = ?3, owner = '', lease_until = 0,
@@ -85,6 +93,24 @@ def _b(key: str) -> bytes:
 
 def _s(raw: bytes | str) -> str:
     return raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
+
+
+def _claim_tokens(db: sqlite3.Connection, pool: str, keys: Sequence[str],
+                  args: tuple[float, str, float]) -> list[int | None]:  # fmt: skip
+    """Claim each key in order: its new fencing token, or None where refused."""
+    # One statement for the batch, unless a key comes twice (each claim
+    # must see the one before it) or JSON cannot carry it exactly (a NUL,
+    # or bytes that are not UTF-8).
+    if len(set(keys)) == len(keys) and not any("\0" in key for key in keys):
+        try:
+            listed = msgspec.json.encode(keys)
+        except UnicodeEncodeError:
+            pass
+        else:
+            tokens = dict(db.execute(_CLAIM_EACH, (pool, listed, *args)).fetchall())
+            return [tokens.get(_b(key)) for key in keys]
+    rows = (db.execute(_CLAIM, (pool, _b(key), *args)).fetchone() for key in keys)
+    return [None if row is None else row[1] for row in rows]
 
 
 def _record(row: tuple[str, bytes, str, int, bytes | str, float, float]) -> ItemRecord:
@@ -163,17 +189,15 @@ class SqliteStore(OneItemCalls):
         self, pool: str, keys: Sequence[str], *, owner: str, lease: float
     ) -> list[Claim]:
         now = time.time()
-        until = now + max(0.0, lease)
+        args = (now, owner, now + max(0.0, lease))
         claims: list[Claim] = []
         with self._transaction() as db:
-            for key in keys:
-                raw = _b(key)
-                row = db.execute(_CLAIM, (pool, raw, now, owner, until)).fetchone()
-                if row is not None:
-                    claims.append(Claim(granted=True, token=int(row[0])))
+            for key, token in zip(keys, _claim_tokens(db, pool, keys, args), strict=True):
+                if token is not None:
+                    claims.append(Claim(granted=True, token=token))
                     continue
                 found = db.execute(
-                    "SELECT status FROM items WHERE pool = ? AND key = ?", (pool, raw)
+                    "SELECT status FROM items WHERE pool = ? AND key = ?", (pool, _b(key))
                 ).fetchone()
                 claims.append(Claim(granted=False, status=ItemStatus(found[0])))
         return claims
