@@ -56,16 +56,18 @@ class ItemFolder:
 
     __slots__ = ("changed", "env", "fd", "item_file", "output", "path", "result_file", "wds")
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, env: tuple[bytes, ...]) -> None:
         self.path = path
         self.item_file = os.path.join(path, "item.json")
         self.result_file = os.path.join(path, "result.json")
         self.output = os.path.join(path, "output")
-        self.env = [
+        self.env = (
+            *env,
             b"WORK_ITEM_FILE=" + os.fsencode(self.item_file),
             b"WORK_OUTPUT_DIR=" + os.fsencode(self.output),
             b"WORK_RESULT_FILE=" + os.fsencode(self.result_file),
-        ]
+        )
+        """The environment of a child run in this folder, but for the item's own variables."""
         self.fd = -1
         """``item.json`` open for writing, kept only while the folder is watched and unchanged."""
         self.wds: list[int] = []
@@ -76,7 +78,9 @@ class ItemFolder:
 class Folders:
     """The item folders of one executor: under ``run/<pool>/``, outputs kept under ``outputs/<pool>/``."""
 
-    def __init__(self, workdir: Path, pool: str) -> None:
+    def __init__(self, workdir: Path, pool: str, env: tuple[bytes, ...] = ()) -> None:
+        """``env``: the environment every item's child gets (``ItemFolder.env`` adds the folder's)."""
+        self.env = env
         self.scratch = workdir / "run" / safe_name(pool)
         self.outputs = workdir / "outputs" / safe_name(pool)
         self._free: list[ItemFolder] = []
@@ -162,7 +166,7 @@ class Folders:
 
     def _new(self) -> ItemFolder:
         self.scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
-        folder = ItemFolder(tempfile.mkdtemp(prefix="item-", dir=self.scratch))
+        folder = ItemFolder(tempfile.mkdtemp(prefix="item-", dir=self.scratch), self.env)
         os.mkdir(folder.output, 0o700)
         self._settle(folder)
         return folder

@@ -27,6 +27,7 @@ import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Sequence
 from typing import Protocol
 
 from .. import _libc
@@ -43,17 +44,26 @@ _OPAQUE = 512
 _RESET_TO_DEFAULT = (signal.SIGPIPE, signal.SIGXFSZ)
 """Signals Python ignores, which exec would otherwise pass on ignored."""
 
-_MAX_ACTIONS = 64
-"""File-action sets kept: one per (stdout, stderr) descriptor pair seen, and
-the kernel hands out the lowest free numbers, so a pool reuses a few."""
+_MAX_CACHED = 64
+"""File-action sets and environments kept for reuse: one per (stdout, stderr)
+descriptor pair seen (the kernel hands out the lowest free numbers, so a pool
+reuses a few), and one per shared environment (an item folder's)."""
 
 
 class Spawner(Protocol):
-    def spawn(self, argv: list[bytes], env: list[bytes], stdout: int, stderr: int) -> int:
-        """Start ``argv`` with ``env`` (``KEY=value`` entries); its pid.
+    def spawn(
+        self,
+        argv: list[bytes],
+        env: tuple[bytes, ...],
+        own_env: Sequence[bytes],
+        stdout: int,
+        stderr: int,
+    ) -> int:
+        """Start ``argv`` with ``env`` and ``own_env`` (``KEY=value`` entries); its pid.
 
-        Raises OSError when the program cannot be started (not found, not
-        executable, the working folder is gone).
+        ``env`` is the part many spawns share (a spawner may convert it once),
+        ``own_env`` this spawn's own entries. Raises OSError when the program
+        cannot be started (not found, not executable, the working folder is gone).
         """
         ...
 
@@ -112,6 +122,10 @@ class PosixSpawn:
         self._stdin = stdin
         self._programs: dict[bytes, bytes] = {}
         self._actions: dict[tuple[int, int], ctypes.Array[ctypes.c_char]] = {}
+        # Converting some 25 entries to a C array costs more than the rest of
+        # the call, so each shared environment is converted once, with room
+        # left at the end for a spawn's own entries.
+        self._envs: dict[tuple[tuple[bytes, ...], int], ctypes.Array[ctypes.c_char_p]] = {}
         self._attr = ctypes.create_string_buffer(_OPAQUE)
         libc = self._libc
         _check(libc.posix_spawnattr_init(self._attr), "posix_spawnattr_init")
@@ -125,13 +139,21 @@ class PosixSpawn:
         flags = _POSIX_SPAWN_SETSID | _POSIX_SPAWN_SETSIGMASK | _POSIX_SPAWN_SETSIGDEF
         _check(libc.posix_spawnattr_setflags(self._attr, flags), "posix_spawnattr_setflags")
 
-    def spawn(self, argv: list[bytes], env: list[bytes], stdout: int, stderr: int) -> int:
+    def spawn(
+        self,
+        argv: list[bytes],
+        env: tuple[bytes, ...],
+        own_env: Sequence[bytes],
+        stdout: int,
+        stderr: int,
+    ) -> int:
         if stdout <= 2 or stderr <= 2:  # only when our own 0-2 are closed
-            return self._spawn_above_2(argv, env, stdout, stderr)
+            return self._spawn_above_2(argv, env, own_env, stdout, stderr)
         program = self._program(argv[0])
         actions = self._actions.get((stdout, stderr)) or self._new_actions(stdout, stderr)
         c_argv = (ctypes.c_char_p * (len(argv) + 1))(*argv)
-        c_env = (ctypes.c_char_p * (len(env) + 1))(*env)
+        c_env = self._envs.get((env, len(own_env))) or self._new_env(env, len(own_env))
+        c_env[len(env) : len(env) + len(own_env)] = list(own_env)
         pid = ctypes.c_int()
         failed = self._libc.posix_spawn(
             ctypes.byref(pid), program, actions, self._attr, c_argv, c_env
@@ -142,12 +164,13 @@ class PosixSpawn:
             raise OSError(failed, os.strerror(failed), os.fsdecode(argv[0]))
         return pid.value
 
-    def _spawn_above_2(self, argv: list[bytes], env: list[bytes], stdout: int, stderr: int) -> int:
+    def _spawn_above_2(self, argv: list[bytes], env: tuple[bytes, ...], own_env: Sequence[bytes],
+                       stdout: int, stderr: int) -> int:  # fmt: skip
         """Spawn with copies of the descriptors above 2: a dup2 onto 0-2 must not
         overwrite another of the three."""
         out, err = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in (stdout, stderr))
         try:
-            return self.spawn(argv, env, out, err)
+            return self.spawn(argv, env, own_env, out, err)
         finally:
             os.close(out)
             os.close(err)
@@ -168,6 +191,13 @@ class PosixSpawn:
             found = self._programs[name] = os.fsencode(where)
         return found
 
+    def _new_env(self, env: tuple[bytes, ...], room: int) -> ctypes.Array[ctypes.c_char_p]:
+        """``env`` as a NULL-terminated C array, with ``room`` slots after it left to fill."""
+        if len(self._envs) >= _MAX_CACHED:
+            self._envs.clear()
+        c_env = self._envs[(env, room)] = (ctypes.c_char_p * (len(env) + room + 1))(*env)
+        return c_env
+
     def _new_actions(self, stdout: int, stderr: int) -> ctypes.Array[ctypes.c_char]:
         libc = self._libc
         actions = ctypes.create_string_buffer(_OPAQUE)
@@ -176,13 +206,14 @@ class PosixSpawn:
             _check(libc.posix_spawn_file_actions_adddup2(actions, fd, target), "adddup2")
         _check(libc.posix_spawn_file_actions_addchdir_np(actions, self._cwd), "addchdir_np")
         _check(libc.posix_spawn_file_actions_addclosefrom_np(actions, 3), "addclosefrom_np")
-        if len(self._actions) >= _MAX_ACTIONS:
+        if len(self._actions) >= _MAX_CACHED:
             self._forget_actions()
         self._actions[(stdout, stderr)] = actions
         return actions
 
     def close(self) -> None:
         self._forget_actions()
+        self._envs.clear()
         self._libc.posix_spawnattr_destroy(self._attr)
 
     def _forget_actions(self) -> None:
@@ -199,8 +230,15 @@ class PopenSpawn:
         self._stdin = stdin
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
-    def spawn(self, argv: list[bytes], env: list[bytes], stdout: int, stderr: int) -> int:
-        variables = dict(entry.split(b"=", 1) for entry in env)
+    def spawn(
+        self,
+        argv: list[bytes],
+        env: tuple[bytes, ...],
+        own_env: Sequence[bytes],
+        stdout: int,
+        stderr: int,
+    ) -> int:
+        variables = dict(entry.split(b"=", 1) for entry in (*env, *own_env))
         child = subprocess.Popen(
             argv, cwd=self._cwd, env=variables, stdin=self._stdin, stdout=stdout,
             stderr=stderr, start_new_session=True,

@@ -178,6 +178,8 @@ class CommandExecutor:
                 self.argv.append(Template(text))
             except ValueError as exc:
                 problems.append(f"argv[{i}]: {exc}")
+            if "\0" in text:
+                problems.append(f"argv[{i}]: holds a NUL byte, which no argument can")
         if problems:
             raise ConfigError(problems)
         self.cwd = ctx.resolve(options.cwd or ".")
@@ -192,9 +194,14 @@ class CommandExecutor:
             self._check_program(options.argv[0], env.get("PATH", os.defpath))
         self.options = options
         self.pool = ctx.name
-        self.folders = Folders(ctx.workdir, ctx.name)
         # Encoded once, not for every item.
-        self._env = [os.fsencode(f"{k}={v}") for k, v in env.items()]
+        self.folders = Folders(
+            ctx.workdir, ctx.name, tuple(os.fsencode(f"{k}={v}") for k, v in env.items())
+        )
+        # Without fields, argv is the same for every item: encoded once.
+        self._fixed_argv: list[bytes] | None = None
+        if not any(t.fields for t in self.argv):
+            self._fixed_argv = [os.fsencode(text) for text in options.argv]
         self._path = env.get("PATH", os.defpath)
         self._devnull: int | None = None
         self._spawner: Spawner | None = None
@@ -224,9 +231,9 @@ class CommandExecutor:
     # -- one item ----------------------------------------------------------
 
     async def run(self, item: WorkItem) -> Any:
-        argv = [os.fsencode(t.render(item.data)) for t in self.argv]
-        if any(b"\0" in arg for arg in argv) or "\0" in item.name:
-            raise ItemFailed("a NUL byte in an argument or the item's name", permanent=True)
+        argv = self._fixed_argv or self._render_argv(item.data)
+        if "\0" in item.name:
+            raise ItemFailed("a NUL byte in the item's name", permanent=True)
         folder = self.folders.take(msgspec.json.encode(item.data))
         try:
             code, stdout, stderr = await self._run_in(folder, argv, item)
@@ -243,26 +250,29 @@ class CommandExecutor:
             raise ItemFailed(_reason(f"killed by {_signal_name(-code)}", stderr), output=output)
         raise ItemFailed(_reason(f"exit {code}", stderr), output=output)
 
+    def _render_argv(self, data: Any) -> list[bytes]:
+        argv = [os.fsencode(t.render(data)) for t in self.argv]
+        if any(b"\0" in arg for arg in argv):
+            raise ItemFailed("a NUL byte in an argument from the item's data", permanent=True)
+        return argv
+
     async def _run_in(
         self, folder: ItemFolder, argv: list[bytes], item: WorkItem
     ) -> tuple[int, Tail, Tail]:
-        env = [
-            *self._env,
-            *folder.env,
+        own_env = (
             b"WORK_ITEM_NAME=" + os.fsencode(item.name),
             b"WORK_ITEM_ATTEMPT=%d" % item.attempt,
-        ]
+        )
         stdout, stderr = Tail(self.options.max_output), Tail(self.options.max_output)
         try:
-            code = await self._spawn_and_wait(argv, env, stdout, stderr)
+            code = await self._spawn_and_wait(argv, folder.env, own_env, stdout, stderr)
         except OSError as exc:  # the program vanished since the config was checked
             program = os.fsdecode(argv[0])
             raise ItemFailed(f"cannot start {program!r}: {exc.strerror or exc}") from None
         return code, stdout, stderr
 
-    async def _spawn_and_wait(
-        self, argv: list[bytes], env: list[bytes], stdout: Tail, stderr: Tail
-    ) -> int:
+    async def _spawn_and_wait(self, argv: list[bytes], env: tuple[bytes, ...],
+                              own_env: tuple[bytes, ...], stdout: Tail, stderr: Tail) -> int:  # fmt: skip
         watcher = self._watcher_here()
         spawn = self._spawner or self._new_spawner()
         # Our ends stay blocking: they are read only when epoll says they
@@ -271,7 +281,7 @@ class CommandExecutor:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
             # In its own session, so its own process group, which we signal as one.
-            pid = spawn.spawn(argv, env, out_w, err_w)
+            pid = spawn.spawn(argv, env, own_env, out_w, err_w)
         except BaseException:
             for fd in (out_r, err_r):
                 os.close(fd)
@@ -292,6 +302,8 @@ class CommandExecutor:
             # the pipes a stray grandchild held. One that escaped the group
             # gets a second to let go of them.
             _killpg(pid, signal.SIGKILL)
+            if child.tails:  # their hang-up is usually waiting already
+                watcher.poll()
             if child.tails:
                 child.drained = asyncio.get_running_loop().create_future()
                 with anyio.move_on_after(1.0):
@@ -356,7 +368,7 @@ class _Watcher:
         self.loop = loop
         self.epoll = select.epoll()
         self.handlers: dict[int, Callable[[int, int], None]] = {}
-        loop.add_reader(self.epoll.fileno(), self._ready)
+        loop.add_reader(self.epoll.fileno(), self.poll)
 
     def add(self, fd: int, handler: Callable[[int, int], None]) -> None:
         """Call ``handler(fd, events)`` while ``fd`` is readable or hung up."""
@@ -367,7 +379,8 @@ class _Watcher:
         if self.handlers.pop(fd, None) is not None:
             self.epoll.unregister(fd)
 
-    def _ready(self) -> None:
+    def poll(self) -> None:
+        """Call the handlers of what is ready now (the loop calls it when any is)."""
         # Level-triggered: what does not fit in one poll is reported again.
         for fd, events in self.epoll.poll(0, 64):
             handler = self.handlers.get(fd)

@@ -144,7 +144,7 @@ def test_stdout_and_stderr_may_be_any_descriptor() -> None:
     spawner = _spawn.spawner(b"/", "/usr/bin:/bin", devnull)
     read_end, write_end = os.pipe()
     try:
-        pid = spawner.spawn([b"sh", b"-c", b"echo out; echo err >&2"], [], 2, write_end)
+        pid = spawner.spawn([b"sh", b"-c", b"echo out; echo err >&2"], (), (), 2, write_end)
         os.close(write_end)
         assert spawner.reap(pid) == 0
         assert os.read(read_end, 100) == b"err\n"
@@ -353,6 +353,7 @@ async def test_output_is_capped_and_keeps_the_tail(tmp_path: Path) -> None:
         ({"argv": ["/bin/true", "{}"]}, "argv[1]: empty field name"),
         ({"argv": ["/bin/true"], "cwd": "missing"}, "cwd:"),
         ({"argv": ["/bin/true"], "env": {"A=B": "x"}}, "env: 'A=B'"),
+        ({"argv": ["/bin/echo", "cut\u0000here"]}, "argv[1]: holds a NUL byte"),
     ],
 )
 def test_bad_options_are_config_errors(
