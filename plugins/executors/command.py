@@ -30,9 +30,10 @@ Files the executor writes into ``WORK_OUTPUT_DIR`` are kept under
 removed.
 
 Spawn path: glibc's ``posix_spawn`` (vfork + exec, see ``_spawn.py``) called
-on the event loop thread, and the exit awaited through a pidfd, with no child
-watcher or thread in between (measured in ``bench/spawn.py`` beside bare
-loops). Every child's pidfd and pipes share one epoll of the executor's own,
+on the event loop thread, or from a spawn thread once the executor has as
+many children running as there are CPUs, and the exit awaited through a
+pidfd, with no child watcher in between (measured in ``bench/spawn.py``
+beside bare loops). Every child's pidfd and pipes share one epoll of the executor's own,
 and an item folder the executor left alone serves the next item with its
 item file rewritten in place (``_folders.py``): per item, the parent's cost
 is a few system calls beyond the spawn's own.
@@ -61,7 +62,7 @@ from runtime.errors import ConfigError, ItemFailed
 from runtime.executor import WorkItem
 
 from ._folders import Folders, ItemFolder
-from ._spawn import Spawner, spawner
+from ._spawn import PosixSpawn, Spawner, SpawnThreads, spawner
 
 log = logging.getLogger("chute.executors.command")
 
@@ -72,6 +73,9 @@ DEFAULT_PASS_ENV = [
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE",
     "LC_MESSAGES", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV",
 ]  # fmt: skip
+
+_CPUS = len(os.sched_getaffinity(0))
+"""CPUs this process may run on: with as many children running, a spawn goes to a thread."""
 
 _FIELD = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 
@@ -205,6 +209,9 @@ class CommandExecutor:
         self._path = env.get("PATH", os.defpath)
         self._devnull: int | None = None
         self._spawner: Spawner | None = None
+        self._threads: SpawnThreads | None = None
+        self._running = 0
+        """Children started and not yet reaped."""
         self._watcher: _Watcher | None = None
 
     def _check_program(self, program: str, path: str) -> None:
@@ -281,7 +288,13 @@ class CommandExecutor:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
             # In its own session, so its own process group, which we signal as one.
-            pid = spawn.spawn(argv, env, own_env, out_w, err_w)
+            if self._running >= _CPUS and self._threads is not None:
+                # Our children may be keeping every CPU busy: let a thread,
+                # not the event loop, wait for this child to get one (_spawn.py).
+                with anyio.CancelScope(shield=True):
+                    pid = await self._threads.spawn(argv, env, own_env, out_w, err_w)
+            else:
+                pid = spawn.spawn(argv, env, own_env, out_w, err_w)
         except BaseException:
             for fd in (out_r, err_r):
                 os.close(fd)
@@ -290,6 +303,7 @@ class CommandExecutor:
             os.close(out_w)
             os.close(err_w)
         child = _Child(watcher, os.pidfd_open(pid), {out_r: stdout, err_r: stderr})
+        self._running += 1
         try:
             try:
                 await child.exited
@@ -311,10 +325,15 @@ class CommandExecutor:
             return spawn.reap(pid)
         finally:
             child.close()
+            self._running -= 1
 
     def _new_spawner(self) -> Spawner:
-        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        self._spawner = spawner(os.fsencode(self.cwd), self._path, self._devnull)
+        devnull = self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        cwd = os.fsencode(self.cwd)
+        self._spawner = spawner(cwd, self._path, devnull)
+        if isinstance(self._spawner, PosixSpawn):  # its reap is a plain waitpid
+            threads = max(2, _CPUS)
+            self._threads = SpawnThreads(lambda: PosixSpawn(cwd, self._path, devnull), threads)
         return self._spawner
 
     def _watcher_here(self) -> _Watcher:
@@ -338,6 +357,9 @@ class CommandExecutor:
         if self._watcher is not None:
             self._watcher.close()
             self._watcher = None
+        if self._threads is not None:
+            self._threads.close()
+            self._threads = None
         if self._spawner is not None:
             self._spawner.close()
             self._spawner = None

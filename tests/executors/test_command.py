@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from plugins.brokers.memory import MemoryBroker
-from plugins.executors import _spawn
+from plugins.executors import _spawn, command
 from plugins.executors.command import CommandExecutor, CommandOptions
 from runtime.config import config_from_dict, dec_hook
 from runtime.context import PluginContext
@@ -28,13 +28,16 @@ from runtime.store import ItemStatus
 PY = sys.executable
 
 
-@pytest.fixture(autouse=True, params=["posix_spawn", "Popen"])
+@pytest.fixture(autouse=True, params=["posix_spawn", "posix_spawn in threads", "Popen"])
 def spawn_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs on glibc's posix_spawn and on the Popen fallback alike."""
+    """Every test runs on glibc's posix_spawn, called on the event loop and from the
+    spawn threads (as when the CPUs are busy), and on the Popen fallback alike."""
     if request.param == "Popen":
         monkeypatch.setattr(_spawn, "_LIBC", None)
     elif _spawn._LIBC is None:
         pytest.skip("this C library has no posix_spawn_file_actions_addclosefrom_np")
+    elif request.param == "posix_spawn in threads":
+        monkeypatch.setattr(command, "_CPUS", 0)
     return str(request.param)
 
 
@@ -294,6 +297,28 @@ async def test_timeout_kills_the_whole_group_even_a_grandchild_ignoring_sigterm(
     with anyio.fail_after(5):
         while _alive(grandchild):  # noqa: ASYNC110 - not our child: only /proc tells
             await anyio.sleep(0.02)
+
+
+async def test_a_cancel_while_the_child_is_being_started_still_stops_and_reaps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[int] = []
+    for spawner in (_spawn.PosixSpawn, _spawn.PopenSpawn):
+
+        def slow(self: Any, *args: Any, spawn: Any = spawner.spawn) -> int:
+            time.sleep(0.3)  # the cancel arrives meanwhile
+            started.append(spawn(self, *args))
+            return started[-1]
+
+        monkeypatch.setattr(spawner, "spawn", slow)
+    ex = executor(tmp_path, argv=["sleep", "30"], grace="2s")
+    with anyio.move_on_after(0.1) as scope:
+        await ex.run(item({}))
+    await ex.aclose()
+    assert scope.cancelled_caught
+    [pid] = started
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - reaped already: no zombie left
 
 
 async def test_leftovers_of_a_finished_executor_are_killed(tmp_path: Path) -> None:
