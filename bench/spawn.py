@@ -136,6 +136,16 @@ async def chute(count: int, concurrency: int) -> float:
         return count / elapsed
 
 
+def _steal() -> tuple[int, int]:
+    """(ticks stolen by the hypervisor, all ticks) since boot; (0, 0) off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(t) for t in f.readline().split()[1:]]
+    except OSError:
+        return 0, 0
+    return ticks[7], sum(ticks)
+
+
 def _cpu() -> float:
     """CPU seconds this process (the parent, not its children) has used."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -161,6 +171,7 @@ LOOPS: dict[str, Callable[[int, int], Awaitable[float]]] = {
 
 async def main(count: int, concurrencies: list[int], rounds: int) -> None:
     await bare_asyncio(50, 2)  # warm up imports and the child watcher
+    stolen, ticks = _steal()
     print(f"spawn throughput, {count} runs of {TRUE}, median of {rounds} rounds (items/s)")
     for c in concurrencies:
         runs: dict[str, list[tuple[float, float]]] = {name: [] for name in LOOPS}
@@ -181,6 +192,10 @@ async def main(count: int, concurrencies: list[int], rounds: int) -> None:
             f"  concurrency {c}: parent CPU per item: chute {cpu['chute']:.0f} us, "
             f"the best bare loop {cpu[best_name]:.0f} us"
         )
+    stolen_now, ticks_now = _steal()
+    if ticks_now > ticks:  # a virtual machine's CPUs can be taken away while it runs
+        share = (stolen_now - stolen) / (ticks_now - ticks)
+        print(f"hypervisor steal during the run: {share:.0%} of CPU time")
 
 
 if __name__ == "__main__":
