@@ -23,8 +23,10 @@ for one behind them, and the event loop with it: a bare loop spawning
 ``/bin/true`` at concurrency 8 on 2 CPUs spent 86% of its time there.
 ``SpawnThreads`` then lets a few threads wait instead (ctypes lets go of the
 GIL during the call), each with a spawner of its own: 1.4x the spawns per
-second at concurrency 8, for about 50 us more CPU per spawn, which is why the
-executor hands a spawn over only when it has as many children as CPUs.
+second at concurrency 8. The hop to a thread and back costs CPU (some 70 us
+in a microbenchmark), a loss where the child would find a free CPU at once,
+which is why the executor hands a spawn over only when it has as many
+children running as there are CPUs.
 """
 
 from __future__ import annotations
