@@ -1,7 +1,8 @@
 """One suite over every state store backend: a backend is done when this passes.
 
 The contract is ``runtime/store.py``. Every test in the first part runs on
-``sqlite`` (a file under ``tmp_path``), ``memory`` and ``redis`` (a real
+``sqlite`` (a file under ``tmp_path``; also as if its SQLite had no JSON
+functions), ``memory`` and ``redis`` (a real
 redis-server, each test in its own key prefix). The tests at the end are about
 the SQLite file itself: reopening it, crashes, a second process, bad files.
 What only a shared Redis store must do is in ``tests/test_redis_store.py``.
@@ -21,7 +22,12 @@ from plugins.stores.sqlite import MemoryStore, SqliteStore, database_path
 from runtime.errors import ConfigError
 from runtime.store import Finish, ItemStatus, StateStore
 
-BACKENDS = ["sqlite", "memory", pytest.param("redis", marks=pytest.mark.redis)]
+BACKENDS = [
+    "sqlite",
+    "sqlite without JSON",  # an SQLite built without json_each claims key by key
+    "memory",
+    pytest.param("redis", marks=pytest.mark.redis),
+]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -30,11 +36,14 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     if request.param == "redis":
         # Requested here, not by every test, so only the redis runs need a redis-server.
         s = RedisStore(request.getfixturevalue("redis_url"), tmp_path)
-    elif request.param == "sqlite":
+    elif request.param.startswith("sqlite"):
         s = SqliteStore("sqlite", tmp_path)
     else:
         s = MemoryStore("memory", tmp_path)
     await s.open()
+    if request.param == "sqlite without JSON":
+        assert isinstance(s, SqliteStore)
+        s._json = False
     yield s
     await s.aclose()
 

@@ -96,12 +96,12 @@ def _s(raw: bytes | str) -> str:
 
 
 def _claim_tokens(db: sqlite3.Connection, pool: str, keys: Sequence[str],
-                  args: tuple[float, str, float]) -> list[int | None]:  # fmt: skip
+                  args: tuple[float, str, float], json: bool) -> list[int | None]:  # fmt: skip
     """Claim each key in order: its new fencing token, or None where refused."""
     # One statement for the batch, unless a key comes twice (each claim
-    # must see the one before it) or JSON cannot carry it exactly (a NUL,
-    # or bytes that are not UTF-8).
-    if len(set(keys)) == len(keys) and not any("\0" in key for key in keys):
+    # must see the one before it), JSON cannot carry it exactly (a NUL, or
+    # bytes that are not UTF-8) or this SQLite was built without JSON.
+    if json and len(set(keys)) == len(keys) and not any("\0" in key for key in keys):
         try:
             listed = msgspec.json.encode(keys)
         except UnicodeEncodeError:
@@ -142,6 +142,8 @@ class SqliteStore(OneItemCalls):
         self.path: Path | None = database_path(url, workdir)
         self._db: sqlite3.Connection | None = None
         self._lock: IO[bytes] | None = None
+        self._json = True
+        """Whether this SQLite has json_each (built in since 3.38, an option before)."""
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -163,6 +165,10 @@ class SqliteStore(OneItemCalls):
         except sqlite3.DatabaseError as exc:
             db.close()
             raise ConfigError([f"state: cannot open the state database {target}: {exc}"]) from None
+        try:
+            db.execute("SELECT count(*) FROM json_each('[]')")
+        except sqlite3.OperationalError:
+            self._json = False
         self._db = db
 
     async def aclose(self) -> None:
@@ -192,7 +198,8 @@ class SqliteStore(OneItemCalls):
         args = (now, owner, now + max(0.0, lease))
         claims: list[Claim] = []
         with self._transaction() as db:
-            for key, token in zip(keys, _claim_tokens(db, pool, keys, args), strict=True):
+            tokens = _claim_tokens(db, pool, keys, args, self._json)
+            for key, token in zip(keys, tokens, strict=True):
                 if token is not None:
                     claims.append(Claim(granted=True, token=token))
                     continue
