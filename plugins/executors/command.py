@@ -33,10 +33,10 @@ Spawn path: glibc's ``posix_spawn`` (vfork + exec, see ``_spawn.py``) called
 on the event loop thread, or from a spawn thread once the executor has as
 many children running as there are CPUs, and the exit awaited through a
 pidfd, with no child watcher in between (measured in ``bench/spawn.py``
-beside bare loops). Every child's pidfd and pipes share one epoll of the executor's own,
-and an item folder the executor left alone serves the next item with its
-item file rewritten in place (``_folders.py``): per item, the parent's cost
-is a few system calls beyond the spawn's own.
+beside bare loops). Every child's pidfd and pipes share one epoll of the
+executor's own, and an item folder the executor left alone serves the next
+item with its item file rewritten in place (``_folders.py``): per item, the
+parent's cost is a few system calls beyond the spawn's own.
 """
 
 from __future__ import annotations
