@@ -41,8 +41,10 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Protocol
+
+import msgspec
 
 from .. import _libc
 
@@ -64,20 +66,24 @@ descriptor pair seen (the kernel hands out the lowest free numbers, so a pool
 reuses a few), and one per shared environment (an item folder's)."""
 
 
-class Spawner(Protocol):
-    def spawn(
-        self,
-        argv: list[bytes],
-        env: tuple[bytes, ...],
-        own_env: Sequence[bytes],
-        stdout: int,
-        stderr: int,
-    ) -> int:
-        """Start ``argv`` with ``env`` and ``own_env`` (``KEY=value`` entries); its pid.
+class Launch(msgspec.Struct, frozen=True):
+    """One child to start: its program and arguments, environment and output descriptors."""
 
-        ``env`` is the part many spawns share (a spawner may convert it once),
-        ``own_env`` this spawn's own entries. Raises OSError when the program
-        cannot be started (not found, not executable, the working folder is gone).
+    argv: list[bytes]
+    env: tuple[bytes, ...]
+    """``KEY=value`` entries many launches share (a spawner may convert them once)."""
+    own_env: tuple[bytes, ...]
+    """This launch's own ``KEY=value`` entries."""
+    stdout: int
+    stderr: int
+
+
+class Spawner(Protocol):
+    def spawn(self, launch: Launch) -> int:
+        """Start the child; its pid.
+
+        Raises OSError when the program cannot be started (not found, not
+        executable, the working folder is gone).
         """
         ...
 
@@ -153,16 +159,10 @@ class PosixSpawn:
         flags = _POSIX_SPAWN_SETSID | _POSIX_SPAWN_SETSIGMASK | _POSIX_SPAWN_SETSIGDEF
         _check(libc.posix_spawnattr_setflags(self._attr, flags), "posix_spawnattr_setflags")
 
-    def spawn(
-        self,
-        argv: list[bytes],
-        env: tuple[bytes, ...],
-        own_env: Sequence[bytes],
-        stdout: int,
-        stderr: int,
-    ) -> int:
+    def spawn(self, launch: Launch) -> int:
+        argv, env, own_env, stdout, stderr = msgspec.structs.astuple(launch)
         if stdout <= 2 or stderr <= 2:  # only when our own 0-2 are closed
-            return self._spawn_above_2(argv, env, own_env, stdout, stderr)
+            return self._spawn_above_2(launch)
         program = self._program(argv[0])
         actions = self._actions.get((stdout, stderr)) or self._new_actions(stdout, stderr)
         c_argv = (ctypes.c_char_p * (len(argv) + 1))(*argv)
@@ -178,13 +178,14 @@ class PosixSpawn:
             raise OSError(failed, os.strerror(failed), os.fsdecode(argv[0]))
         return pid.value
 
-    def _spawn_above_2(self, argv: list[bytes], env: tuple[bytes, ...], own_env: Sequence[bytes],
-                       stdout: int, stderr: int) -> int:  # fmt: skip
+    def _spawn_above_2(self, launch: Launch) -> int:
         """Spawn with copies of the descriptors above 2: a dup2 onto 0-2 must not
         overwrite another of the three."""
-        out, err = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in (stdout, stderr))
+        out, err = (
+            fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in (launch.stdout, launch.stderr)
+        )
         try:
-            return self.spawn(argv, env, own_env, out, err)
+            return self.spawn(msgspec.structs.replace(launch, stdout=out, stderr=err))
         finally:
             os.close(out)
             os.close(err)
@@ -244,18 +245,11 @@ class PopenSpawn:
         self._stdin = stdin
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
-    def spawn(
-        self,
-        argv: list[bytes],
-        env: tuple[bytes, ...],
-        own_env: Sequence[bytes],
-        stdout: int,
-        stderr: int,
-    ) -> int:
-        variables = dict(entry.split(b"=", 1) for entry in (*env, *own_env))
+    def spawn(self, launch: Launch) -> int:
+        variables = dict(entry.split(b"=", 1) for entry in (*launch.env, *launch.own_env))
         child = subprocess.Popen(
-            argv, cwd=self._cwd, env=variables, stdin=self._stdin, stdout=stdout,
-            stderr=stderr, start_new_session=True,
+            launch.argv, cwd=self._cwd, env=variables, stdin=self._stdin, stdout=launch.stdout,
+            stderr=launch.stderr, start_new_session=True,
         )  # fmt: skip
         self._children[child.pid] = child
         return child.pid
@@ -265,10 +259,6 @@ class PopenSpawn:
 
     def close(self) -> None:
         pass
-
-
-_Request = tuple["asyncio.Future[int]", list[bytes], tuple[bytes, ...], Sequence[bytes], int, int]
-"""A spawn for a thread: the future for its pid, then ``Spawner.spawn``'s arguments."""
 
 
 class SpawnThreads:
@@ -283,11 +273,13 @@ class SpawnThreads:
     def __init__(self, new_spawner: Callable[[], Spawner], threads: int) -> None:
         self._new_spawner = new_spawner
         self._count = threads
-        self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        # A launch and the future for its pid; None tells a thread to stop.
+        self._requests: queue.SimpleQueue[tuple[asyncio.Future[int], Launch] | None] = (
+            queue.SimpleQueue()
+        )
         self._threads: list[threading.Thread] = []
 
-    async def spawn(self, argv: list[bytes], env: tuple[bytes, ...], own_env: Sequence[bytes],
-                    stdout: int, stderr: int) -> int:  # fmt: skip
+    async def spawn(self, launch: Launch) -> int:
         """``Spawner.spawn`` in one of the threads. Await it shielded: a child
         it started must reach the caller, to be waited for and reaped."""
         if not self._threads:
@@ -300,15 +292,15 @@ class SpawnThreads:
             for thread in self._threads:
                 thread.start()
         started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._requests.put((started, argv, env, own_env, stdout, stderr))
+        self._requests.put((started, launch))
         return await started
 
     def _serve(self, spawner: Spawner) -> None:
         try:
             while (request := self._requests.get()) is not None:
-                started, argv, env, own_env, stdout, stderr = request
+                started, launch = request
                 try:
-                    pid = spawner.spawn(argv, env, own_env, stdout, stderr)
+                    pid = spawner.spawn(launch)
                 except BaseException as exc:  # handed to the caller, whatever it is
                     started.get_loop().call_soon_threadsafe(started.set_exception, exc)
                 else:

@@ -62,7 +62,7 @@ from runtime.errors import ConfigError, ItemFailed
 from runtime.executor import WorkItem
 
 from ._folders import Folders, ItemFolder
-from ._spawn import PosixSpawn, Spawner, SpawnThreads, spawner
+from ._spawn import Launch, PosixSpawn, Spawner, SpawnThreads, spawner
 
 log = logging.getLogger("chute.executors.command")
 
@@ -288,13 +288,14 @@ class CommandExecutor:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
             # In its own session, so its own process group, which we signal as one.
+            launch = Launch(argv, env, own_env, out_w, err_w)
             if self._running >= _CPUS and self._threads is not None:
                 # Our children may be keeping every CPU busy: let a thread,
                 # not the event loop, wait for this child to get one (_spawn.py).
                 with anyio.CancelScope(shield=True):
-                    pid = await self._threads.spawn(argv, env, own_env, out_w, err_w)
+                    pid = await self._threads.spawn(launch)
             else:
-                pid = spawn.spawn(argv, env, own_env, out_w, err_w)
+                pid = spawn.spawn(launch)
         except BaseException:
             for fd in (out_r, err_r):
                 os.close(fd)

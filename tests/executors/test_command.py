@@ -147,7 +147,9 @@ def test_stdout_and_stderr_may_be_any_descriptor() -> None:
     spawner = _spawn.spawner(b"/", "/usr/bin:/bin", devnull)
     read_end, write_end = os.pipe()
     try:
-        pid = spawner.spawn([b"sh", b"-c", b"echo out; echo err >&2"], (), (), 2, write_end)
+        pid = spawner.spawn(
+            _spawn.Launch([b"sh", b"-c", b"echo out; echo err >&2"], (), (), 2, write_end)
+        )
         os.close(write_end)
         assert spawner.reap(pid) == 0
         assert os.read(read_end, 100) == b"err\n"
