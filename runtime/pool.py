@@ -158,9 +158,6 @@ class WorkerPool:
         self._service_time = 1.0
         """Seconds per item, smoothed over about the last 20 items (sizes prefetch)."""
         self._lease = 300.0
-        self.item_started: Callable[[float], None] | None = None
-        self.item_finished: Callable[[float, float], None] | None = None
-        self.items_arrived: Callable[[int, float], None] | None = None
 
     @property
     def changed(self) -> anyio.Event:
@@ -279,8 +276,6 @@ class WorkerPool:
                 self.topic, self.group, self.consumer, count=want, block=1.0
             )
             if got:
-                if self.items_arrived is not None:
-                    self.items_arrived(len(got), time.monotonic())
                 # Shielded: a shutdown arriving mid-claim must still find the
                 # batch in the buffer, to give deliveries and claims back.
                 with anyio.CancelScope(shield=True):
@@ -330,8 +325,6 @@ class WorkerPool:
         counters.in_flight += 1
         started = time.monotonic()
         self.scaler.started(started)
-        if self.item_started is not None:
-            self.item_started(started)
         try:
             await self._settle(message, claim)
         finally:
@@ -340,8 +333,6 @@ class WorkerPool:
             elapsed = ended - started
             self._service_time += (elapsed - self._service_time) * 0.05
             self.scaler.finished(elapsed, ended)
-            if self.item_finished is not None:
-                self.item_finished(elapsed, ended)
 
     async def _settle(self, message: Message, claim: Claim) -> None:
         key = message.key or message.id
