@@ -6,13 +6,15 @@ Making and removing a folder costs about as much as the rest of an item
 (mkdir and rmdir on ext4), so a folder the executor left as it found it
 serves the next item, its ``item.json`` rewritten in place.
 
-Knowing that it was left alone costs one read where inotify exists: the
+Knowing that it was left alone costs nothing where inotify exists: the
 folder and its ``output/`` are watched for entries created, deleted or moved
 and for changed attributes (not for writes into ``item.json``, which the
 next item rewrites whole). The kernel queues an event in the system call
 that causes it, so once the executor has exited, every event it caused is
-already waiting. A folder without events needs no listing, and its
-``item.json``, still open, takes the next item's data in two system calls.
+already waiting on the inotify descriptor, which the owner reads
+(``drain``) whenever it is readable, and at the latest before asking
+whether a folder ``changed``. A folder without events needs no listing, and
+its ``item.json``, still open, takes the next item's data in two system calls.
 A folder with events (or without inotify) is listed: the result and outputs
 are taken, and anything else left behind means a fresh folder next time.
 """
@@ -86,7 +88,7 @@ class Folders:
         self._free: list[ItemFolder] = []
         self._watched: dict[int, ItemFolder] = {}
         self._inotify: ino.Inotify | None = None
-        self._pending = select.poll()  # asks whether there are events without an exception
+        self._pending = select.poll()  # asks whether there are events, where the owner did not
         self._looked_at: ItemFolder | None = None
         if ino.available():
             with contextlib.suppress(OSError):  # out of inotify instances: list every folder
@@ -97,7 +99,8 @@ class Folders:
         """A folder for one item, its ``item.json`` holding ``data``."""
         if self._free:
             folder = self._free.pop()
-            self._drain()  # a straggler of the last item may have touched it since
+            # A straggler of the last item may have touched it since: the
+            # owner has read its events as they came.
             if folder.changed and folder.fd >= 0:  # it did: a fresh folder is the safe one
                 self._discard(folder)
                 folder = self._new()
@@ -124,16 +127,37 @@ class Folders:
             folder.fd = -1
         return folder
 
+    def fileno(self) -> int:
+        """The inotify descriptor, readable while events wait; -1 without inotify."""
+        return self._inotify.fd if self._inotify is not None else -1
+
+    def drain(self) -> None:
+        """Read the events waiting: call it whenever ``fileno()`` is readable."""
+        if self._inotify is None:
+            return
+        for wd, mask, _name in self._inotify.read(_READ_SIZE):
+            if mask & ino.IN_Q_OVERFLOW:  # events were lost: look at every folder
+                for each in self._watched.values():
+                    each.changed = True
+                continue
+            folder = self._watched.get(wd)
+            if folder is not None:
+                folder.changed = True
+                if mask & ino.IN_IGNORED:  # the watch is gone with its folder
+                    del self._watched[wd]
+
     def changed(self, folder: ItemFolder) -> bool:
-        """Whether the item (whose executor has exited) may have changed its folder."""
-        self._drain()
+        """Whether the item (whose executor has exited) may have changed its folder.
+
+        The events it caused must have been read (``drain``) since its exit.
+        """
         self._looked_at = folder
         return folder.changed
 
     def give_back(self, folder: ItemFolder, name: str) -> None:
         """Keep what the item wrote to its output folder; reuse the folder if it is clean."""
         if self._looked_at is not folder:  # not since its executor ended (cancelled)
-            self._drain()
+            self._drain_waiting()
         self._looked_at = None
         if not folder.changed:
             self._free.append(folder)
@@ -186,7 +210,7 @@ class Folders:
             folder.fd = -1
             folder.changed = True
             return
-        self._drain()  # our own changes to it, made just now
+        self._drain_waiting()  # our own changes to it, made just now
         folder.changed = False
 
     def _watch(self, folder: ItemFolder) -> None:
@@ -200,19 +224,9 @@ class Folders:
             folder.wds.append(wd)
             self._watched[wd] = folder
 
-    def _drain(self) -> None:
-        if self._inotify is None or not self._pending.poll(0):
-            return
-        for wd, mask, _name in self._inotify.read(_READ_SIZE):
-            if mask & ino.IN_Q_OVERFLOW:  # events were lost: look at every folder
-                for each in self._watched.values():
-                    each.changed = True
-                continue
-            folder = self._watched.get(wd)
-            if folder is not None:
-                folder.changed = True
-                if mask & ino.IN_IGNORED:  # the watch is gone with its folder
-                    del self._watched[wd]
+    def _drain_waiting(self) -> None:
+        if self._inotify is not None and self._pending.poll(0):
+            self.drain()
 
     def _keep_outputs(self, folder: ItemFolder, name: str) -> None:
         if not os.listdir(folder.output):

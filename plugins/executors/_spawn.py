@@ -69,7 +69,9 @@ reuses a few), and one per shared environment (an item folder's)."""
 class Launch(msgspec.Struct, frozen=True):
     """One child to start: its program and arguments, environment and output descriptors."""
 
-    argv: list[bytes]
+    argv: tuple[bytes, ...]
+    """The same tuple for many launches, where the arguments do not change
+    (a spawner may convert it once)."""
     env: tuple[bytes, ...]
     """``KEY=value`` entries many launches share (a spawner may convert them once)."""
     own_env: tuple[bytes, ...]
@@ -146,6 +148,10 @@ class PosixSpawn:
         # the call, so each shared environment is converted once, with room
         # left at the end for a spawn's own entries.
         self._envs: dict[tuple[tuple[bytes, ...], int], ctypes.Array[ctypes.c_char_p]] = {}
+        self._argv: tuple[tuple[bytes, ...], ctypes.Array[ctypes.c_char_p]] | None = None
+        """The last argv and its C array."""
+        self._pid = ctypes.c_int()
+        self._pid_ref = ctypes.byref(self._pid)
         self._attr = ctypes.create_string_buffer(_OPAQUE)
         libc = self._libc
         _check(libc.posix_spawnattr_init(self._attr), "posix_spawnattr_init")
@@ -165,18 +171,19 @@ class PosixSpawn:
             return self._spawn_above_2(launch)
         program = self._program(argv[0])
         actions = self._actions.get((stdout, stderr)) or self._new_actions(stdout, stderr)
-        c_argv = (ctypes.c_char_p * (len(argv) + 1))(*argv)
+        if self._argv is not None and self._argv[0] is argv:
+            c_argv = self._argv[1]
+        else:
+            c_argv = (ctypes.c_char_p * (len(argv) + 1))(*argv)
+            self._argv = (argv, c_argv)
         c_env = self._envs.get((env, len(own_env))) or self._new_env(env, len(own_env))
-        c_env[len(env) : len(env) + len(own_env)] = list(own_env)
-        pid = ctypes.c_int()
-        failed = self._libc.posix_spawn(
-            ctypes.byref(pid), program, actions, self._attr, c_argv, c_env
-        )
+        c_env[len(env) : len(env) + len(own_env)] = own_env
+        failed = self._libc.posix_spawn(self._pid_ref, program, actions, self._attr, c_argv, c_env)
         if failed:
             if failed == errno.ENOENT:
                 self._programs.pop(argv[0], None)  # look it up again next time
             raise OSError(failed, os.strerror(failed), os.fsdecode(argv[0]))
-        return pid.value
+        return self._pid.value
 
     def _spawn_above_2(self, launch: Launch) -> int:
         """Spawn with copies of the descriptors above 2: a dup2 onto 0-2 must not

@@ -203,9 +203,9 @@ class CommandExecutor:
             ctx.workdir, ctx.name, tuple(os.fsencode(f"{k}={v}") for k, v in env.items())
         )
         # Without fields, argv is the same for every item: encoded once.
-        self._fixed_argv: list[bytes] | None = None
+        self._fixed_argv: tuple[bytes, ...] | None = None
         if not any(t.fields for t in self.argv):
-            self._fixed_argv = [os.fsencode(text) for text in options.argv]
+            self._fixed_argv = tuple(os.fsencode(text) for text in options.argv)
         self._path = env.get("PATH", os.defpath)
         self._devnull: int | None = None
         self._spawner: Spawner | None = None
@@ -257,14 +257,14 @@ class CommandExecutor:
             raise ItemFailed(_reason(f"killed by {_signal_name(-code)}", stderr), output=output)
         raise ItemFailed(_reason(f"exit {code}", stderr), output=output)
 
-    def _render_argv(self, data: Any) -> list[bytes]:
-        argv = [os.fsencode(t.render(data)) for t in self.argv]
+    def _render_argv(self, data: Any) -> tuple[bytes, ...]:
+        argv = tuple(os.fsencode(t.render(data)) for t in self.argv)
         if any(b"\0" in arg for arg in argv):
             raise ItemFailed("a NUL byte in an argument from the item's data", permanent=True)
         return argv
 
     async def _run_in(
-        self, folder: ItemFolder, argv: list[bytes], item: WorkItem
+        self, folder: ItemFolder, argv: tuple[bytes, ...], item: WorkItem
     ) -> tuple[int, Tail, Tail]:
         own_env = (
             b"WORK_ITEM_NAME=" + os.fsencode(item.name),
@@ -278,7 +278,7 @@ class CommandExecutor:
             raise ItemFailed(f"cannot start {program!r}: {exc.strerror or exc}") from None
         return code, stdout, stderr
 
-    async def _spawn_and_wait(self, argv: list[bytes], env: tuple[bytes, ...],
+    async def _spawn_and_wait(self, argv: tuple[bytes, ...], env: tuple[bytes, ...],
                               own_env: tuple[bytes, ...], stdout: Tail, stderr: Tail) -> int:  # fmt: skip
         watcher = self._watcher_here()
         spawn = self._spawner or self._new_spawner()
@@ -317,8 +317,10 @@ class CommandExecutor:
             # the pipes a stray grandchild held. One that escaped the group
             # gets a second to let go of them.
             _killpg(pid, signal.SIGKILL)
-            if child.tails:  # their hang-up is usually waiting already
-                watcher.poll()
+            # The pipes' hang-up is usually waiting already, and so is every
+            # folder event the child caused: one system call asks about both.
+            if child.read_pipes(also=self.folders.fileno()):
+                self.folders.drain()
             if child.tails:
                 child.drained = asyncio.get_running_loop().create_future()
                 with anyio.move_on_after(1.0):
@@ -341,6 +343,8 @@ class CommandExecutor:
         loop = asyncio.get_running_loop()
         if self._watcher is None or self._watcher.loop is not loop:
             self._watcher = _Watcher(loop)
+            if self.folders.fileno() >= 0:  # folder events are read as they come
+                self._watcher.add(self.folders.fileno(), lambda fd, events: self.folders.drain())
         return self._watcher
 
     async def _terminate(self, spawn: Spawner, pid: int, pidfd: int) -> None:
@@ -380,17 +384,31 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 class _Watcher:
-    """Readiness of every child's pidfd and pipes through one epoll of our own.
+    """Readiness of every child's pidfd and pipes (and of the item folders'
+    inotify descriptor) through one epoll of our own.
 
     The loop watches only this epoll; a child's descriptor joins it and
     leaves it with one system call each, a fraction of what the loop's own
     ``add_reader`` bookkeeping (a handle, a key, a selector lookup) costs.
+
+    A child's pipes join only once it has run for ``_PIPES_AFTER``: most
+    one-shot children have exited by then, and one poll at the exit finds
+    their pipes at their end (``_Child.read_pipes``): four epoll calls and
+    two handler calls fewer per child. A child that writes more than a pipe
+    holds (64 KiB) before then waits at most that long for us to read.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.epoll = select.epoll()
         self.handlers: dict[int, Callable[[int, int], None]] = {}
+        self.at_exit = select.poll()
+        """Asks once, at a child's exit, about its unwatched pipes (see ``read_pipes``)."""
+        # Children whose pipes are not watched yet: started since the last
+        # tick, and started before it (watched at the next tick).
+        self._young: dict[_Child, None] = {}
+        self._older: dict[_Child, None] = {}
+        self._tick: asyncio.TimerHandle | None = None
         loop.add_reader(self.epoll.fileno(), self.poll)
 
     def add(self, fd: int, handler: Callable[[int, int], None]) -> None:
@@ -402,6 +420,22 @@ class _Watcher:
         if self.handlers.pop(fd, None) is not None:
             self.epoll.unregister(fd)
 
+    def watch_pipes_later(self, child: _Child) -> None:
+        self._young[child] = None
+        if self._tick is None:
+            self._tick = self.loop.call_later(_PIPES_AFTER, self._watch_pipes)
+
+    def forget(self, child: _Child) -> None:
+        """The child's pipes are being read or closed: never watch them."""
+        self._young.pop(child, None)
+        self._older.pop(child, None)
+
+    def _watch_pipes(self) -> None:
+        for child in self._older:
+            child.watch_pipes()
+        self._older, self._young = self._young, {}
+        self._tick = self.loop.call_later(_PIPES_AFTER, self._watch_pipes) if self._older else None
+
     def poll(self) -> None:
         """Call the handlers of what is ready now (the loop calls it when any is)."""
         # Level-triggered: what does not fit in one poll is reported again.
@@ -411,9 +445,18 @@ class _Watcher:
                 handler(fd, events)
 
     def close(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        self._young.clear()
+        self._older.clear()
         self.loop.remove_reader(self.epoll.fileno())
         self.epoll.close()
         self.handlers.clear()
+
+
+_PIPES_AFTER = 0.005
+"""A child's pipes are watched after it has run for 1 to 2 times this many seconds."""
 
 
 class _Child:
@@ -423,12 +466,42 @@ class _Child:
         self.watcher = watcher
         self.pidfd = pidfd
         self.tails = tails
+        self.pipes_watched = False
         self.exited: asyncio.Future[None] = watcher.loop.create_future()
         self.drained: asyncio.Future[None] | None = None
         """Made only when the pipes are still open after the exit (rarely)."""
         watcher.add(pidfd, self._exit)
-        for fd in tails:
-            watcher.add(fd, self._read)
+        watcher.watch_pipes_later(self)
+
+    def watch_pipes(self) -> None:
+        self.pipes_watched = True
+        for fd in self.tails:
+            self.watcher.add(fd, self._read)
+
+    def read_pipes(self, also: int = -1) -> bool:
+        """After the exit: close the pipes at their end; watch the others until they are.
+
+        Asks in the same system call whether ``also`` is readable, and says so.
+        """
+        self.watcher.forget(self)
+        unwatched = [] if self.pipes_watched else list(self.tails)
+        asking = unwatched if also < 0 else [*unwatched, also]
+        ready: dict[int, int] = {}
+        if asking:
+            at_exit = self.watcher.at_exit
+            for fd in asking:
+                at_exit.register(fd, select.POLLIN)
+            ready = dict(at_exit.poll(0))
+            for fd in asking:
+                at_exit.unregister(fd)
+        for fd in unwatched:
+            if ready.get(fd) == select.POLLHUP:  # no writer left, nothing to read
+                self._close_pipe(fd)
+        if self.tails:  # output, or a straggler holding a pipe: the usual way
+            if not self.pipes_watched:
+                self.watch_pipes()
+            self.watcher.poll()
+        return also in ready
 
     def _exit(self, fd: int, events: int) -> None:
         self.watcher.remove(fd)
@@ -452,6 +525,7 @@ class _Child:
         del self.tails[fd]
 
     def close(self) -> None:
+        self.watcher.forget(self)
         for fd in list(self.tails):
             self._close_pipe(fd)
         self.watcher.remove(self.pidfd)

@@ -371,6 +371,16 @@ async def test_output_is_capped_and_keeps_the_tail(tmp_path: Path) -> None:
     assert len(out) < 3 * 4096
 
 
+@pytest.mark.parametrize("size", [10, 300_000])
+async def test_a_quick_childs_output_is_read_whole(tmp_path: Path, size: int) -> None:
+    """Its pipes are read at its exit, and one writing more than a pipe holds is not stuck."""
+    writes = f"head -c {size} /dev/zero | tr '\\0' x; echo 'the last words' >&2; exit 3"
+    with anyio.fail_after(10), pytest.raises(ItemFailed) as info:
+        await executor(tmp_path, argv=["/bin/sh", "-c", writes]).run(item({}))
+    assert info.value.reason == "exit 3: the last words"
+    assert info.value.output.count("x") == size
+
+
 @pytest.mark.parametrize(
     ("options", "problem"),
     [
