@@ -17,12 +17,13 @@ success, and the result file, if written, is the item's result; exit 65
 (EX_DATAERR) is a permanent failure; any other exit, a signal or the timeout
 is retried by the pool.
 
-It runs in its own session (so its own process group). When the item is
-cancelled (the pool's timeout, or a shutdown past its grace), the group gets
-SIGTERM, then SIGKILL after ``grace``, and the child is always reaped. When
-the child exits, whatever it left running in its group is killed: a one-shot
-executor owns nothing after its exit. stdout and stderr are read as they
-come and only their last ``max_output`` bytes are kept, so a chatty child
+It runs in its own process group (in chute's session: see ``_spawn.py``).
+When the item is cancelled (the pool's timeout, or a shutdown past its
+grace), the group gets SIGTERM, then SIGKILL after ``grace``, and the child
+is always reaped. When the child exits, whatever it left running in its
+group is killed: a one-shot executor owns nothing after its exit. stdout and
+stderr are read as they come and only their last ``max_output`` bytes are
+kept, so a chatty child
 costs no memory; that tail goes into the failure and the dead letter.
 
 Files the executor writes into ``WORK_OUTPUT_DIR`` are kept under
@@ -287,7 +288,7 @@ class CommandExecutor:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
-            # In its own session, so its own process group, which we signal as one.
+            # In its own process group, which we signal as one.
             launch = Launch(argv, env, own_env, out_w, err_w)
             if self._running >= _CPUS and self._threads is not None:
                 # Our children may be keeping every CPU busy: let a thread,

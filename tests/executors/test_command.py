@@ -102,13 +102,22 @@ async def test_the_book_file_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     await ex.aclose()
 
 
+def _autogroup() -> str:
+    """This process's scheduling group, where the kernel groups tasks by session."""
+    path = Path("/proc/self/autogroup")
+    return path.read_text() if path.exists() else ""
+
+
 async def test_the_child_starts_clean(tmp_path: Path) -> None:
-    """Its own session, the working folder, stdin from /dev/null, nothing else
-    inherited: no descriptor beyond 0-2, no blocked or ignored signal."""
+    """Its own process group in our session and scheduling group, the working
+    folder, stdin from /dev/null, nothing else inherited: no descriptor beyond
+    0-2, no blocked or ignored signal."""
     probe = script(tmp_path, """
         import json, os
         json.dump({
-            "session_leader": os.getsid(0) == os.getpid(),
+            "group": os.getpgid(0) == os.getpid(),
+            "session": os.getsid(0),
+            "autogroup": open("/proc/self/autogroup").read() if os.path.exists("/proc/self/autogroup") else "",
             "cwd": os.getcwd(),
             "stdin": os.readlink("/proc/self/fd/0"),
             "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
@@ -130,7 +139,9 @@ async def test_the_child_starts_clean(tmp_path: Path) -> None:
     await ex.aclose()
     # fd 3 is the probe's own listing of /proc/self/fd, open while it lists it
     assert result == {
-        "session_leader": True,
+        "group": True,
+        "session": os.getsid(0),  # a session of its own would be a share of the CPUs of its own
+        "autogroup": _autogroup(),
         "cwd": str(tmp_path / "jobs"),
         "stdin": "/dev/null",
         "fds": [0, 1, 2, 3],
