@@ -412,10 +412,14 @@ class _Watcher:
         self._tick: asyncio.TimerHandle | None = None
         loop.add_reader(self.epoll.fileno(), self.poll)
 
-    def add(self, fd: int, handler: Callable[[int, int], None]) -> None:
-        """Call ``handler(fd, events)`` while ``fd`` is readable or hung up."""
+    def add(self, fd: int, handler: Callable[[int, int], None], *, once: bool = False) -> None:
+        """Call ``handler(fd, events)`` while ``fd`` is readable or hung up.
+
+        ``once``: the first time only. The kernel then disarms ``fd`` and drops
+        it when it is closed, so the handler only has to forget itself.
+        """
         self.handlers[fd] = handler
-        self.epoll.register(fd, select.EPOLLIN)
+        self.epoll.register(fd, select.EPOLLIN | select.EPOLLONESHOT if once else select.EPOLLIN)
 
     def remove(self, fd: int) -> None:
         if self.handlers.pop(fd, None) is not None:
@@ -471,7 +475,7 @@ class _Child:
         self.exited: asyncio.Future[None] = watcher.loop.create_future()
         self.drained: asyncio.Future[None] | None = None
         """Made only when the pipes are still open after the exit (rarely)."""
-        watcher.add(pidfd, self._exit)
+        watcher.add(pidfd, self._exit, once=True)
         watcher.watch_pipes_later(self)
 
     def watch_pipes(self) -> None:
@@ -505,7 +509,7 @@ class _Child:
         return also in ready
 
     def _exit(self, fd: int, events: int) -> None:
-        self.watcher.remove(fd)
+        del self.watcher.handlers[fd]  # added once: disarmed already
         _resolve(self.exited)
 
     def _read(self, fd: int, events: int) -> None:
