@@ -15,7 +15,7 @@ Each figure is the median of ``--rounds`` rounds, and within a round the
 loops take turns, so a noisy neighbour on a shared machine hits all of them
 alike.
 
-    python bench/spawn.py [--count 2000] [--concurrency 2 8] [--rounds 3]
+    python bench/spawn.py [--count 2000] [--concurrency 2 8] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -202,6 +202,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[2, 8])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     asyncio.run(main(args.count, args.concurrency, args.rounds))
