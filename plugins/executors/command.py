@@ -23,8 +23,8 @@ grace), the group gets SIGTERM, then SIGKILL after ``grace``, and the child
 is always reaped. When the child exits, whatever it left running in its
 group is killed: a one-shot executor owns nothing after its exit. stdout and
 stderr are read as they come and only their last ``max_output`` bytes are
-kept, so a chatty child
-costs no memory; that tail goes into the failure and the dead letter.
+kept, so a chatty child costs no memory; that tail goes into the failure and
+the dead letter.
 
 Files the executor writes into ``WORK_OUTPUT_DIR`` are kept under
 ``WORKDIR/outputs/<pool>/`` (one folder per item); an empty output folder is
@@ -242,6 +242,7 @@ class CommandExecutor:
         argv = self._fixed_argv or self._render_argv(item.data)
         if "\0" in item.name:
             raise ItemFailed("a NUL byte in the item's name", permanent=True)
+        self._watcher_here()  # before a folder is taken: its events are read by then
         folder = self.folders.take(msgspec.json.encode(item.data))
         try:
             code, stdout, stderr = await self._run_in(folder, argv, item)
@@ -281,7 +282,8 @@ class CommandExecutor:
 
     async def _spawn_and_wait(self, argv: tuple[bytes, ...], env: tuple[bytes, ...],
                               own_env: tuple[bytes, ...], stdout: Tail, stderr: Tail) -> int:  # fmt: skip
-        watcher = self._watcher_here()
+        watcher = self._watcher
+        assert watcher is not None  # run() made it, for this loop
         spawn = self._spawner or self._new_spawner()
         # Our ends stay blocking: they are read only when epoll says they
         # are readable, so a read never waits (and saves two fcntl calls).
@@ -346,6 +348,7 @@ class CommandExecutor:
             self._watcher = _Watcher(loop)
             if self.folders.fileno() >= 0:  # folder events are read as they come
                 self._watcher.add(self.folders.fileno(), lambda fd, events: self.folders.drain())
+                self.folders.drain()  # and those that came while no loop watched
         return self._watcher
 
     async def _terminate(self, spawn: Spawner, pid: int, pidfd: int) -> None:
@@ -388,8 +391,8 @@ class _Watcher:
     """Readiness of every child's pidfd and pipes (and of the item folders'
     inotify descriptor) through one epoll of our own.
 
-    The loop watches only this epoll; a child's descriptor joins it and
-    leaves it with one system call each, a fraction of what the loop's own
+    The loop watches only this epoll; a child's descriptor joins it (and
+    leaves it) with one system call, a fraction of what the loop's own
     ``add_reader`` bookkeeping (a handle, a key, a selector lookup) costs.
 
     A child's pipes join only once it has run for ``_PIPES_AFTER``: most
