@@ -35,9 +35,10 @@ on the event loop thread, or from a spawn thread once the executor has as
 many children running as there are CPUs, and the exit awaited through a
 pidfd, with no child watcher in between (measured in ``bench/spawn.py``
 beside bare loops). Every child's pidfd and pipes share one epoll of the
-executor's own, and an item folder the executor left alone serves the next
-item with its item file rewritten in place (``_folders.py``): per item, the
-parent's cost is a few system calls beyond the spawn's own.
+executor's own; the pipes serve child after child (``_Pipes``), and an item
+folder the executor left alone serves the next item with its item file
+rewritten in place (``_folders.py``): per item, the parent's cost is a few
+system calls beyond the spawn's own.
 """
 
 from __future__ import annotations
@@ -213,6 +214,7 @@ class CommandExecutor:
         self._threads: SpawnThreads | None = None
         self._running = 0
         """Children started and not yet reaped."""
+        self._free_pipes: list[_Pipes] = []
         self._watcher: _Watcher | None = None
 
     def _check_program(self, program: str, path: str) -> None:
@@ -285,13 +287,12 @@ class CommandExecutor:
         watcher = self._watcher
         assert watcher is not None  # run() made it, for this loop
         spawn = self._spawner or self._new_spawner()
-        # Our ends stay blocking: they are read only when epoll says they
-        # are readable, so a read never waits (and saves two fcntl calls).
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        pipes = self._take_pipes(watcher)
+        pipes.tails = {pipes.out_r: stdout, pipes.err_r: stderr}
+        reusable = False
         try:
             # In its own process group, which we signal as one.
-            launch = Launch(argv, env, own_env, out_w, err_w)
+            launch = Launch(argv, env, own_env, pipes.out_w, pipes.err_w)
             if self._running >= _CPUS and self._threads is not None:
                 # Our children may be keeping every CPU busy: let a thread,
                 # not the event loop, wait for this child to get one (_spawn.py).
@@ -299,39 +300,45 @@ class CommandExecutor:
                     pid = await self._threads.spawn(launch)
             else:
                 pid = spawn.spawn(launch)
-        except BaseException:
-            for fd in (out_r, err_r):
-                os.close(fd)
-            raise
-        finally:
-            os.close(out_w)
-            os.close(err_w)
-        child = _Child(watcher, os.pidfd_open(pid), {out_r: stdout, err_r: stderr})
-        self._running += 1
-        try:
+            child = _Child(watcher, os.pidfd_open(pid))
+            self._running += 1
             try:
-                await child.exited
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await self._terminate(spawn, pid, child.pidfd)
-                raise
-            # Exited, but not yet reaped, so its pid (the group's id) cannot
-            # be reused: kill what it left in its group, which also closes
-            # the pipes a stray grandchild held. One that escaped the group
-            # gets a second to let go of them.
-            _killpg(pid, signal.SIGKILL)
-            # The pipes' hang-up is usually waiting already, and so is every
-            # folder event the child caused: one system call asks about both.
-            if child.read_pipes(also=self.folders.fileno()):
-                self.folders.drain()
-            if child.tails:
-                child.drained = asyncio.get_running_loop().create_future()
-                with anyio.move_on_after(1.0):
-                    await child.drained
-            return spawn.reap(pid)
+                try:
+                    await child.exited
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await self._terminate(spawn, pid, child.pidfd)
+                    raise
+                # Exited, but not yet reaped, so its pid (the group's id)
+                # cannot be reused: kill what it left in its group.
+                _killpg(pid, signal.SIGKILL)
+                # All it wrote is in the pipes by now, and every folder event
+                # it caused is waiting: one system call asks about them all.
+                folders = self.folders.fileno()
+                for fd in watcher.ready(pipes.out_r, pipes.err_r, folders):
+                    if fd == folders:
+                        self.folders.drain()
+                    else:
+                        pipes.read(fd, _AT_EXIT_READS)
+                reusable = True
+                return spawn.reap(pid)
+            finally:
+                child.close()
+                self._running -= 1
         finally:
-            child.close()
-            self._running -= 1
+            pipes.tails = None
+            if reusable and not pipes.closed:
+                self._free_pipes.append(pipes)
+            else:  # a killed child's group may still be writing
+                pipes.close()
+
+    def _take_pipes(self, watcher: _Watcher) -> _Pipes:
+        while self._free_pipes:
+            pipes = self._free_pipes.pop()
+            if not pipes.closed and pipes.watcher is watcher:
+                return pipes
+            pipes.close()
+        return _Pipes(watcher)
 
     def _new_spawner(self) -> Spawner:
         devnull = self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -362,6 +369,9 @@ class CommandExecutor:
         log.warning("pool %s: stopped pid %d and its process group", self.pool, pid)
 
     async def aclose(self) -> None:
+        for pipes in self._free_pipes:
+            pipes.close()
+        self._free_pipes.clear()
         self.folders.close()
         if self._watcher is not None:
             self._watcher.close()
@@ -391,28 +401,16 @@ class _Watcher:
     """Readiness of every child's pidfd and pipes (and of the item folders'
     inotify descriptor) through one epoll of our own.
 
-    The loop watches only this epoll; a child's descriptor joins it (and
-    leaves it) with one system call, a fraction of what the loop's own
-    ``add_reader`` bookkeeping (a handle, a key, a selector lookup) costs.
-
-    A child's pipes join only once it has run for ``_PIPES_AFTER``: most
-    one-shot children have exited by then, and one poll at the exit finds
-    their pipes at their end (``_Child.read_pipes``): four epoll calls and
-    two handler calls fewer per child. A child that writes more than a pipe
-    holds (64 KiB) before then waits at most that long for us to read.
+    The loop watches only this epoll; a descriptor joins it (and leaves it)
+    with one system call, a fraction of what the loop's own ``add_reader``
+    bookkeeping (a handle, a key, a selector lookup) costs.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.epoll = select.epoll()
         self.handlers: dict[int, Callable[[int, int], None]] = {}
-        self.at_exit = select.poll()
-        """Asks once, at a child's exit, about its unwatched pipes (see ``read_pipes``)."""
-        # Children whose pipes are not watched yet: started since the last
-        # tick, and started before it (watched at the next tick).
-        self._young: dict[_Child, None] = {}
-        self._older: dict[_Child, None] = {}
-        self._tick: asyncio.TimerHandle | None = None
+        self._asking = select.poll()
         loop.add_reader(self.epoll.fileno(), self.poll)
 
     def add(self, fd: int, handler: Callable[[int, int], None], *, once: bool = False) -> None:
@@ -428,21 +426,17 @@ class _Watcher:
         if self.handlers.pop(fd, None) is not None:
             self.epoll.unregister(fd)
 
-    def watch_pipes_later(self, child: _Child) -> None:
-        self._young[child] = None
-        if self._tick is None:
-            self._tick = self.loop.call_later(_PIPES_AFTER, self._watch_pipes)
-
-    def forget(self, child: _Child) -> None:
-        """The child's pipes are being read or closed: never watch them."""
-        self._young.pop(child, None)
-        self._older.pop(child, None)
-
-    def _watch_pipes(self) -> None:
-        for child in self._older:
-            child.watch_pipes()
-        self._older, self._young = self._young, {}
-        self._tick = self.loop.call_later(_PIPES_AFTER, self._watch_pipes) if self._older else None
+    def ready(self, *fds: int) -> list[int]:
+        """Which of ``fds`` (-1: none) are readable now, in one system call."""
+        asking = self._asking
+        for fd in fds:
+            if fd >= 0:
+                asking.register(fd, select.POLLIN)
+        ready = [fd for fd, _ in asking.poll(0)]
+        for fd in fds:
+            if fd >= 0:
+                asking.unregister(fd)
+        return ready
 
     def poll(self) -> None:
         """Call the handlers of what is ready now (the loop calls it when any is)."""
@@ -453,94 +447,83 @@ class _Watcher:
                 handler(fd, events)
 
     def close(self) -> None:
-        if self._tick is not None:
-            self._tick.cancel()
-            self._tick = None
-        self._young.clear()
-        self._older.clear()
         self.loop.remove_reader(self.epoll.fileno())
         self.epoll.close()
         self.handlers.clear()
 
 
-_PIPES_AFTER = 0.005
-"""A child's pipes are watched after it has run for 1 to 2 times this many seconds."""
+_AT_EXIT_READS = 16
+"""Reads (of up to 64 KiB) at a child's exit for what its pipes still hold;
+more comes from an escaped grandchild, and is read as it comes."""
+
+
+class _Pipes:
+    """A child's stdout and stderr, kept from one child to the next.
+
+    Two new pipes per child, with their epoll calls, hang-ups and four
+    closes, cost the parent 30 to 40 us of CPU per ``/bin/true`` (90 at
+    concurrency 8). Their read ends stay in the epoll and never block; their
+    write ends stay open here too, so they never hang up: a child's output
+    is all in them once it has exited, and is read then at the latest.
+    Output that arrives while no child owns them comes from a grandchild
+    that escaped the process group: the pipes are closed on it, so it gets
+    EPIPE as it did when each child had pipes of its own.
+    """
+
+    def __init__(self, watcher: _Watcher) -> None:
+        self.watcher = watcher
+        self.out_r, self.out_w = os.pipe2(os.O_CLOEXEC)
+        self.err_r, self.err_w = os.pipe2(os.O_CLOEXEC)
+        self.tails: dict[int, Tail] | None = None
+        """The owning child's, by read end; None while no child owns them."""
+        self.closed = False
+        for fd in (self.out_r, self.err_r):
+            os.set_blocking(fd, False)
+            watcher.add(fd, self._readable)
+
+    def _readable(self, fd: int, events: int) -> None:
+        if self.tails is None:
+            self.close()
+        else:
+            self.read(fd, 1)  # level-triggered: the rest is reported again
+
+    def read(self, fd: int, reads: int) -> None:
+        assert self.tails is not None
+        for _ in range(reads):
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            self.tails[fd].write(chunk)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for fd in (self.out_r, self.err_r):
+            self.watcher.remove(fd)
+        for fd in (self.out_r, self.out_w, self.err_r, self.err_w):
+            os.close(fd)
 
 
 class _Child:
-    """A running child's exit (its pidfd) and its stdout and stderr, read as data comes."""
+    """A running child's exit, through its pidfd."""
 
-    def __init__(self, watcher: _Watcher, pidfd: int, tails: dict[int, Tail]) -> None:
+    def __init__(self, watcher: _Watcher, pidfd: int) -> None:
         self.watcher = watcher
         self.pidfd = pidfd
-        self.tails = tails
-        self.pipes_watched = False
         self.exited: asyncio.Future[None] = watcher.loop.create_future()
-        self.drained: asyncio.Future[None] | None = None
-        """Made only when the pipes are still open after the exit (rarely)."""
         watcher.add(pidfd, self._exit, once=True)
-        watcher.watch_pipes_later(self)
-
-    def watch_pipes(self) -> None:
-        self.pipes_watched = True
-        for fd in self.tails:
-            self.watcher.add(fd, self._read)
-
-    def read_pipes(self, also: int = -1) -> bool:
-        """After the exit: close the pipes at their end; watch the others until they are.
-
-        Asks in the same system call whether ``also`` is readable, and says so.
-        """
-        self.watcher.forget(self)
-        unwatched = [] if self.pipes_watched else list(self.tails)
-        asking = unwatched if also < 0 else [*unwatched, also]
-        ready: dict[int, int] = {}
-        if asking:
-            at_exit = self.watcher.at_exit
-            for fd in asking:
-                at_exit.register(fd, select.POLLIN)
-            ready = dict(at_exit.poll(0))
-            for fd in asking:
-                at_exit.unregister(fd)
-        for fd in unwatched:
-            if ready.get(fd) == select.POLLHUP:  # no writer left, nothing to read
-                self._close_pipe(fd)
-        if self.tails:  # output, or a straggler holding a pipe: the usual way
-            if not self.pipes_watched:
-                self.watch_pipes()
-            self.watcher.poll()
-        return also in ready
 
     def _exit(self, fd: int, events: int) -> None:
         del self.watcher.handlers[fd]  # added once: disarmed already
         _resolve(self.exited)
 
-    def _read(self, fd: int, events: int) -> None:
-        chunk = b""
-        if events & select.EPOLLIN:  # else hung up with nothing left to read
-            with contextlib.suppress(OSError):
-                chunk = os.read(fd, 65536)
-        if chunk:
-            self.tails[fd].write(chunk)
-            return
-        self._close_pipe(fd)
-        if not self.tails and self.drained is not None:
-            _resolve(self.drained)
-
-    def _close_pipe(self, fd: int) -> None:
-        self.watcher.remove(fd)
-        os.close(fd)
-        del self.tails[fd]
-
     def close(self) -> None:
-        self.watcher.forget(self)
-        for fd in list(self.tails):
-            self._close_pipe(fd)
         self.watcher.remove(self.pidfd)
         os.close(self.pidfd)
-        for future in (self.exited, self.drained):
-            if future is not None and not future.done():
-                future.cancel()
+        if not self.exited.done():
+            self.exited.cancel()
 
 
 def _killpg(pgid: int, sig: signal.Signals) -> None:

@@ -351,6 +351,27 @@ async def test_leftovers_of_a_finished_executor_are_killed(tmp_path: Path) -> No
     assert not _alive(pid)
 
 
+async def test_output_of_a_grandchild_that_escaped_reaches_no_later_item(tmp_path: Path) -> None:
+    """Pipes serve child after child; one a straggler writes into between them is dropped."""
+    tool = script(tmp_path, """
+        import subprocess, sys
+        if sys.argv[1] == "escape":  # a new session: the leftover kill misses it
+            later = "import time; time.sleep(0.3); print('straggler', flush=True); time.sleep(5)"
+            subprocess.Popen([sys.executable, "-c", later], start_new_session=True)
+        else:
+            print("own output")
+            sys.exit(3)
+    """)  # fmt: skip
+    ex = executor(tmp_path, argv=[PY, tool, "{mode}"])
+    await ex.run(item({"mode": "escape"}))
+    await anyio.sleep(1.0)  # it has written by now, into pipes no child owns
+    with pytest.raises(ItemFailed) as info:
+        await ex.run(item({"mode": "fail"}))
+    await ex.aclose()
+    assert "own output" in info.value.output
+    assert "straggler" not in info.value.output
+
+
 async def test_100_mib_of_stdout_costs_no_memory(tmp_path: Path) -> None:
     chatty = script(tmp_path, """
         import sys
