@@ -11,9 +11,12 @@ each one gets its 0600 ``WORK_ITEM_FILE`` and private folder, its outcome is
 recorded in the SQLite state store, and it is acknowledged; from the first
 publish to the last ack.
 
-Each figure is the median of ``--rounds`` rounds, and within a round the
-loops take turns, so a noisy neighbour on a shared machine hits all of them
-alike.
+Each figure is the median of ``--rounds`` rounds. Within a round the loops
+take turns (in reverse order every other round), so a noisy neighbour on a
+shared machine hits all of them alike; the ratio is the median of the
+rounds' own ratios, chute over the best bare loop in the same round, which
+a slow minute cannot move the way it moves the two medians apart (the
+ratio of the medians is printed beside it).
 
     python bench/spawn.py [--count 2000] [--concurrency 2 8] [--rounds 5]
 """
@@ -175,18 +178,21 @@ async def main(count: int, concurrencies: list[int], rounds: int) -> None:
     print(f"spawn throughput, {count} runs of {TRUE}, median of {rounds} rounds (items/s)")
     for c in concurrencies:
         runs: dict[str, list[tuple[float, float]]] = {name: [] for name in LOOPS}
-        for _ in range(rounds):
-            for name, loop in LOOPS.items():
+        for n in range(rounds):
+            for name, loop in list(LOOPS.items())[:: 1 if n % 2 == 0 else -1]:
                 runs[name].append(await _with_cpu(loop, count, c))
         rate = {name: statistics.median(r for r, _ in rs) for name, rs in runs.items()}
         cpu = {name: statistics.median(u for _, u in rs) for name, rs in runs.items()}
         ours = rate.pop("chute")
         best_name, best = max(rate.items(), key=lambda kv: kv[1])
+        rounds_ratios = zip(runs["chute"], runs[best_name], strict=True)
+        paired = statistics.median(chute_r / bare_r for (chute_r, _), (bare_r, _) in rounds_ratios)
         for name, r in rate.items():
             print(f"  concurrency {c}: bare {name:<32} {r:8.0f}/s")
         print(
             f"  concurrency {c}: chute command pool (end to end)  {ours:8.0f}/s"
-            f"   ratio {ours / best:.2f}x the best bare loop ({best_name})"
+            f"   ratio {paired:.2f}x the best bare loop ({best_name}),"
+            f" median of the rounds' ratios (ratio of the medians {ours / best:.2f}x)"
         )
         print(
             f"  concurrency {c}: parent CPU per item: chute {cpu['chute']:.0f} us, "
