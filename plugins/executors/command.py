@@ -453,8 +453,9 @@ class _Watcher:
 
 
 _AT_EXIT_READS = 16
-"""Reads (of up to 64 KiB) at a child's exit for what its pipes still hold;
-more comes from an escaped grandchild, and is read as it comes."""
+"""Reads (of up to 64 KiB) at a child's exit for what its pipes still hold: a
+pipe holds at most 1 MiB, so more can only come from a grandchild that
+escaped the group, and closes the pipes (``_Pipes``)."""
 
 
 class _Pipes:
