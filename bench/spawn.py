@@ -149,18 +149,23 @@ def _steal() -> tuple[int, int]:
     return ticks[7], sum(ticks)
 
 
-def _cpu() -> float:
-    """CPU seconds this process (the parent, not its children) has used."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+def _cpu(who: int) -> float:
+    """CPU seconds used by this process (RUSAGE_SELF) or its reaped children (RUSAGE_CHILDREN)."""
+    usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
 
 
 async def _with_cpu(run: Callable[[int, int], Awaitable[float]], count: int,
-                    c: int) -> tuple[float, float]:  # fmt: skip
-    """(items/s, parent CPU microseconds per item)."""
-    before = _cpu()
+                    c: int) -> tuple[float, float, float]:  # fmt: skip
+    """(items/s, CPU microseconds per item of the parent, and of the children)."""
+    parent, children = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
     rate = await run(count, c)
-    return rate, (_cpu() - before) / count * 1e6
+    per_item = 1e6 / count
+    return (
+        rate,
+        (_cpu(resource.RUSAGE_SELF) - parent) * per_item,
+        (_cpu(resource.RUSAGE_CHILDREN) - children) * per_item,
+    )
 
 
 LOOPS: dict[str, Callable[[int, int], Awaitable[float]]] = {
@@ -177,16 +182,17 @@ async def main(count: int, concurrencies: list[int], rounds: int) -> None:
     stolen, ticks = _steal()
     print(f"spawn throughput, {count} runs of {TRUE}, median of {rounds} rounds (items/s)")
     for c in concurrencies:
-        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in LOOPS}
+        runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in LOOPS}
         for n in range(rounds):
             for name, loop in list(LOOPS.items())[:: 1 if n % 2 == 0 else -1]:
                 runs[name].append(await _with_cpu(loop, count, c))
-        rate = {name: statistics.median(r for r, _ in rs) for name, rs in runs.items()}
-        cpu = {name: statistics.median(u for _, u in rs) for name, rs in runs.items()}
+        rate = {name: statistics.median(r for r, _, _ in rs) for name, rs in runs.items()}
+        cpu = {name: statistics.median(u for _, u, _ in rs) for name, rs in runs.items()}
+        kids = {name: statistics.median(k for _, _, k in rs) for name, rs in runs.items()}
         ours = rate.pop("chute")
         best_name, best = max(rate.items(), key=lambda kv: kv[1])
         rounds_ratios = zip(runs["chute"], runs[best_name], strict=True)
-        paired = statistics.median(chute_r / bare_r for (chute_r, _), (bare_r, _) in rounds_ratios)
+        paired = statistics.median(chute[0] / bare[0] for chute, bare in rounds_ratios)
         for name, r in rate.items():
             print(f"  concurrency {c}: bare {name:<32} {r:8.0f}/s")
         print(
@@ -196,7 +202,8 @@ async def main(count: int, concurrencies: list[int], rounds: int) -> None:
         )
         print(
             f"  concurrency {c}: parent CPU per item: chute {cpu['chute']:.0f} us, "
-            f"the best bare loop {cpu[best_name]:.0f} us"
+            f"the best bare loop {cpu[best_name]:.0f} us; the children's: "
+            f"{kids['chute']:.0f} us and {kids[best_name]:.0f} us"
         )
     stolen_now, ticks_now = _steal()
     if ticks_now > ticks:  # a virtual machine's CPUs can be taken away while it runs

@@ -6,15 +6,16 @@ Making and removing a folder costs about as much as the rest of an item
 (mkdir and rmdir on ext4), so a folder the executor left as it found it
 serves the next item, its ``item.json`` rewritten in place.
 
-Knowing that it was left alone costs nothing where inotify exists: the
-folder and its ``output/`` are watched for entries created, deleted or moved
-and for changed attributes (not for writes into ``item.json``, which the
-next item rewrites whole). The kernel queues an event in the system call
-that causes it, so once the executor has exited, every event it caused is
-already waiting on the inotify descriptor, which the owner reads
-(``drain``) whenever it is readable, and at the latest before asking
-whether a folder ``changed``. A folder without events needs no listing, and
-its ``item.json``, still open, takes the next item's data in two system calls.
+Knowing that it was left alone costs no system call of its own where
+inotify exists: the folder and its ``output/`` are watched for entries
+created, deleted or moved and for changed attributes (not for writes into
+``item.json``, which the next item rewrites whole). The kernel queues an
+event in the system call that causes it, so once the executor has exited,
+every event it caused is already waiting on the inotify descriptor, which
+the owner reads (``drain``) whenever it is readable, and at the latest
+before asking whether a folder ``changed``. A folder without events needs no
+listing, and its ``item.json``, still open, takes the next item's data in
+two system calls.
 A folder with events (or without inotify) is listed: the result and outputs
 are taken, and anything else left behind means a fresh folder next time.
 """

@@ -392,11 +392,6 @@ _BOOK_VARIABLES = (
 )  # fmt: skip
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 class _Watcher:
     """Readiness of every child's pidfd and pipes (and of the item folders'
     inotify descriptor) through one epoll of our own.
@@ -518,7 +513,8 @@ class _Child:
 
     def _exit(self, fd: int, events: int) -> None:
         del self.watcher.handlers[fd]  # added once: disarmed already
-        _resolve(self.exited)
+        if not self.exited.done():  # cancelled, while the child is being stopped
+            self.exited.set_result(None)
 
     def close(self) -> None:
         self.watcher.remove(self.pidfd)
