@@ -111,6 +111,13 @@ def done_count(log: Path) -> int:
     return sum(1 for e in events(log) if e[0] == "done")
 
 
+def running_on(log: Path, node: str) -> set[str]:
+    """Items the node has started and not finished, as its log says so far."""
+    rows = events(log)
+    started = {key for event, name, key, _ in rows if event == "start" and name == node}
+    return started - {key for event, name, key, _ in rows if event == "done" and name == node}
+
+
 @pytest.fixture
 def nodes() -> Iterator[list[Node]]:
     started: list[Node] = []
@@ -155,7 +162,13 @@ def test_a_killed_node_s_deliveries_are_taken_over_and_nothing_is_lost(
     publish(url, N)
     victim, survivor = Node("victim", config, log), Node("survivor", config, log)
     nodes += [victim, survivor]
-    wait_until(lambda: done_count(log) >= N // 4, 60, "a quarter of the work is done")
+    # Killed with items in flight (each takes 50 ms): a moment between items,
+    # or before its first, would leave nothing to take over.
+    wait_until(
+        lambda: done_count(log) >= N // 4 and bool(running_on(log, "victim")),
+        60,
+        "a quarter of the work is done and the victim is running items",
+    )
     victim.kill()
     killed_at = time.time()
     survivor.wait()
