@@ -314,9 +314,8 @@ class CommandExecutor:
                 _killpg(pid, signal.SIGKILL)
                 # All it wrote is in the pipes by now, and every folder event
                 # it caused is waiting: one system call asks about them all.
-                folders = self.folders.fileno()
-                for fd in watcher.ready(pipes.out_r, pipes.err_r, folders):
-                    if fd == folders:
+                for fd in pipes.waiting():
+                    if fd == pipes.folders:
                         self.folders.drain()
                     else:
                         pipes.read(fd, _AT_EXIT_READS)
@@ -338,7 +337,7 @@ class CommandExecutor:
             if not pipes.closed and pipes.watcher is watcher:
                 return pipes
             pipes.close()
-        return _Pipes(watcher)
+        return _Pipes(watcher, self.folders.fileno())
 
     def _new_spawner(self) -> Spawner:
         devnull = self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -405,7 +404,6 @@ class _Watcher:
         self.loop = loop
         self.epoll = select.epoll()
         self.handlers: dict[int, Callable[[int, int], None]] = {}
-        self._asking = select.poll()
         loop.add_reader(self.epoll.fileno(), self.poll)
 
     def add(self, fd: int, handler: Callable[[int, int], None], *, once: bool = False) -> None:
@@ -420,18 +418,6 @@ class _Watcher:
     def remove(self, fd: int) -> None:
         if self.handlers.pop(fd, None) is not None:
             self.epoll.unregister(fd)
-
-    def ready(self, *fds: int) -> list[int]:
-        """Which of ``fds`` (-1: none) are readable now, in one system call."""
-        asking = self._asking
-        for fd in fds:
-            if fd >= 0:
-                asking.register(fd, select.POLLIN)
-        ready = [fd for fd, _ in asking.poll(0)]
-        for fd in fds:
-            if fd >= 0:
-                asking.unregister(fd)
-        return ready
 
     def poll(self) -> None:
         """Call the handlers of what is ready now (the loop calls it when any is)."""
@@ -466,16 +452,27 @@ class _Pipes:
     EPIPE as it did when each child had pipes of its own.
     """
 
-    def __init__(self, watcher: _Watcher) -> None:
+    def __init__(self, watcher: _Watcher, folders: int) -> None:
+        """``folders``: the item folders' inotify descriptor (-1: none), asked
+        about with the pipes at a child's exit."""
         self.watcher = watcher
+        self.folders = folders
         self.out_r, self.out_w = os.pipe2(os.O_CLOEXEC)
         self.err_r, self.err_w = os.pipe2(os.O_CLOEXEC)
         self.tails: dict[int, Tail] | None = None
         """The owning child's, by read end; None while no child owns them."""
         self.closed = False
+        self._asking = select.poll()
         for fd in (self.out_r, self.err_r):
             os.set_blocking(fd, False)
             watcher.add(fd, self._readable)
+            self._asking.register(fd, select.POLLIN)
+        if folders >= 0:
+            self._asking.register(folders, select.POLLIN)
+
+    def waiting(self) -> list[int]:
+        """Which of the read ends and the folders' descriptor are readable now."""
+        return [fd for fd, _ in self._asking.poll(0)]
 
     def _readable(self, fd: int, events: int) -> None:
         if self.tails is None:
