@@ -18,7 +18,7 @@ rounds' own ratios, chute over the best bare loop in the same round, which
 a slow minute cannot move the way it moves the two medians apart (the
 ratio of the medians is printed beside it).
 
-    python bench/spawn.py [--count 2000] [--concurrency 2 8] [--rounds 5]
+    python bench/spawn.py [--count 2000] [--concurrency 2 8] [--rounds 7]
 """
 
 from __future__ import annotations
@@ -191,14 +191,19 @@ async def main(count: int, concurrencies: list[int], rounds: int) -> None:
         kids = {name: statistics.median(k for _, _, k in rs) for name, rs in runs.items()}
         ours = rate.pop("chute")
         best_name, best = max(rate.items(), key=lambda kv: kv[1])
-        rounds_ratios = zip(runs["chute"], runs[best_name], strict=True)
-        paired = statistics.median(chute[0] / bare[0] for chute, bare in rounds_ratios)
+        ratios = [
+            chute[0] / bare[0] for chute, bare in zip(runs["chute"], runs[best_name], strict=True)
+        ]
+        paired = statistics.median(ratios)
         for name, r in rate.items():
             print(f"  concurrency {c}: bare {name:<32} {r:8.0f}/s")
         print(
             f"  concurrency {c}: chute command pool (end to end)  {ours:8.0f}/s"
             f"   ratio {paired:.2f}x the best bare loop ({best_name}),"
             f" median of the rounds' ratios (ratio of the medians {ours / best:.2f}x)"
+        )
+        print(
+            f"  concurrency {c}: the rounds' ratios: {' '.join(f'{r:.2f}' for r in sorted(ratios))}"
         )
         print(
             f"  concurrency {c}: parent CPU per item: chute {cpu['chute']:.0f} us, "
@@ -215,6 +220,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[2, 8])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     asyncio.run(main(args.count, args.concurrency, args.rounds))
