@@ -16,7 +16,11 @@ take turns (in reverse order every other round), so a noisy neighbour on a
 shared machine hits all of them alike; the ratio is the median of the
 rounds' own ratios, chute over the best bare loop in the same round, which
 a slow minute cannot move the way it moves the two medians apart (the
-ratio of the medians is printed beside it).
+ratio of the medians, and every round's ratio, are printed beside it). Beside
+them: the CPU per item of the parent and of its children, and how long the
+bare posix_spawn loop is suspended in each call (until the child has called
+exec), which is where a loop spends most of its time when the machine is
+busy.
 
     python bench/spawn.py [--count 2000] [--concurrency 2 8] [--rounds 7]
 """
@@ -86,11 +90,21 @@ async def bare_pidfd(count: int, concurrency: int) -> float:
     return await _bounded(count, concurrency, one)
 
 
+SUSPENDED: list[tuple[float, float]] = []
+"""Per run of the bare posix_spawn loop: seconds per spawn inside the call,
+where the event loop is suspended until the child has called exec, and the
+share of the run's time that makes."""
+
+
 async def bare_posix_spawn(count: int, concurrency: int) -> float:
     env = dict(os.environ)
+    inside = 0.0
 
     async def one() -> None:
+        nonlocal inside
+        before = time.perf_counter()
         pid = os.posix_spawn(TRUE, [TRUE], env)  # noqa: ASYNC221 - the spawn path under test
+        inside += time.perf_counter() - before
         fd = os.pidfd_open(pid)
         try:
             await anyio.wait_readable(fd)
@@ -98,7 +112,9 @@ async def bare_posix_spawn(count: int, concurrency: int) -> float:
             os.close(fd)
         os.waitpid(pid, 0)  # noqa: ASYNC222 - exited already: reaping does not wait
 
-    return await _bounded(count, concurrency, one)
+    rate = await _bounded(count, concurrency, one)
+    SUSPENDED.append((inside / count, inside * rate / count))
+    return rate
 
 
 async def chute(count: int, concurrency: int) -> float:
@@ -168,11 +184,12 @@ async def _with_cpu(run: Callable[[int, int], Awaitable[float]], count: int,
     )
 
 
+POSIX_SPAWN = "os.posix_spawn + pidfd on the loop"
 LOOPS: dict[str, Callable[[int, int], Awaitable[float]]] = {
     "asyncio.create_subprocess_exec": bare_asyncio,
     "subprocess.run in threads": bare_threads,
     "Popen + pidfd on the loop": bare_pidfd,
-    "os.posix_spawn + pidfd on the loop": bare_posix_spawn,
+    POSIX_SPAWN: bare_posix_spawn,
     "chute": chute,
 }
 
@@ -182,6 +199,7 @@ async def main(count: int, concurrencies: list[int], rounds: int) -> None:
     stolen, ticks = _steal()
     print(f"spawn throughput, {count} runs of {TRUE}, median of {rounds} rounds (items/s)")
     for c in concurrencies:
+        SUSPENDED.clear()
         runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in LOOPS}
         for n in range(rounds):
             for name, loop in list(LOOPS.items())[:: 1 if n % 2 == 0 else -1]:
@@ -209,6 +227,12 @@ async def main(count: int, concurrencies: list[int], rounds: int) -> None:
             f"  concurrency {c}: parent CPU per item: chute {cpu['chute']:.0f} us, "
             f"the best bare loop {cpu[best_name]:.0f} us; the children's: "
             f"{kids['chute']:.0f} us and {kids[best_name]:.0f} us"
+        )
+        suspended = statistics.median(per_spawn for per_spawn, _ in SUSPENDED)
+        share = statistics.median(share for _, share in SUSPENDED)
+        print(
+            f"  concurrency {c}: the bare posix_spawn loop is suspended in the call for "
+            f"{suspended * 1e6:.0f} us a spawn ({share:.0%} of its time)"
         )
     stolen_now, ticks_now = _steal()
     if ticks_now > ticks:  # a virtual machine's CPUs can be taken away while it runs
