@@ -22,9 +22,7 @@ for fair scheduling by session (``CONFIG_SCHED_AUTOGROUP``, on by default
 in most distributions), a child in a new session would get a share of the
 machine of its own, so 16 workers would outweigh the user's other programs
 16 to 1, and each spawn would set up and tear down a scheduling group. In
-our session the children share chute's share, as ``make -j``'s do. (The
-bench's chute run spawning ``/bin/true`` went 1.04x to 1.10x faster at
-concurrency 2 in paired rounds, and 0.95x as fast at 8.)
+our session the children share chute's share, as ``make -j``'s do.
 
 The wait for exec is short while a CPU is free for the child. Once the
 executor's own children may keep every CPU busy, the vforked child queues
