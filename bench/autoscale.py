@@ -33,14 +33,13 @@ from typing import Any, ClassVar
 
 import anyio
 import msgspec
-
-from plugins.brokers.memory import MemoryBroker
-from runtime.autoscale import Scaler
-from runtime.config import Duration, PoolConfig, ScaleConfig
-from runtime.executor import WorkItem
-from runtime.message import Message
-from runtime.pool import WorkerPool
-from runtime.store import ItemStatus
+from chute.autoscale import Scaler
+from chute.config import Duration, PoolConfig, ScaleConfig
+from chute.executor import WorkItem
+from chute.message import Message
+from chute.pool import WorkerPool
+from chute.store import ItemStatus
+from chute_plugins.brokers.memory import MemoryBroker
 
 Phase = tuple[float, float, float]
 """(length in S, load at the start, load at the end) with load = λ·S, in busy workers."""

@@ -30,12 +30,11 @@ import timeit
 from typing import Any
 
 import jmespath
-
-from plugins.brokers.memory import MemoryBroker
-from runtime.config import CopyOperator, OperatorConfig, Route, ShardOperator, SplitOperator
-from runtime.expressions import compile_expression, message_view
-from runtime.message import Message
-from runtime.operators import build_operator
+from chute.config import CopyOperator, OperatorConfig, Route, ShardOperator, SplitOperator
+from chute.expressions import compile_expression, message_view
+from chute.message import Message
+from chute.operators import build_operator
+from chute_plugins.brokers.memory import MemoryBroker
 
 PAYLOADS = [
     {"path": "inbox/video-000000.mp4", "size": 1048576, "channel": "email", "note": "x" * 30},

@@ -38,10 +38,10 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from plugins.brokers.redis_streams import RedisBroker
-from runtime.config import config_from_dict
-from runtime.engine import Runtime
-from runtime.message import Message, encode_message
+from chute.config import config_from_dict
+from chute.engine import Runtime
+from chute.message import Message, encode_message
+from chute_plugins.brokers.redis_streams import RedisBroker
 
 PAYLOAD = {"path": "inbox/video-000000.mp4", "size": 1048576, "note": "x" * 40}
 BATCH = 500

@@ -39,10 +39,9 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import anyio
-
-from runtime.config import config_from_dict
-from runtime.engine import Runtime
-from runtime.message import new_message
+from chute.config import config_from_dict
+from chute.engine import Runtime
+from chute.message import new_message
 
 TRUE = "/bin/true"
 

@@ -41,7 +41,7 @@ executor = {{ type = "python", function = "demo_tasks:report", path = ["{configs
 
 def chute_cmd() -> list[str]:
     exe = shutil.which("chute", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "runtime.cli"]
+    return [exe] if exe else [sys.executable, "-m", "chute"]
 
 
 def time_to_first_item(config: Path) -> float:

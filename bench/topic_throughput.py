@@ -14,8 +14,8 @@ import argparse
 import asyncio
 import time
 
-from plugins.brokers.memory import MemoryBroker
-from runtime.message import Message
+from chute.message import Message
+from chute_plugins.brokers.memory import MemoryBroker
 
 PAYLOAD = {"path": "inbox/video-000000.mp4", "size": 1048576, "note": "x" * 40}
 

@@ -28,13 +28,12 @@ from typing import Any
 import anyio
 import anyio.to_thread
 from _watchbench import InotifyWait, install_hook, latencies, line, percentile, run_writer
-
-from plugins.brokers.memory import MemoryBroker
-from plugins.sources.watch import WatchOptions, WatchSource
-from runtime.config import config_from_dict
-from runtime.context import PluginContext
-from runtime.engine import Runtime
-from runtime.message import Message
+from chute.config import config_from_dict
+from chute.context import PluginContext
+from chute.engine import Runtime
+from chute.message import Message
+from chute_plugins.brokers.memory import MemoryBroker
+from chute_plugins.sources.watch import WatchOptions, WatchSource
 
 FLOOR_P50_MS, FLOOR_P99_MS = 10.0, 30.0
 

@@ -10,8 +10,7 @@ from collections.abc import Callable
 
 import msgspec
 import pytest
-
-from runtime.autoscale import (
+from chute.autoscale import (
     PoolStats,
     Scaler,
     decide,
@@ -20,10 +19,10 @@ from runtime.autoscale import (
     need,
     validate_scale,
 )
-from runtime.broker import GroupStats, TopicStats
-from runtime.config import Duration, ScaleConfig, config_from_dict, dec_hook
-from runtime.errors import ConfigError
-from runtime.meters import ChangeRate, RateMeter
+from chute.broker import GroupStats, TopicStats
+from chute.config import Duration, ScaleConfig, config_from_dict, dec_hook
+from chute.errors import ConfigError
+from chute.meters import ChangeRate, RateMeter
 
 CFG = ScaleConfig(
     min=1,

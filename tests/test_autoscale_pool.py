@@ -6,14 +6,13 @@ from typing import Any, ClassVar
 
 import anyio
 import msgspec
-
-from plugins.brokers.memory import MemoryBroker
-from runtime.autoscale import PoolStats
-from runtime.config import Duration, PoolConfig, ScaleConfig
-from runtime.executor import WorkItem
-from runtime.message import Message
-from runtime.pool import WorkerPool
-from runtime.store import ItemStatus
+from chute.autoscale import PoolStats
+from chute.config import Duration, PoolConfig, ScaleConfig
+from chute.executor import WorkItem
+from chute.message import Message
+from chute.pool import WorkerPool
+from chute.store import ItemStatus
+from chute_plugins.brokers.memory import MemoryBroker
 
 FAST = ScaleConfig(
     min=1,

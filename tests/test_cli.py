@@ -24,7 +24,7 @@ def free_port() -> int:
 
 def chute(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "runtime.cli", *args],
+        [sys.executable, "-m", "chute", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -53,7 +53,7 @@ executor = {{ type = "python", function = "tests.helpers.tasks:record", path = [
 
 def start(config: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "runtime.cli", "run", str(config)],
+        [sys.executable, "-m", "chute", "run", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

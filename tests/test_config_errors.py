@@ -7,10 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from runtime.config import load_config
-from runtime.errors import ConfigError
-from runtime.graph import validate
+from chute.config import load_config
+from chute.errors import ConfigError
+from chute.graph import validate
 
 GOOD_POOL = """
 [pools.work]
@@ -115,7 +114,7 @@ def test_chute_check_prints_all_problems_and_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(GOOD_POOL + "concurrency = 0\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "check", str(path)], capture_output=True, text=True
+        [sys.executable, "-m", "chute", "check", str(path)], capture_output=True, text=True
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -128,7 +127,7 @@ def test_chute_run_refuses_a_bad_config(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(GOOD.replace('type = "python"', 'type = "pyhton"'))
     proc = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "run", str(path)], capture_output=True, text=True
+        [sys.executable, "-m", "chute", "run", str(path)], capture_output=True, text=True
     )
     assert proc.returncode == 2
     assert "unknown executor 'pyhton'" in proc.stderr and "Traceback" not in proc.stderr
@@ -138,7 +137,7 @@ def test_chute_check_prints_the_graph(tmp_path: Path) -> None:
     path = tmp_path / "good.toml"
     path.write_text(GOOD)
     proc = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "check", str(path)], capture_output=True, text=True
+        [sys.executable, "-m", "chute", "check", str(path)], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
     assert "jobs -> pool work (python x1) -> (no output); dead letters -> work.dead" in proc.stdout

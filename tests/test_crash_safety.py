@@ -91,9 +91,9 @@ def test_kill_9_five_times_then_until_idle_finishes_everything(tmp_path: Path) -
     for name in names:
         (inbox / name).write_text(name)
     config = _config(tmp_path, script, log)
-    cmd = [sys.executable, "-m", "runtime.cli", "run", str(config)]
+    cmd = [sys.executable, "-m", "chute", "run", str(config)]
     repo = Path(__file__).resolve().parents[1]
-    output = tmp_path / "runtime.out"
+    output = tmp_path / "chute.out"
 
     in_flight: set[str] = set()
     started = time.monotonic()

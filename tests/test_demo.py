@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_demo_runs_until_idle_and_a_restart_redoes_nothing(tmp_path: Path) -> None:
     for name in ("demo.toml", "demo_tasks.py"):
         shutil.copy(REPO / "configs" / name, tmp_path / name)
-    cmd = [sys.executable, "-m", "runtime.cli", "run", str(tmp_path / "demo.toml"), "--until-idle"]
+    cmd = [sys.executable, "-m", "chute", "run", str(tmp_path / "demo.toml"), "--until-idle"]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
     lines = first.stdout.splitlines()
@@ -27,7 +27,7 @@ def test_demo_runs_until_idle_and_a_restart_redoes_nothing(tmp_path: Path) -> No
     assert second.stdout == ""
 
     status = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "status", str(tmp_path / "demo.toml")],
+        [sys.executable, "-m", "chute", "status", str(tmp_path / "demo.toml")],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert status.returncode == 0, status.stderr

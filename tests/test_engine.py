@@ -7,10 +7,9 @@ from typing import Any
 
 import anyio
 import pytest
-
-from runtime.config import config_from_dict
-from runtime.engine import Runtime
-from runtime.store import ItemStatus
+from chute.config import config_from_dict
+from chute.engine import Runtime
+from chute.store import ItemStatus
 
 from .helpers import tasks
 
@@ -173,7 +172,7 @@ async def test_never_more_running_than_the_limit(tmp_path: Path, concurrency: in
 
 async def test_items_fetched_but_not_started_at_shutdown_go_back_pending(tmp_path: Path) -> None:
     """A batch is claimed as it is fetched; what never started is given back, unclaimed."""
-    from plugins.stores.sqlite import SqliteStore
+    from chute_plugins.stores.sqlite import SqliteStore
 
     config = make_config(tmp_path, work=pool("slow_double", concurrency=1, track=True))
     async with Runtime(config) as rt:

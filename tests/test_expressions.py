@@ -8,18 +8,17 @@ from typing import Any
 import jmespath
 import msgspec
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from runtime.errors import ConfigError
-from runtime.expressions import (
+from chute.errors import ConfigError
+from chute.expressions import (
     check_expression,
     compile_expression,
     expression,
     message_view,
     truthy,
 )
-from runtime.message import Message
+from chute.message import Message
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 NAMES = ["a", "b", "data", "key", "headers", "id", "attempt", "n"]
 

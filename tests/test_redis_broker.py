@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from chute.errors import BrokerUnavailable, ChuteError
+from chute.message import Message
+from chute_plugins.brokers.redis_streams import RedisBroker
 
-from plugins.brokers.redis_streams import RedisBroker
-from runtime.errors import BrokerUnavailable, ChuteError
-from runtime.message import Message
 from tests.redis_server import RedisServer, unique_prefix
 
 pytestmark = pytest.mark.redis

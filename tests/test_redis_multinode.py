@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from chute.message import Message
+from chute_plugins.brokers.redis_streams import RedisBroker
 
-from plugins.brokers.redis_streams import RedisBroker
-from runtime.message import Message
 from tests.redis_server import RedisServer, shared_url, unique_prefix
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -74,7 +74,7 @@ class Node:
         self.output = config.parent / f"{name}.out"
         with self.output.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "runtime.cli", "run", str(config), "--until-idle"],
+                [sys.executable, "-m", "chute", "run", str(config), "--until-idle"],
                 stdout=out, stderr=subprocess.STDOUT, cwd=config.parent, env=env,
             )  # fmt: skip
 

@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from chute.store import ItemStatus
+from chute_plugins.stores.redis import RedisStore
 
-from plugins.stores.redis import RedisStore
-from runtime.store import ItemStatus
 from tests.redis_server import RedisServer, unique_prefix
 
 pytestmark = pytest.mark.redis

@@ -16,11 +16,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
-from plugins.stores.redis import RedisStore
-from plugins.stores.sqlite import MemoryStore, SqliteStore, database_path
-from runtime.errors import ConfigError
-from runtime.store import Finish, ItemStatus, StateStore
+from chute.errors import ConfigError
+from chute.store import Finish, ItemStatus, StateStore
+from chute_plugins.stores.redis import RedisStore
+from chute_plugins.stores.sqlite import MemoryStore, SqliteStore, database_path
 
 BACKENDS = [
     "sqlite",

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import fakeredis
+from chute.broker import Broker
+from chute_plugins.brokers.memory import MemoryBroker
+from chute_plugins.brokers.redis_streams import RedisBroker
 
-from plugins.brokers.memory import MemoryBroker
-from plugins.brokers.redis_streams import RedisBroker
-from runtime.broker import Broker
 from tests.redis_server import drop_prefix, shared_url, unique_prefix
 
 

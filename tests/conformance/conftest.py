@@ -3,8 +3,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-
-from runtime.broker import Broker
+from chute.broker import Broker
 
 from .backends import BACKENDS
 

@@ -7,9 +7,8 @@ import re
 import time
 
 import pytest
-
-from runtime.broker import Broker
-from runtime.message import Message
+from chute.broker import Broker
+from chute.message import Message
 
 VT = 0.3  # visibility timeout used where redelivery is under test
 

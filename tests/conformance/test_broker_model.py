@@ -9,12 +9,11 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
+from chute.broker import Broker
+from chute.message import Message
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
-
-from runtime.broker import Broker
-from runtime.message import Message
 
 from .backends import BACKENDS
 

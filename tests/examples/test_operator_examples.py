@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from runtime.config import load_config
-from runtime.engine import Runtime
-from runtime.operators import ShardRing
+from chute.config import load_config
+from chute.engine import Runtime
+from chute.operators import ShardRing
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
@@ -22,7 +21,7 @@ FACES = CONFIGS / "scripts" / "faces"
 
 def chute_run(config: str) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "run", str(CONFIGS / config), "--until-idle"],
+        [sys.executable, "-m", "chute", "run", str(CONFIGS / config), "--until-idle"],
         capture_output=True,
         text=True,
         timeout=90,
@@ -122,7 +121,9 @@ def test_face_scripts_follow_the_executor_contract(tmp_path: Path) -> None:
 
 
 def test_faces_chain_end_to_end() -> None:
-    pytest.importorskip("plugins.executors.command", reason="the command executor (branch exec)")
+    pytest.importorskip(
+        "chute_plugins.executors.command", reason="the command executor (branch exec)"
+    )
     done = chute_run("faces.toml")
     results = sorted(line for line in done.stdout.splitlines() if line.startswith("photo-"))
     assert results == [

@@ -32,7 +32,7 @@ def test_orders_from_redis_cli_are_invoiced_once_each(tmp_path: Path) -> None:
                             "json", f'{{"total": {10 * (n + 1)}, "items": {n}}}'],
                            check=True, capture_output=True, timeout=10)  # fmt: skip
         done = subprocess.run(
-            [sys.executable, "-m", "runtime.cli", "run", str(config), "--until-idle"],
+            [sys.executable, "-m", "chute", "run", str(config), "--until-idle"],
             capture_output=True, text=True, timeout=90, cwd=tmp_path,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr

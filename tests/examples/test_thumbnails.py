@@ -59,7 +59,7 @@ def test_each_video_gets_a_thumbnail_and_the_broken_one_is_rejected(
         path.rename(inbox / path.name)
 
     done = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "run", str(tmp_path / "thumbnails.toml"),
+        [sys.executable, "-m", "chute", "run", str(tmp_path / "thumbnails.toml"),
          "--until-idle"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip

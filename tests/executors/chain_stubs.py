@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, ClassVar
 
-from runtime.config import Strict
-from runtime.context import PluginContext
-from runtime.errors import ItemFailed
-from runtime.executor import WorkItem
+from chute.config import Strict
+from chute.context import PluginContext
+from chute.errors import ItemFailed
+from chute.executor import WorkItem
 
 CALLS: Counter[str] = Counter()
 """Runs per step tag, so tests see which steps ran again."""

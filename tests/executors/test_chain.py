@@ -9,14 +9,13 @@ from typing import Any
 
 import msgspec
 import pytest
-
-from plugins.brokers.memory import MemoryBroker
-from plugins.executors.chain import ChainExecutor, ChainOptions
-from runtime.config import dec_hook
-from runtime.context import PluginContext
-from runtime.errors import ConfigError, ItemFailed
-from runtime.executor import WorkItem
-from runtime.message import Message
+from chute.config import dec_hook
+from chute.context import PluginContext
+from chute.errors import ConfigError, ItemFailed
+from chute.executor import WorkItem
+from chute.message import Message
+from chute_plugins.brokers.memory import MemoryBroker
+from chute_plugins.executors.chain import ChainExecutor, ChainOptions
 
 from .chain_stubs import CALLS
 
@@ -142,8 +141,8 @@ def test_bad_steps_are_config_errors_naming_the_step(
 
 async def test_pool_retries_resume_the_chain_through_the_engine(tmp_path: Path) -> None:
     """The pool redelivers a failed item with the same id, so its chain resumes."""
-    from runtime.config import config_from_dict
-    from runtime.engine import Runtime
+    from chute.config import config_from_dict
+    from chute.engine import Runtime
 
     doc = {
         "workdir": str(tmp_path / "work"),

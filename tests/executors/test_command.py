@@ -13,17 +13,16 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
-
-from plugins.brokers.memory import MemoryBroker
-from plugins.executors import _spawn, command
-from plugins.executors.command import CommandExecutor, CommandOptions
-from runtime.config import config_from_dict, dec_hook
-from runtime.context import PluginContext
-from runtime.engine import Runtime
-from runtime.errors import ConfigError, ItemFailed
-from runtime.executor import WorkItem
-from runtime.message import Message
-from runtime.store import ItemStatus
+from chute.config import config_from_dict, dec_hook
+from chute.context import PluginContext
+from chute.engine import Runtime
+from chute.errors import ConfigError, ItemFailed
+from chute.executor import WorkItem
+from chute.message import Message
+from chute.store import ItemStatus
+from chute_plugins.brokers.memory import MemoryBroker
+from chute_plugins.executors import _spawn, command
+from chute_plugins.executors.command import CommandExecutor, CommandOptions
 
 PY = sys.executable
 

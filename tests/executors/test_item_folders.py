@@ -17,14 +17,13 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
-
-from plugins import _inotify
-from plugins.brokers.memory import MemoryBroker
-from plugins.executors.command import CommandExecutor, CommandOptions
-from runtime.config import dec_hook
-from runtime.context import PluginContext
-from runtime.executor import WorkItem
-from runtime.message import Message
+from chute.config import dec_hook
+from chute.context import PluginContext
+from chute.executor import WorkItem
+from chute.message import Message
+from chute_plugins import _inotify
+from chute_plugins.brokers.memory import MemoryBroker
+from chute_plugins.executors.command import CommandExecutor, CommandOptions
 
 PY = sys.executable
 

@@ -6,8 +6,7 @@ import time
 from typing import Any
 
 import anyio
-
-from runtime.errors import ItemFailed
+from chute.errors import ItemFailed
 
 calls: dict[str, int] = {}
 

@@ -3,8 +3,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-
-from plugins.brokers.memory import MemoryBroker
+from chute_plugins.brokers.memory import MemoryBroker
 
 
 @pytest.fixture

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-
-from plugins.brokers.memory import MemoryBroker
-from runtime.config import Duration, OperatorConfig, TopicConfig, dec_hook
-from runtime.message import Message, new_message
-from runtime.operators import Operator, build_operator
+from chute.config import Duration, OperatorConfig, TopicConfig, dec_hook
+from chute.message import Message, new_message
+from chute.operators import Operator, build_operator
+from chute_plugins.brokers.memory import MemoryBroker
 
 
 def operator_cfg(table: dict[str, Any]) -> OperatorConfig:

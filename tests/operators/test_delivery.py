@@ -7,9 +7,8 @@ from collections.abc import Sequence
 
 import anyio
 import pytest
-
-from plugins.brokers.memory import MemoryBroker
-from runtime.message import Message
+from chute.message import Message
+from chute_plugins.brokers.memory import MemoryBroker
 
 from .helpers import drain, keys, make, publish, take, watch
 

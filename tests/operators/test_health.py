@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from runtime.operators import PoolErrorRates
+from chute.operators import PoolErrorRates
 
 
 @dataclass

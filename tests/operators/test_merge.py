@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import anyio
-
-from plugins.brokers.memory import MemoryBroker
-from runtime.message import Message
+from chute.message import Message
+from chute_plugins.brokers.memory import MemoryBroker
 
 from .helpers import make, publish, take, watch
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from plugins.brokers.memory import MemoryBroker
-from runtime.errors import ConfigError
+from chute.errors import ConfigError
+from chute_plugins.brokers.memory import MemoryBroker
 
 from .helpers import drain, keys, make, publish, take, watch
 

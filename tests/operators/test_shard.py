@@ -9,11 +9,10 @@ from pathlib import Path
 
 import anyio
 import pytest
-
-from plugins.brokers.memory import MemoryBroker
-from runtime.config import Config, config_from_dict
-from runtime.engine import Runtime
-from runtime.operators import Shard, ShardRing
+from chute.config import Config, config_from_dict
+from chute.engine import Runtime
+from chute.operators import Shard, ShardRing
+from chute_plugins.brokers.memory import MemoryBroker
 
 from .helpers import drain, make, publish, take, watch
 
@@ -88,7 +87,7 @@ def test_placement_is_the_same_in_every_process() -> None:
         [3, 0, 1, 2],
     ]
     code = (
-        "from runtime.operators import ShardRing;"
+        "from chute.operators import ShardRing;"
         "print([ShardRing(4).first(f'photo-{i}'.encode()) for i in range(8)])"
     )
     for seed in ("1", "2"):
@@ -210,7 +209,7 @@ async def test_the_shard_command_marks_a_shard_of_a_running_runtime(tmp_path: Pa
         url = f"http://127.0.0.1:{rt.api_port}"
 
         async def chute(*args: str) -> subprocess.CompletedProcess[bytes]:
-            cli = [sys.executable, "-m", "runtime.cli", "shard", *args, "--url", url]
+            cli = [sys.executable, "-m", "chute", "shard", *args, "--url", url]
             return await anyio.run_process(cli, check=False)
 
         down = await chute("sharder", "photos-2")

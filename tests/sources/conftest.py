@@ -10,11 +10,10 @@ from typing import Any
 
 import anyio
 import msgspec
-
-from plugins.brokers.memory import MemoryBroker
-from runtime.config import dec_hook
-from runtime.context import PluginContext
-from runtime.message import Message
+from chute.config import dec_hook
+from chute.context import PluginContext
+from chute.message import Message
+from chute_plugins.brokers.memory import MemoryBroker
 
 WAIT = 10.0
 """Upper bound for something that should happen at once; reaching it fails the test."""

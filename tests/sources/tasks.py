@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.errors import ItemFailed
+from chute.errors import ItemFailed
 
 seen: list[dict[str, Any]] = []
 

@@ -13,9 +13,8 @@ import anyio
 import msgspec
 import pytest
 from aiohttp import web
-
-from plugins.sources.http import HttpOptions, HttpSource
-from runtime.config import dec_hook
+from chute.config import dec_hook
+from chute_plugins.sources.http import HttpOptions, HttpSource
 
 from .conftest import build, free_port, make_context, running
 

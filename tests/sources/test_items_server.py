@@ -13,10 +13,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-
-from plugins.sources.http import HttpSource
-from runtime.errors import ConfigError
-from runtime.items_server import ItemsServer, is_loopback
+from chute.errors import ConfigError
+from chute.items_server import ItemsServer, is_loopback
+from chute_plugins.sources.http import HttpSource
 
 from .conftest import build, free_port, make_context, running
 
@@ -132,7 +131,7 @@ async def test_http_source_reads_a_served_folder(tmp_path: Path) -> None:
 def test_chute_serve_items_command(tmp_path: Path) -> None:
     folder = make_folder(tmp_path)
     port = free_port()
-    cmd = [sys.executable, "-m", "runtime.cli", "serve-items", str(folder), "--glob", "*.mp4"]
+    cmd = [sys.executable, "-m", "chute", "serve-items", str(folder), "--glob", "*.mp4"]
     with subprocess.Popen(
         [*cmd, "--port", str(port), "--token", "t0k"], stderr=subprocess.PIPE, text=True
     ) as proc:

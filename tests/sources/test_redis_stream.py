@@ -10,13 +10,12 @@ import anyio
 import msgspec
 import pytest
 import redis.asyncio as aioredis
-
-from plugins.brokers.memory import MemoryBroker
-from plugins.sources.redis_stream import RedisStreamOptions, RedisStreamSource
-from runtime.config import dec_hook
-from runtime.context import PluginContext
-from runtime.errors import ConfigError
-from runtime.message import Message
+from chute.config import dec_hook
+from chute.context import PluginContext
+from chute.errors import ConfigError
+from chute.message import Message
+from chute_plugins.brokers.memory import MemoryBroker
+from chute_plugins.sources.redis_stream import RedisStreamOptions, RedisStreamSource
 
 pytestmark = pytest.mark.redis
 

@@ -14,11 +14,10 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
-
-from plugins import _inotify
-from plugins.sources.watch import WatchOptions, WatchSource
-from runtime.config import dec_hook
-from runtime.store import ItemStatus
+from chute.config import dec_hook
+from chute.store import ItemStatus
+from chute_plugins import _inotify
+from chute_plugins.sources.watch import WatchOptions, WatchSource
 
 from .conftest import Collector, build, make_context, running
 

@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from runtime.config import config_from_dict
-from runtime.engine import Runtime
+from chute.config import config_from_dict
+from chute.engine import Runtime
 
 from . import tasks
 

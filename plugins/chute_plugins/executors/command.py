@@ -57,11 +57,10 @@ from typing import Any, ClassVar
 
 import anyio
 import msgspec
-
-from runtime.config import Duration, Size, Strict
-from runtime.context import PluginContext
-from runtime.errors import ConfigError, ItemFailed
-from runtime.executor import WorkItem
+from chute.config import Duration, Size, Strict
+from chute.context import PluginContext
+from chute.errors import ConfigError, ItemFailed
+from chute.executor import WorkItem
 
 from ._folders import Folders, ItemFolder
 from ._spawn import Launch, PosixSpawn, Spawner, SpawnThreads, spawner

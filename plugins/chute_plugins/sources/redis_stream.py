@@ -33,14 +33,13 @@ from typing import Any, ClassVar
 
 import anyio
 import msgspec
+from chute.config import Duration, Strict
+from chute.context import PluginContext
+from chute.errors import ConfigError
+from chute.message import Message
+from chute.source import Emit
+from chute.store import ItemStatus
 from redis.exceptions import ResponseError
-
-from runtime.config import Duration, Strict
-from runtime.context import PluginContext
-from runtime.errors import ConfigError
-from runtime.message import Message
-from runtime.source import Emit
-from runtime.store import ItemStatus
 
 from ..redis_conn import MAX_BLOCK, Reconnecting, RedisUrl, as_str, raw_reply
 

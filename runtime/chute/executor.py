@@ -23,7 +23,7 @@ class Executor(Protocol):
     """Runs one item at a time per call; calls may run concurrently.
 
     Return the result (any JSON value, or None) on success. Raise
-    ``runtime.errors.ItemFailed`` on failure, with ``permanent=True`` when a
+    ``chute.errors.ItemFailed`` on failure, with ``permanent=True`` when a
     retry cannot help (the item goes straight to the dead letters). Any other
     exception counts as a retryable failure.
     """

@@ -43,12 +43,11 @@ from typing import Literal
 import anyio
 import anyio.to_thread
 import msgspec
-
-from runtime.config import Duration, Strict
-from runtime.context import PluginContext
-from runtime.message import Message, new_message
-from runtime.source import Emit
-from runtime.store import ItemStatus
+from chute.config import Duration, Strict
+from chute.context import PluginContext
+from chute.message import Message, new_message
+from chute.source import Emit
+from chute.store import ItemStatus
 
 from .. import _inotify as ino
 from ._files import (

@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from runtime.store import Claim, Finish, ItemRecord, ItemStatus, OneItemCalls
+from chute.store import Claim, Finish, ItemRecord, ItemStatus, OneItemCalls
 
 from ..redis_conn import Reconnecting, RedisUrl, as_str
 

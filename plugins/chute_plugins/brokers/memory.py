@@ -22,12 +22,11 @@ import time
 from collections.abc import Sequence
 from itertools import repeat
 
+from chute.broker import GroupStats, TopicStats
+from chute.errors import ClosedError
+from chute.message import Message
+from chute.meters import RateMeter
 from msgspec.structs import replace
-
-from runtime.broker import GroupStats, TopicStats
-from runtime.errors import ClosedError
-from runtime.message import Message
-from runtime.meters import RateMeter
 
 _TRIM_EVERY = 8192
 """Acks between attempts to drop acknowledged entries from a topic's head.

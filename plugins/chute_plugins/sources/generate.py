@@ -10,12 +10,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import anyio
-
-from runtime.config import Strict
-from runtime.context import PluginContext
-from runtime.message import Message
-from runtime.source import Emit
-from runtime.store import ItemStatus
+from chute.config import Strict
+from chute.context import PluginContext
+from chute.message import Message
+from chute.source import Emit
+from chute.store import ItemStatus
 
 
 class GenerateOptions(Strict):

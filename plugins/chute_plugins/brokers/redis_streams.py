@@ -53,13 +53,12 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+from chute.broker import GroupStats, TopicStats
+from chute.errors import BrokerUnavailable, ChuteError, ClosedError
+from chute.message import Message, decode_message, encode_message
+from chute.meters import RateMeter
 from msgspec.structs import replace
 from redis.exceptions import ResponseError
-
-from runtime.broker import GroupStats, TopicStats
-from runtime.errors import BrokerUnavailable, ChuteError, ClosedError
-from runtime.message import Message, decode_message, encode_message
-from runtime.meters import RateMeter
 
 from ..redis_conn import (
     MAX_BLOCK,

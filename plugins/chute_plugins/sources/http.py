@@ -29,12 +29,11 @@ import aiohttp
 import anyio
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-
-from runtime.config import Duration, Size, Strict
-from runtime.context import PluginContext
-from runtime.message import Item, ItemList, Message, item_decoder, item_list_decoder, new_message
-from runtime.source import Emit
-from runtime.store import ItemStatus
+from chute.config import Duration, Size, Strict
+from chute.context import PluginContext
+from chute.message import Item, ItemList, Message, item_decoder, item_list_decoder, new_message
+from chute.source import Emit
+from chute.store import ItemStatus
 
 log = logging.getLogger("chute.sources.http")
 

@@ -38,12 +38,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import msgspec
-
-from runtime.config import Duration, Strict, dec_hook, describe_validation_error
-from runtime.context import PluginContext
-from runtime.errors import ConfigError, ItemFailed, PluginNotFound
-from runtime.executor import Executor, WorkItem
-from runtime.registry import load_plugin
+from chute.config import Duration, Strict, dec_hook, describe_validation_error
+from chute.context import PluginContext
+from chute.errors import ConfigError, ItemFailed, PluginNotFound
+from chute.executor import Executor, WorkItem
+from chute.registry import load_plugin
 
 log = logging.getLogger("chute.executors.chain")
 

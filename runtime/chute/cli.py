@@ -48,6 +48,7 @@ def _fail_config(exc: ConfigError) -> NoReturn:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="chute", prog_name="chute")
 @click.option("--log-level", default=None, help="debug, info, warning or error.")
 @click.pass_context
 def main(ctx: click.Context, log_level: str | None) -> None:

@@ -32,9 +32,8 @@ from typing import IO
 
 import anyio
 import msgspec
-
-from runtime.errors import ClosedError, ConfigError
-from runtime.store import Claim, Finish, ItemRecord, ItemStatus, OneItemCalls
+from chute.errors import ClosedError, ConfigError
+from chute.store import Claim, Finish, ItemRecord, ItemStatus, OneItemCalls
 
 log = logging.getLogger("chute.store.sqlite")
 

@@ -14,12 +14,11 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import anyio.to_thread
-
-from runtime.config import Strict
-from runtime.context import PluginContext
-from runtime.errors import ConfigError, PluginNotFound
-from runtime.executor import WorkItem
-from runtime.registry import import_object
+from chute.config import Strict
+from chute.context import PluginContext
+from chute.errors import ConfigError, PluginNotFound
+from chute.executor import WorkItem
+from chute.registry import import_object
 
 
 class PythonOptions(Strict):

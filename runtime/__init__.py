@@ -1,1 +1,0 @@
-"""chute's engine. Embed it with :class:`runtime.engine.Runtime`."""

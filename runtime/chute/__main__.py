@@ -1,0 +1,5 @@
+"""``python -m chute``: the same command line as the ``chute`` script."""
+
+from .cli import main
+
+main(prog_name="chute")
