@@ -77,7 +77,10 @@ def build_app(rt: Runtime) -> web.Application:
 
     async def healthz(_: web.Request) -> web.Response:
         healthy = bool(getattr(rt.broker, "healthy", True))
-        return web.json_response({"ok": healthy}, status=200 if healthy else 503)
+        body: dict[str, Any] = {"ok": healthy}
+        if not healthy:
+            body["broker"] = str(getattr(rt.broker, "problem", "")) or "unreachable"
+        return web.json_response(body, status=200 if healthy else 503)
 
     async def status(_: web.Request) -> web.Response:
         body = msgspec.json.encode(await rt.status())

@@ -1,7 +1,9 @@
 """``chute``: run, check, publish, status, serve-items.
 
 Exit codes: 0 success; 1 a runtime failure; 2 a usage or config error (the
-problems are printed one per line, never as a traceback); 130 interrupted.
+problems are printed one per line, never as a traceback); 3 an operational
+failure (broker or state store unreachable or refusing us), one line
+``chute: ...``; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -19,10 +21,16 @@ import msgspec
 
 from .autoscale import describe_scale
 from .config import Config, load_config
-from .errors import ChuteError, ConfigError, InvalidMessage
-from .graph import describe, scheme_of, validate
+from .errors import ChuteError, ConfigError, InvalidMessage, Unavailable
+from .graph import describe, operator_topics, scheme_of, validate
 
 EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 3
+
+
+def _fail_unavailable(exc: Unavailable) -> NoReturn:
+    click.echo(f"chute: {exc}", err=True)
+    sys.exit(EXIT_UNAVAILABLE)
 
 
 def _load(path: str) -> Config:
@@ -90,9 +98,25 @@ def run(ctx: click.Context, config: str, until_idle: bool) -> None:
         anyio.run(main_task)
     except ConfigError as exc:
         _fail_config(exc)
+    except Unavailable as exc:
+        _fail_unavailable(exc)
+    except BaseExceptionGroup as group:  # raised inside the runtime's task groups
+        found = _find(group, Unavailable)
+        if found is None:
+            raise
+        _fail_unavailable(found)
     except ChuteError as exc:
         click.echo(f"chute: {exc}", err=True)
         sys.exit(1)
+
+
+def _find(group: BaseExceptionGroup[Any], kind: type[Unavailable]) -> Unavailable | None:
+    for exc in group.exceptions:
+        if isinstance(exc, kind):
+            return exc
+        if isinstance(exc, BaseExceptionGroup) and (found := _find(exc, kind)) is not None:
+            return found
+    return None
 
 
 async def _stop_on_signals(runtime: Any, scope: anyio.CancelScope) -> None:
@@ -155,7 +179,10 @@ def publish(topic: str, data: str | None, key: str, config_path: str | None,
             m.key = key
     cfg = _load_optional(config_path)
     if cfg is not None and scheme_of(cfg.settings.broker) != "memory":
-        ids = anyio.run(_publish_direct, cfg, topic, messages)
+        try:
+            ids = anyio.run(_publish_direct, cfg, topic, messages)
+        except Unavailable as exc:
+            _fail_unavailable(exc)
     else:
         token = token or (cfg.api.token if cfg else None)
         ids = anyio.run(_publish_http, _api_url(cfg, url), token, topic, messages)
@@ -234,9 +261,12 @@ def status(config: str, url: str | None, token: str | None, as_json: bool) -> No
         cfg = _load(config)
     except ConfigError as exc:
         _fail_config(exc)
-    report = anyio.run(
-        _status, cfg, _api_url(cfg, url) if (url or cfg.api.enabled) else None, token
-    )
+    try:
+        report = anyio.run(
+            _status, cfg, _api_url(cfg, url) if (url or cfg.api.enabled) else None, token
+        )
+    except Unavailable as exc:
+        _fail_unavailable(exc)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
@@ -251,6 +281,9 @@ def status(config: str, url: str | None, token: str | None, as_json: bool) -> No
             )
     live = report.get("live")
     if live:
+        if not live.get("broker_healthy", True):
+            click.echo(f"broker {live['broker']}: unhealthy, "
+                       f"{live.get('broker_problem') or 'unreachable'}")  # fmt: skip
         for pool in live["pools"]:
             click.echo(
                 f"live pool {pool['name']}: concurrency {pool['concurrency']}, in flight "
@@ -294,6 +327,86 @@ async def _status(cfg: Config, url: str | None, token: str | None) -> dict[str, 
         except (aiohttp.ClientError, TimeoutError):
             pass
     return report
+
+
+@main.group()
+def groups() -> None:
+    """Consumer groups on the config's topics: which the config declares, and leftovers."""
+
+
+def _declared_groups(cfg: Config) -> dict[str, set[str]]:
+    """Topic -> the consumer groups the config's pools and operators read it with."""
+    declared: dict[str, set[str]] = {}
+    for name, pool in cfg.pools.items():
+        declared.setdefault(pool.topic, set()).add(pool.group or name)
+    for name, op in cfg.operators.items():
+        for topic in operator_topics(op)[0]:
+            declared.setdefault(topic, set()).add(op.group or name)
+    return declared
+
+
+async def _group_rows(cfg: Config, prune: bool) -> list[tuple[str, str, bool, str]]:
+    """(topic, group, declared, what is known about it); with ``prune``, delete leftovers."""
+    from .engine import Runtime
+
+    runtime = Runtime(cfg)
+    broker: Any = runtime.broker
+    if not hasattr(broker, "group_names"):
+        raise click.ClickException(
+            f"the {scheme_of(cfg.settings.broker)} broker keeps no consumer groups between runs"
+        )
+    declared = _declared_groups(cfg)
+    rows: list[tuple[str, str, bool, str]] = []
+    await broker.start()
+    try:
+        for topic in sorted(runtime.topics):
+            idle = await broker.group_names(topic)
+            stats = await broker.stats(topic)
+            for group in sorted(idle):
+                mine = group in declared.get(topic, set())
+                g = stats.group(group)
+                seen = "never used" if idle[group] is None else f"idle {idle[group]:.0f}s"
+                note = f"lag {g.lag}, pending {g.pending}, {seen}"
+                if prune and not mine:
+                    await broker.delete_group(topic, group)
+                    note += ": deleted"
+                rows.append((topic, group, mine, note))
+    finally:
+        await broker.aclose()
+    return rows
+
+
+@groups.command("list")
+@click.argument("config", type=click.Path(dir_okay=False))
+def groups_list(config: str) -> None:
+    """Every consumer group on CONFIG's topics; those CONFIG does not declare are leftovers."""
+    _print_groups(config, prune=False)
+
+
+@groups.command("prune")
+@click.argument("config", type=click.Path(dir_okay=False))
+def groups_prune(config: str) -> None:
+    """Delete the consumer groups on CONFIG's topics that CONFIG does not declare.
+
+    A leftover group (a pool renamed or removed) keeps entries from being
+    trimmed; deleting it drops what it had not consumed, for it alone.
+    """
+    _print_groups(config, prune=True)
+
+
+def _print_groups(config: str, *, prune: bool) -> None:
+    try:
+        cfg = _load(config)
+    except ConfigError as exc:
+        _fail_config(exc)
+    try:
+        rows = anyio.run(_group_rows, cfg, prune)
+    except Unavailable as exc:
+        _fail_unavailable(exc)
+    for topic, group, mine, note in rows:
+        click.echo(f"{topic} {group}: {'declared' if mine else 'not declared'}, {note}")
+    if not prune and any(not mine for _, _, mine, _ in rows):
+        click.echo(f"(`chute groups prune {config}` deletes the groups not declared)")
 
 
 @main.command("serve-items")

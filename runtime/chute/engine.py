@@ -39,6 +39,7 @@ from .pool import PoolCounters, WorkerPool
 from .registry import load_plugin
 from .source import Source
 from .store import ItemStatus, StateStore
+from .urls import redact_url
 
 log = logging.getLogger("chute")
 
@@ -55,7 +56,10 @@ class Outcome(msgspec.Struct, frozen=True):
 class RuntimeStatus(msgspec.Struct, kw_only=True):
     node: str
     broker: str
+    """The broker's URL, its password replaced by ``***``."""
     broker_healthy: bool
+    broker_problem: str = ""
+    """Why the broker is unhealthy (``unreachable``, ``answers READONLY ...``)."""
     topics: list[TopicStats]
     pools: list[PoolCounters]
     operators: dict[str, Any] = {}
@@ -106,6 +110,7 @@ class Runtime:
             node=self.node,
             broker=self.broker,
             store=self.store,
+            stable_node=self.config.settings.node or socket.gethostname(),
         )
 
     def _build_plugin(self, kind: str, label: str, key: str, spec: dict[str, Any],
@@ -341,8 +346,9 @@ class Runtime:
             operators[name] = msgspec.to_builtins(stats()) if stats else {}
         return RuntimeStatus(
             node=self.node,
-            broker=self.config.settings.broker,
+            broker=redact_url(self.config.settings.broker),
             broker_healthy=bool(getattr(self.broker, "healthy", True)),
+            broker_problem=str(getattr(self.broker, "problem", "")),
             topics=topics,
             pools=[p.counters for p in self.pools.values()],
             operators=operators,

@@ -23,8 +23,18 @@ class ClosedError(ChuteError):
     """The broker, store or runtime was closed by us; the operation cannot proceed."""
 
 
-class BrokerUnavailable(ChuteError):
-    """The broker's backing service cannot be reached; the caller retries with backoff."""
+class Unavailable(ChuteError):
+    """A service chute needs (broker, state store) cannot be used: unreachable past the
+    start-up deadline, or refusing us for good (wrong password, a key of the wrong
+    type). An operational failure: ``chute`` prints one line and exits 3."""
+
+
+class BrokerUnavailable(Unavailable):
+    """The broker's backing service cannot be reached or refuses us."""
+
+
+class StoreUnavailable(Unavailable):
+    """The state store's backing service cannot be reached or refuses us."""
 
 
 class ItemFailed(ChuteError):

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from itertools import repeat
 
 from chute.broker import GroupStats, TopicStats
-from chute.errors import ClosedError
+from chute.errors import ClosedError, ConfigError
 from chute.message import Message
 from chute.meters import RateMeter
 from msgspec.structs import replace
@@ -145,11 +145,17 @@ class MemoryBroker:
     async def declare_topic(self, topic: str, *, capacity: int) -> None:
         self._topic(topic).capacity = max(1, capacity)
 
-    async def ensure_group(self, topic: str, group: str, *, visibility_timeout: float) -> None:
+    async def ensure_group(
+        self, topic: str, group: str, *, visibility_timeout: float, start: str = "earliest"
+    ) -> None:
+        if start not in ("earliest", "latest"):
+            raise ConfigError([f"start: expected 'earliest' or 'latest', got {start!r}"])
         t = self._topic(topic)
         existing = t.groups.get(group)
         if existing is None:
-            t.groups[group] = _Group(group, t.end, visibility_timeout)
+            # earliest: what the topic still holds (an acknowledged head may be trimmed).
+            t.groups[group] = _Group(group, t.base if start == "earliest" else t.end,
+                                     visibility_timeout)  # fmt: skip
         else:
             existing.visibility_timeout = visibility_timeout
 

@@ -16,6 +16,7 @@ owner (this node, restarted): never an item another live node holds.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -23,11 +24,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from chute.errors import StoreUnavailable
 from chute.store import Claim, Finish, ItemRecord, ItemStatus, OneItemCalls
 
 from ..redis_conn import Reconnecting, RedisUrl, as_str
 
-log = logging.getLogger("chute.store.redis")
+log = logging.getLogger("chute.stores.redis")
 
 _FAILURES_KEPT = 1000
 
@@ -147,10 +149,12 @@ def _unmember(member: bytes) -> tuple[str, str]:
 class RedisStore(OneItemCalls):
     """``StateStore`` on Redis: nodes pointing at one Redis share item state and leases."""
 
-    def __init__(self, url: str, workdir: Path) -> None:
+    def __init__(self, url: str, workdir: Path, *, connect_timeout: float = 10.0) -> None:
         self._url = RedisUrl.parse(url)
         self.prefix = self._url.prefix
-        self._conn = Reconnecting("redis state store", self._url, log)
+        self.connect_timeout = connect_timeout
+        """Seconds ``open`` waits for Redis (as the broker's ``start``) before giving up."""
+        self._conn = Reconnecting("redis state store", self._url, log, StoreUnavailable)
         self._redis = self._url.client()
         self._claim = self._redis.register_script(_CLAIM)
         self._finish = self._redis.register_script(_FINISH)
@@ -195,9 +199,18 @@ class RedisStore(OneItemCalls):
 
     # -- the protocol ------------------------------------------------------
 
+    @property
+    def problem(self) -> str:
+        return self._conn.problem
+
     async def open(self) -> None:
         self._conn.closed = False
-        await self._conn.call(self._redis.ping)
+        try:
+            await asyncio.wait_for(self._conn.call(self._redis.ping), self.connect_timeout)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"cannot reach redis at {self._url.safe} (the state store)"
+            ) from None
 
     async def aclose(self) -> None:
         self._conn.closed = True
