@@ -125,9 +125,7 @@ async def test_taking_a_due_retry_cut_mid_request_delivers_it(
     assert (again.id, again.attempt) == (message_id, 2)
 
 
-async def test_stats_cut_mid_request_are_complete(
-    broker: RedisBroker, proxy: KillingProxy
-) -> None:
+async def test_stats_cut_mid_request_are_complete(broker: RedisBroker, proxy: KillingProxy) -> None:
     await broker.publish("t", msgs(5))
     await broker.read("t", "g", "c", count=2, block=None)
     proxy.arm(b"XPENDING")
