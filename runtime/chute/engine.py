@@ -297,9 +297,23 @@ class Runtime:
             return False
         for topic in self.topics:
             stats = await self.broker.stats(topic)
-            if any(g.lag or g.pending for g in stats.groups):
+            # Only the groups this graph reads with: a group left behind on a
+            # shared broker (a renamed pool) is never drained by anyone here.
+            mine = self._groups.get(topic, set())
+            if any(g.lag or g.pending for g in stats.groups if g.name in mine):
                 return False
         return True
+
+    @property
+    def _groups(self) -> dict[str, set[str]]:
+        """Topic -> the consumer groups this graph's pools and operators read it with."""
+        groups: dict[str, set[str]] = {}
+        for pool in self.pools.values():
+            groups.setdefault(pool.topic, set()).add(pool.group)
+        for op in self.operators.values():
+            for topic in op.inputs:
+                groups.setdefault(topic, set()).add(op.group)
+        return groups
 
     # -- outcomes ----------------------------------------------------------------
 

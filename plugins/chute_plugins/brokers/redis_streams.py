@@ -330,15 +330,20 @@ class RedisBroker:
         counts = await upkeep.unacked(self.redis, t.key)
         declared = {n: c for n, c in counts.items() if n in t.groups} if t.groups else counts
         t.unacked = declared
-        others = set(counts) - set(declared) - t.warned
-        if others:
-            t.warned |= others
-            for name, idle in (await upkeep.group_idle(self.redis, t.key, sorted(others))).items():
-                log.warning("topic %s: consumer group %s is not declared here (idle %s, %d "
-                            "unacknowledged): it does not hold back publishers, but keeps its "
-                            "entries from being trimmed; `chute groups prune` removes it",
-                            t.name, name, _ago(idle), counts[name])  # fmt: skip
+        await self._warn_undeclared(t, counts)
         return min(t.capacity - max(declared.values(), default=0), max(1, t.capacity // 8))
+
+    async def _warn_undeclared(self, t: _Topic, counts: dict[str, int]) -> None:
+        """Once per group: say that a group this process does not declare is left aside."""
+        others = set(counts) - set(t.groups) - t.warned if t.groups else set()
+        if not others:
+            return
+        t.warned |= others
+        for name, idle in (await upkeep.group_idle(self.redis, t.key, sorted(others))).items():
+            log.warning("topic %s: consumer group %s is not declared here (idle %s, %d "
+                        "unacknowledged): it does not hold back publishers, but keeps its "
+                        "entries from being trimmed; `chute groups prune` removes it",
+                        t.name, name, _ago(idle), counts[name])  # fmt: skip
 
     async def _xadd(self, t: _Topic, messages: Sequence[Message]) -> list[str]:
         now = time.time()
@@ -624,6 +629,7 @@ class RedisBroker:
 
     async def _stats(self, t: _Topic) -> TopicStats:
         added, groups = await upkeep.snapshot(self.redis, t.key, partial(due_key, t.key))
+        await self._warn_undeclared(t, {g.name: g.lag + g.pending for g in groups})
         now = time.time()
         out = []
         for snap in groups:
