@@ -146,53 +146,89 @@ class Reconnecting:
         self.healthy = True
         self.problem = ""
         """Why the last call is being retried (empty while healthy)."""
+        self._retrying = 0  # calls in their retry loop now
+        self._quiet = False
+        self.ping: Callable[[], Awaitable[Any]] = _no_ping
+        """What ``connect`` sends (set by the owner of the client)."""
         self.closed = False
 
     def check_open(self) -> None:
         if self.closed:
             raise ClosedError(f"the {self.what} is closed")
 
+    async def connect(self, limit: float, role: str) -> None:
+        """PING until Redis answers; after ``limit`` seconds raise one line naming ``role``.
+
+        Quiet meanwhile: the one line is the message (``chute`` exits 3 on it).
+        """
+        self.closed = False
+        self._quiet = True
+        try:
+            async with asyncio.timeout(limit):  # also cuts a connect attempt short
+                await self.call(self.ping)
+        except TimeoutError:
+            raise self.error(f"cannot reach redis at {self.url.safe} ({role})") from None
+        finally:
+            self._quiet = False
+
     async def call(self, op: Callable[[], Awaitable[T]], *, deadline: float | None = None) -> T:
         """Retry ``op`` with backoff (50 ms doubling to 2 s) while Redis is away.
 
         With a ``deadline`` (monotonic), give up then by raising TimeoutError.
+        ``healthy`` turns True again only when no call is being retried: during
+        an ``OOM`` reads succeed while writes wait, and the writes decide.
         """
         backoff = 0.05
         failures = 0
-        while True:
-            self.check_open()
-            try:
-                result = await op()
-            except (*DOWN, ResponseError) as exc:
-                if is_fatal(exc):
-                    raise self.error(f"{self.what}: redis at {self.url.safe} refuses us: "
-                                     f"{_one_line(exc)}") from None  # fmt: skip
-                if not is_transient(exc):
-                    raise
-                failures += 1
-                if failures == 1 and isinstance(exc, DOWN):
-                    # Most likely a pooled connection that a restarted Redis
-                    # closed: the pool drops it, and a fresh one may just work.
+        retrying = False
+        try:
+            while True:
+                self.check_open()
+                try:
+                    result = await op()
+                except (*DOWN, ResponseError) as exc:
+                    if is_fatal(exc):
+                        raise self.error(f"{self.what}: redis at {self.url.safe} refuses us: "
+                                         f"{_one_line(exc)}") from None  # fmt: skip
+                    if not is_transient(exc):
+                        raise
+                    failures += 1
+                    if failures == 1 and isinstance(exc, DOWN):
+                        # Most likely a pooled connection that a restarted Redis
+                        # closed: the pool drops it, and a fresh one may just work.
+                        continue
+                    if not retrying:
+                        retrying = True
+                        self._retrying += 1
+                    problem = _describe(exc)
+                    if (self.healthy or problem != self.problem) and not self._quiet:
+                        self.log.warning("%s: redis at %s %s; retrying", self.what,
+                                         self.url.safe, problem)  # fmt: skip
+                    self.healthy = False
+                    self.problem = problem
+                    wait = backoff
+                    if deadline is not None:
+                        wait = min(wait, deadline - time.monotonic())
+                        if wait <= 0:
+                            raise TimeoutError from exc
+                    await asyncio.sleep(wait)
+                    backoff = min(backoff * 2, 2.0)
                     continue
-                problem = _describe(exc)
-                if self.healthy or problem != self.problem:
-                    self.log.warning("%s: redis at %s %s; retrying", self.what,
-                                     self.url.safe, problem)  # fmt: skip
-                self.healthy = False
-                self.problem = problem
-                wait = backoff
-                if deadline is not None:
-                    wait = min(wait, deadline - time.monotonic())
-                    if wait <= 0:
-                        raise TimeoutError from exc
-                await asyncio.sleep(wait)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            if not self.healthy:
-                self.log.warning("%s: redis at %s reachable again", self.what, self.url.safe)
-                self.healthy = True
-                self.problem = ""
-            return result
+                if retrying:
+                    retrying = False
+                    self._retrying -= 1
+                if not self.healthy and not self._retrying:
+                    self.log.warning("%s: redis at %s reachable again", self.what, self.url.safe)
+                    self.healthy = True
+                    self.problem = ""
+                return result
+        finally:
+            if retrying:
+                self._retrying -= 1
+
+
+async def _no_ping() -> None:
+    raise ClosedError("no client to ping")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -218,10 +218,8 @@ class RedisBroker:
             self._redis = self._url.client()
         for command in _RAW:
             self._redis.set_response_callback(command, raw_reply)
-        try:
-            await asyncio.wait_for(self._conn.call(self.redis.ping), self.connect_timeout)
-        except TimeoutError:
-            raise BrokerUnavailable(f"cannot reach redis at {self._url.safe}") from None
+        self._conn.ping = self.redis.ping
+        await self._conn.connect(self.connect_timeout, "the broker")
 
     async def aclose(self) -> None:
         self._conn.closed = True

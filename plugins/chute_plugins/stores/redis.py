@@ -16,7 +16,6 @@ owner (this node, restarted): never an item another live node holds.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -204,13 +203,8 @@ class RedisStore(OneItemCalls):
         return self._conn.problem
 
     async def open(self) -> None:
-        self._conn.closed = False
-        try:
-            await asyncio.wait_for(self._conn.call(self._redis.ping), self.connect_timeout)
-        except TimeoutError:
-            raise StoreUnavailable(
-                f"cannot reach redis at {self._url.safe} (the state store)"
-            ) from None
+        self._conn.ping = self._redis.ping
+        await self._conn.connect(self.connect_timeout, "the state store")
 
     async def aclose(self) -> None:
         self._conn.closed = True
