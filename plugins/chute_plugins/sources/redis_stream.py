@@ -59,6 +59,7 @@ from ..redis_conn import (
 log = logging.getLogger("chute.sources.redis")
 
 _STREAM_ID = re.compile(r"\d+(-\d+)?")
+_STARTS = {"earliest": "0", "latest": "$"}
 
 
 class RedisStreamOptions(Strict):
@@ -67,8 +68,9 @@ class RedisStreamOptions(Strict):
     url: str = "redis://127.0.0.1:6379/0"
     group: str = ""
     """Consumer group on the stream; defaults to ``chute-<source name>``."""
-    start: str = "0"
-    """Where a new group starts: ``0`` takes the entries already there, ``$`` only new ones."""
+    start: str = "earliest"
+    """Where a new group starts: ``earliest`` (or ``0``) takes the entries already there,
+    ``latest`` (or ``$``) only new ones; or a stream id."""
     batch: int = 100
     key_field: str = ""
     data_field: str = ""
@@ -86,8 +88,12 @@ class RedisStreamSource:
     def __init__(self, options: RedisStreamOptions, ctx: PluginContext) -> None:
         if options.batch < 1:
             raise ConfigError([f"batch: must be at least 1, got {options.batch}"])
-        if options.start not in ("0", "$") and not _STREAM_ID.fullmatch(options.start):
-            raise ConfigError([f"start: expected '0', '$' or a stream id, got {options.start!r}"])
+        start = _STARTS.get(options.start, options.start)
+        if start not in ("0", "$") and not _STREAM_ID.fullmatch(start):
+            raise ConfigError(
+                [f"start: expected 'earliest', 'latest' or a stream id, got {options.start!r}"]
+            )
+        self.start = start
         self.options = options
         self.group = options.group or f"chute-{ctx.name}"
         # Stable across restarts, so a restarted node re-reads its own pending entries.
@@ -117,7 +123,7 @@ class RedisStreamSource:
     async def _create_group(self) -> None:
         try:
             await self._cmd("XGROUP", "CREATE", self.options.stream, self.group,
-                            self.options.start, "MKSTREAM")  # fmt: skip
+                            self.start, "MKSTREAM")  # fmt: skip
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
