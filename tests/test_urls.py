@@ -1,0 +1,21 @@
+"""URLs as chute prints them: never with a password."""
+
+from __future__ import annotations
+
+import pytest
+from chute.urls import redact_url
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cretpw@127.0.0.1:16399/0", "redis://:***@127.0.0.1:16399/0"),
+        ("redis://app:s3cretpw@h:6379/2?prefix=x:", "redis://app:***@h:6379/2?prefix=x:"),
+        ("redis://h:6379/0?password=s3cretpw&prefix=a:", "redis://h:6379/0?password=***&prefix=a:"),
+        ("rediss://app@h/0", "rediss://app@h/0"),  # a user name alone is no secret
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("memory", "memory"),
+    ],
+)
+def test_credentials_are_replaced_and_the_rest_kept(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
