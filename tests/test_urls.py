@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from chute.urls import redact_url
 
@@ -19,3 +23,17 @@ from chute.urls import redact_url
 )
 def test_credentials_are_replaced_and_the_rest_kept(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def test_chute_check_prints_the_broker_and_state_without_their_passwords(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("""
+broker = "redis://:s3cretpw@127.0.0.1:6399/0"
+state = "redis://app:0therpw@127.0.0.1:6399/1"
+[topics.jobs]
+""")
+    checked = subprocess.run([sys.executable, "-m", "chute", "check", str(config)],
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    assert "redis://:***@127.0.0.1:6399/0" in checked.stdout
+    assert "s3cretpw" not in checked.stdout and "0therpw" not in checked.stdout

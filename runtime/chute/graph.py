@@ -28,6 +28,7 @@ from .config import (
 from .errors import ConfigError, PluginNotFound
 from .operators import operator_problems
 from .registry import load_plugin
+from .urls import redact_url
 
 DEAD_SUFFIX = ".dead"
 
@@ -210,7 +211,8 @@ def validate(config: Config) -> None:
 
 def describe(config: Config) -> str:
     """The graph as text: sources -> topics -> operators/pools -> topics."""
-    lines = [f"broker {config.settings.broker}, state {config.settings.state}"]
+    settings = config.settings
+    lines = [f"broker {redact_url(settings.broker)}, state {redact_url(settings.state)}"]
     for name, spec in config.sources.items():
         lines.append(f"source {name} ({spec.get('type')}) -> {spec.get('topic')}")
     for name, op in config.operators.items():
