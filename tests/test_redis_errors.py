@@ -227,3 +227,30 @@ def test_an_unreachable_redis_state_store_exits_3_within_the_deadline(
     assert done.returncode == 3, done.stderr
     [line] = done.stderr.strip().splitlines()
     assert line == f"chute: cannot reach redis at redis://:***@127.0.0.1:{port}/0 (the state store)"
+
+
+def test_a_redis_that_starts_refusing_us_mid_run_ends_chute_run_with_exit_3(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, redis_server.url)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "chute", "run", str(config)], cwd=tmp_path,
+                            env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        client = redis.Redis(port=redis_server.port)
+        try:
+            deadline = time.monotonic() + 20
+            while not client.exists("chute:jobs"):  # the pool's group made it: it runs
+                assert time.monotonic() < deadline and proc.poll() is None, "did not start"
+                time.sleep(0.05)
+            # Redis comes back with a password the config does not know.
+            client.execute_command("CONFIG", "SET", "requirepass", PASSWORD)
+            client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        finally:
+            client.close()
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 3, stderr
+    assert stderr.strip().splitlines()[-1].startswith("chute: redis broker: redis at ")
+    assert "Traceback" not in stderr
