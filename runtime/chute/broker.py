@@ -13,6 +13,10 @@ Semantics shared by every backend (proven by ``tests/conformance``):
   ``attempt`` set to its delivery count in that group.
 - A delivery stays pending until ``ack``; ``nack`` makes it due again after
   ``delay`` seconds. Nothing unacknowledged is ever trimmed.
+- ``extend`` restarts a pending delivery's visibility clock: a pool calls it
+  for the items it is running (a heartbeat at a fraction of the visibility
+  timeout), so an item that runs longer than the timeout is not redelivered
+  while it runs.
 """
 
 from __future__ import annotations
@@ -92,6 +96,10 @@ class Broker(Protocol):
 
     async def nack(self, topic: str, group: str, ids: Sequence[str], *, delay: float = 0.0) -> None:
         """Make deliveries due again after ``delay`` seconds."""
+
+    async def extend(self, topic: str, group: str, ids: Sequence[str]) -> None:
+        """Reset the visibility clock of deliveries still being worked on (the
+        running-item heartbeat). Ids no longer pending are ignored."""
 
     async def stats(self, topic: str) -> TopicStats:
         """A snapshot of the topic and its groups."""

@@ -13,6 +13,13 @@ last pass, then acknowledges them (group commit: while other items are
 still running, a pass waits up to ``_FLUSH_EVERY`` for their outcomes to join
 it, so under load a pass carries many items; the outcome of the last running
 item is written at once).
+
+While items run (or wait in the buffer), a heartbeat extends their
+deliveries and their leases every quarter of the visibility timeout, so an
+item that runs longer than the timeout is never redelivered, nor claimed by
+anyone, while it runs. Two messages with one key never run at once: the
+store refuses the second claim while the first one's lease lives (without a
+store, the pool keeps the keys it runs).
 """
 
 from __future__ import annotations
@@ -45,6 +52,12 @@ OnFinal = Callable[["WorkerPool", Message, ItemStatus, Any], Awaitable[None]]
 
 _OUTPUT_TAIL = 4000
 """Characters of an executor's output kept in a dead letter."""
+
+_HEARTBEATS_PER_TIMEOUT = 4
+"""Heartbeats per visibility timeout: three may be late or lost before a lease lapses."""
+
+_BUSY_KEY_DELAY = 5.0
+"""Seconds before a delivery whose key is running elsewhere is looked at again."""
 
 _FLUSH_EVERY = 0.02
 """Seconds an outcome waits for others to join its pass (the group-commit window).
@@ -158,6 +171,10 @@ class WorkerPool:
         self._service_time = 1.0
         """Seconds per item, smoothed over about the last 20 items (sizes prefetch)."""
         self._lease = 300.0
+        self._running: dict[str, tuple[str, int]] = {}
+        """Message id -> (key, token) of each item running now (the heartbeat renews them)."""
+        self._running_keys: set[str] = set()
+        """Keys running now, for pools without a store (which would refuse a second claim)."""
 
     @property
     def changed(self) -> anyio.Event:
@@ -198,6 +215,7 @@ class WorkerPool:
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._flush_forever)
             outer.start_soon(self._autoscale)
+            outer.start_soon(self._heartbeat_forever)
             async with anyio.create_task_group() as workers:
                 for _ in range(self.cfg.scale_or_fixed().max):
                     workers.start_soon(self._worker)
@@ -223,6 +241,34 @@ class WorkerPool:
             group=self.group,
             report=report,
         )
+
+    async def _heartbeat_forever(self) -> None:
+        interval = max(self._lease / _HEARTBEATS_PER_TIMEOUT, 0.005)
+        while True:
+            await anyio.sleep(interval)
+            # Bounded: a heartbeat stuck on a broker outage must not delay the
+            # next one once the broker is back.
+            with anyio.move_on_after(interval):
+                try:
+                    await self._heartbeat()
+                except Exception as exc:  # the next beat tries again; the lease still has time
+                    log.warning("pool %s: could not extend running items: %s", self.name, exc)
+
+    async def _heartbeat(self) -> None:
+        """Extend the deliveries and leases of the items running or waiting in the buffer."""
+        held = list(self._running.items())
+        held += [(m.id, (m.key or m.id, c.token)) for m, c in self._buffer]
+        if not held:
+            return
+        await self.broker.extend(self.topic, self.group, [message_id for message_id, _ in held])
+        if self.store is None:
+            return
+        claims = [claim for _, claim in held]
+        kept = await self.store.extend(self.name, claims, owner=self.consumer, lease=self._lease)
+        for (key, token), ok in zip(claims, kept, strict=True):
+            if not ok:
+                log.warning("pool %s: item %r lost its lease (token %d) while it runs: another "
+                            "owner may run it too", self.name, key, token)  # fmt: skip
 
     async def _worker(self) -> None:
         while not self._stopping:
@@ -287,7 +333,7 @@ class WorkerPool:
     async def _claim(self, messages: list[Message]) -> list[tuple[Message, Claim]]:
         """Claim a fetched batch at once; settle at once those that may not run."""
         if self.store is None:
-            return [(m, Claim(granted=True)) for m in messages]
+            return await self._claim_untracked(messages)
         keys = [m.key or m.id for m in messages]
         claims = await self.store.claim_many(
             self.name, keys, owner=self.consumer, lease=self._lease
@@ -306,7 +352,23 @@ class WorkerPool:
             else:  # another node holds a live lease on it: look again later
                 elsewhere.append(message.id)
         if elsewhere:
-            await self.broker.nack(self.topic, self.group, elsewhere, delay=5.0)
+            await self.broker.nack(self.topic, self.group, elsewhere, delay=_BUSY_KEY_DELAY)
+        return granted
+
+    async def _claim_untracked(self, messages: list[Message]) -> list[tuple[Message, Claim]]:
+        """Without a store: hold back a message whose key this pool runs, or took just before."""
+        granted: list[tuple[Message, Claim]] = []
+        busy: list[str] = []
+        keys = set(self._running_keys)
+        for message in messages:
+            key = message.key or message.id
+            if key in keys:
+                busy.append(message.id)
+            else:
+                keys.add(key)
+                granted.append((message, Claim(granted=True)))
+        if busy:
+            await self.broker.nack(self.topic, self.group, busy, delay=_BUSY_KEY_DELAY)
         return granted
 
     async def _return_buffer(self) -> None:
@@ -323,11 +385,16 @@ class WorkerPool:
     async def _process(self, message: Message, claim: Claim) -> None:
         counters = self.counters
         counters.in_flight += 1
+        key = message.key or message.id
+        self._running[message.id] = (key, claim.token)
+        self._running_keys.add(key)
         started = time.monotonic()
         self.scaler.started(started)
         try:
             await self._settle(message, claim)
         finally:
+            self._running.pop(message.id, None)
+            self._running_keys.discard(key)
             counters.in_flight -= 1
             ended = time.monotonic()
             elapsed = ended - started

@@ -113,6 +113,23 @@ async def test_stale_delivery_goes_to_another_consumer(broker: Broker) -> None:
     ]
 
 
+async def test_extended_deliveries_are_not_redelivered_while_they_run(broker: Broker) -> None:
+    await setup(broker, "g", vt=VT)
+    ids = await broker.publish("t", msgs(2))
+    running = await broker.read("t", "g", "worker", count=10, block=None)
+    assert [m.id for m in running] == ids
+    await broker.ack("t", "g", [ids[1]])
+    deadline = time.monotonic() + VT * 4
+    while time.monotonic() < deadline:  # the heartbeat of a long item, at a third of VT
+        await broker.extend("t", "g", [m.id for m in running])  # ids[1] is acked: ignored
+        assert await broker.read("t", "g", "other", count=10, block=VT / 3) == []
+    # The heartbeat stops (the worker died): the delivery comes back, one attempt later.
+    [again] = await broker.read("t", "g", "other", count=10, block=VT * 4)
+    assert (again.id, again.attempt) == (ids[0], 2)
+    assert (await broker.stats("t")).group("g").pending == 1
+    await broker.extend("t", "g", ["0-1"])  # never delivered: ignored
+
+
 async def test_nack_redelivers_after_the_delay(broker: Broker) -> None:
     await setup(broker, "g")
     [message_id] = await broker.publish("t", msgs(1))

@@ -333,6 +333,24 @@ class MemoryBroker:
         if t.readers:
             _wake(t.readers)
 
+    async def extend(self, topic: str, group: str, ids: Sequence[str]) -> None:
+        g = self._topic(topic).groups.get(group)
+        if g is None:
+            return
+        record: _Delivery | None = None
+        now = time.time()
+        for message_id in ids:
+            delivery = g.pending.pop(message_id, None)
+            if delivery is None:
+                continue  # acked, or nacked and parked
+            if record is None or (record.attempt, record.consumer) != (
+                delivery.attempt,
+                delivery.consumer,
+            ):
+                record = _Delivery(delivery.consumer, now, delivery.attempt)
+            # Re-inserted last: the dict stays in delivery order, oldest first.
+            g.pending[message_id] = record
+
     def _floor(self, t: _Topic) -> int:
         """The lowest offset some group still needs."""
         floor = t.end

@@ -501,6 +501,14 @@ class RedisBroker:
         await self._conn.call(partial(self._cmd, *args))
         g.next_check = min(g.next_check, now + min(delay, g.vt / 2))
 
+    async def extend(self, topic: str, group: str, ids: Sequence[str]) -> None:
+        # XCLAIM with min-idle 0 resets the idle time (JUSTID: no delivery is
+        # counted); Redis skips ids that are no longer pending.
+        g = self._topic(topic).groups.get(group)
+        if g is not None and ids:
+            args = ("XCLAIM", self._topic(topic).key, g.name, self.node, 0, *ids, "JUSTID")
+            await self._conn.call(partial(self._cmd, *args))
+
     async def _trim(self, t: _Topic) -> None:
         await upkeep.trim(self.redis, t.key)
         for g in t.groups.values():
