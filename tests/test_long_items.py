@@ -9,14 +9,22 @@ sleeping 2.5 s: the log must hold 2 lines, not 4.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 import anyio
 import pytest
+import redis
 from chute import Runtime, load_config
 from chute.message import Message
+
+from tests.redis_server import RedisServer, unique_prefix
+
+REPO = Path(__file__).resolve().parent.parent
 
 SLEEPER = """\
 import os, sys, time
@@ -115,3 +123,68 @@ executor = {{ type = "python", function = "tracker_{track}:work", path = ["{tmp_
         tracker = sys.modules[f"tracker_{track}"]
         assert tracker.overlaps == []
         rt.stop()
+
+
+def _publish_jobs(url: str, n: int) -> None:
+    async def go() -> None:
+        from chute_plugins.brokers.redis_streams import RedisBroker
+
+        broker = RedisBroker(url)
+        await broker.start()
+        try:
+            await broker.declare_topic("jobs", capacity=1000)
+            # The pool's group exists before the work arrives: a new group starts at the end.
+            await broker.ensure_group("jobs", "work", visibility_timeout=1.0)
+            await broker.publish("jobs", [Message(key=f"item-{i}", data={}) for i in range(n)])
+        finally:
+            await broker.aclose()
+
+    anyio.run(go)
+
+
+def _chute_run(config: Path, name: str) -> subprocess.Popen[bytes]:
+    out = (config.parent / f"{name}.out").open("wb")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # Each process is a node of its own (the default node name holds the pid).
+    args = [sys.executable, "-m", "chute", "run", str(config), "--until-idle"]
+    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=config.parent,
+                            env=env)  # fmt: skip
+    out.close()
+    return proc
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_on_redis_two_nodes_run_a_long_item_once_and_a_starting_node_fences_nothing(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    url = f"{redis_server.url}?prefix={unique_prefix()}"
+    prefix = url.rpartition("prefix=")[2]
+    config = long_item_config(tmp_path, broker=url, state=url, source=False, concurrency=2)
+    _publish_jobs(url, 2)
+    first = _chute_run(config, "a")
+    procs = [first]
+    try:
+        log = tmp_path / "ran.log"
+        deadline = time.monotonic() + 30
+        # Another process writes the log: there is no event to wait on.
+        while sum(runs(tmp_path).values()) < 2:
+            assert time.monotonic() < deadline and first.poll() is None, "node a ran nothing"
+            time.sleep(0.05)
+        # Node b starts (and runs recover()) while node a runs both items.
+        procs.append(_chute_run(config, "b"))
+        for proc in procs:
+            assert proc.wait(60) == 0, (tmp_path / "a.out").read_text()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert runs(tmp_path) == {"item-0": 1, "item-1": 1}, log.read_text()
+    client = redis.Redis(port=redis_server.port)
+    try:
+        counts = client.hgetall(f"{prefix}counts:work")
+    finally:
+        client.close()
+    # Node a's outcomes were recorded: b's start-up did not fence its live leases.
+    assert {k: v for k, v in counts.items() if v != b"0"} == {b"done": b"2"}
