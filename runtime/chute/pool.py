@@ -42,6 +42,7 @@ from .config import PoolConfig
 from .errors import ItemFailed
 from .executor import Executor, WorkItem
 from .message import Message
+from .stopping import Deadline
 from .store import Claim, Finish, ItemStatus, StateStore
 
 log = logging.getLogger("chute.pool")
@@ -58,6 +59,12 @@ _HEARTBEATS_PER_TIMEOUT = 4
 
 _BUSY_KEY_DELAY = 5.0
 """Seconds before a delivery whose key is running elsewhere is looked at again."""
+
+FINAL_FLUSH = 1.5
+"""Seconds after the stop deadline for the last outcomes to be recorded and acknowledged.
+
+Items that finished within the grace period are recorded if the store and
+the broker answer within this; otherwise they stay pending (and run again)."""
 
 _FLUSH_EVERY = 0.02
 """Seconds an outcome waits for others to join its pass (the group-commit window).
@@ -139,6 +146,7 @@ class WorkerPool:
         store: StateStore | None,
         node: str,
         on_final: OnFinal | None = None,
+        deadline: Deadline | None = None,
     ) -> None:
         self.name = name
         self.cfg = cfg
@@ -151,6 +159,8 @@ class WorkerPool:
         self.executor = executor
         self.store = store if cfg.track else None
         self.on_final = on_final
+        self.deadline = deadline or Deadline()
+        """When shielded steps give up once a stop began (the runtime shares one)."""
         scale = cfg.scale_or_fixed()
         self.slots = Slots(max(1, scale.min))
         self.scaler = Scaler(name, scale)
@@ -226,9 +236,13 @@ class WorkerPool:
                 # Drain: running items get the grace period, then are cancelled
                 # (their deliveries stay pending and come back later).
                 workers.cancel_scope.deadline = anyio.current_time() + grace
-            with anyio.CancelScope(shield=True):
+                self.deadline.set(workers.cancel_scope.deadline)
+            with self.deadline.shield(extra=FINAL_FLUSH) as final:
                 await self._return_buffer()
                 await self._flush()
+            if final.cancelled_caught:
+                log.warning("pool %s: the broker or store did not answer in time: the last "
+                            "outcomes stay pending and run again", self.name)  # fmt: skip
             outer.cancel_scope.cancel()
 
     async def _autoscale(self) -> None:
@@ -323,8 +337,10 @@ class WorkerPool:
             )
             if got:
                 # Shielded: a shutdown arriving mid-claim must still find the
-                # batch in the buffer, to give deliveries and claims back.
-                with anyio.CancelScope(shield=True):
+                # batch in the buffer, to give deliveries and claims back
+                # (past the stop deadline they stay pending instead).
+                claimed: list[tuple[Message, Claim]] = []
+                with self.deadline.shield():
                     claimed = await self._claim(got)
                 claimed.reverse()  # pop() from the end keeps delivery order
                 self._buffer = claimed
@@ -426,11 +442,14 @@ class WorkerPool:
     async def _succeeded(self, message: Message, claim: Claim, result: Any) -> None:
         if self.cfg.output:
             # Shielded: once the executor succeeded, a shutdown must not
-            # stop its result from going downstream.
-            with anyio.CancelScope(shield=True):
+            # stop its result from going downstream; past the stop deadline
+            # (a full topic, a broker away) the item stays pending instead.
+            with self.deadline.shield() as publishing:
                 headers = {**message.headers, "chute-from": self.name}
                 out = Message(key=message.key, data=result, headers=headers)
                 await self.broker.publish(self.cfg.output, [out])
+            if publishing.cancelled_caught:
+                return
         self.counters.succeeded += 1
         self._settle_later(message, claim, ItemStatus.DONE, result)
 
@@ -439,7 +458,7 @@ class WorkerPool:
         self.counters.failed += 1
         self.counters.last_error = exc.reason
         last = exc.permanent or message.attempt >= self.cfg.retry.attempts
-        with anyio.CancelScope(shield=True):
+        with self.deadline.shield():
             if not last:
                 delay = retry_delay(self.cfg, message.attempt)
                 log.warning(
@@ -516,7 +535,7 @@ class WorkerPool:
                 finally:
                     timer.cancel()
                     self._quiet = None
-            with anyio.CancelScope(shield=True):
+            with self.deadline.shield():
                 await self._flush()
 
 

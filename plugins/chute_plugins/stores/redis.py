@@ -24,6 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from chute.errors import BrokerUnavailable
 from chute.store import Claim, Finish, ItemRecord, ItemStatus, OneItemCalls
 
 from ..redis_conn import Reconnecting, RedisUrl, as_str
@@ -204,9 +205,15 @@ class RedisStore(OneItemCalls):
 
     # -- the protocol ------------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, connect_timeout: float = 10.0) -> None:
         self._conn.closed = False
-        await self._conn.call(self._redis.ping)
+        # A deadline: a runtime starting while Redis is away says so and exits.
+        try:
+            await self._conn.call(self._redis.ping, deadline=time.monotonic() + connect_timeout)
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"cannot reach redis at {self._url.safe} (the state store)"
+            ) from None
 
     async def aclose(self) -> None:
         self._conn.closed = True
