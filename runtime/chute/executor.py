@@ -30,6 +30,10 @@ class Executor(Protocol):
 
     Options: ClassVar[type[msgspec.Struct]]
 
+    # Optional: ``pool_problems(options, pool: PoolConfig) -> list[tuple[str, str]]``,
+    # a static method naming pool settings this executor cannot honour, as
+    # (key in the pool's table, why); ``chute check`` reports them.
+
     async def run(self, item: WorkItem) -> Any: ...
 
     async def aclose(self) -> None: ...

@@ -48,3 +48,16 @@ def record(data: Any) -> Any:
     with open(data["log"], "a", encoding="utf-8") as f:
         f.write(f"{data['n']}\n")
     return data
+
+
+def exits(data: Any) -> Any:
+    """A library that calls sys.exit(), or raises KeyboardInterrupt, on a bad item."""
+    if data.get("exit") == "interrupt":
+        raise KeyboardInterrupt("bad item")
+    if data.get("exit") == "exit":
+        raise SystemExit(3)
+    return data
+
+
+async def exits_async(data: Any) -> Any:
+    return exits(data)
