@@ -214,3 +214,25 @@ async def test_sys_exit_or_keyboard_interrupt_in_a_python_function_fails_only_th
     assert "SystemExit: 3" in outcomes["exit"].result
     assert outcomes["interrupt"].status is ItemStatus.DEAD
     assert "KeyboardInterrupt: bad item" in outcomes["interrupt"].result
+
+
+async def test_a_consumer_changing_its_message_changes_no_other_delivery(tmp_path: Path) -> None:
+    # Pool a changes the data it is given in place and fails; pool b reads the
+    # same topic, a's retry and a's dead letter must all see the data as published.
+    tasks.seen.clear()
+    config = make_config(
+        tmp_path,
+        a=pool("mutate_then_fail", retry={"attempts": 2, "backoff": "10ms", "jitter": 0}),
+        b=pool("look"),
+    )
+    config.settings.broker = "memory"
+    async with Runtime(config) as rt:
+        await rt.broker.ensure_group("a.dead", "reader", visibility_timeout=30)
+        await rt.publish("jobs", {"n": 1}, key="k")
+        with anyio.fail_after(10):
+            dead = await rt.wait_for("a", "k")
+            await rt.wait_for("b", "k")
+        letters = await rt.broker.read("a.dead", "reader", "me", count=10, block=None)
+    assert dead.status is ItemStatus.DEAD
+    assert sorted(tasks.seen, key=str) == [("a", {"n": 1}), ("a", {"n": 1}), ("b", {"n": 1})]
+    assert [m.data for m in letters] == [{"n": 1}]

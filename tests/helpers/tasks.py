@@ -61,3 +61,18 @@ def exits(data: Any) -> Any:
 
 async def exits_async(data: Any) -> Any:
     return exits(data)
+
+
+seen: list[tuple[str, Any]] = []
+
+
+def mutate_then_fail(data: Any) -> Any:
+    """Records what it was given, changes it in place, and fails."""
+    seen.append(("a", dict(data)))
+    data["n"] += 100
+    raise RuntimeError("changed my input, then failed")
+
+
+def look(data: Any) -> Any:
+    seen.append(("b", dict(data)))
+    return data
