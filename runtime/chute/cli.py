@@ -272,6 +272,11 @@ def status(config: str, url: str | None, token: str | None, as_json: bool) -> No
             if pool.get("scale"):
                 click.echo(f"  scaling: {describe_scale(pool['scale'])}")
         for topic in live["topics"]:
+            if not topic["groups"]:
+                click.echo(
+                    f"live topic {topic['topic']}: no consumer group; holds {topic['length']} "
+                    f"of {topic['capacity']}, dropped {topic.get('dropped', 0)}"
+                )
             for g in topic["groups"]:
                 click.echo(
                     f"live topic {topic['topic']} group {g['name']}: lag {g['lag']}, "

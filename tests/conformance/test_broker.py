@@ -6,6 +6,7 @@ import asyncio
 import re
 import time
 
+import anyio
 import pytest
 from chute.broker import Broker
 from chute.message import Message
@@ -128,6 +129,19 @@ async def test_extended_deliveries_are_not_redelivered_while_they_run(broker: Br
     assert (again.id, again.attempt) == (ids[0], 2)
     assert (await broker.stats("t")).group("g").pending == 1
     await broker.extend("t", "g", ["0-1"])  # never delivered: ignored
+
+
+async def test_a_topic_no_group_reads_keeps_its_last_capacity_entries(broker: Broker) -> None:
+    # Dead letters, or an output read from outside: nobody acknowledges, so
+    # capacity is a retention limit there, never back-pressure (a pool must not
+    # stall on its dead letters) nor unbounded growth.
+    await setup(broker, capacity=16)
+    for start in range(0, 200, 10):
+        with anyio.fail_after(5):
+            await broker.publish("t", msgs(10, start))
+    stats = await broker.stats("t")
+    assert 16 <= stats.length <= 16 + 16 // 8 + 10  # one publish's worth of slack
+    assert stats.dropped == 200 - stats.length
 
 
 async def test_nack_redelivers_after_the_delay(broker: Broker) -> None:

@@ -82,6 +82,7 @@ class _Topic:
         "acks_since_trim",
         "base",
         "capacity",
+        "dropped",
         "groups",
         "last_ms",
         "log",
@@ -102,6 +103,7 @@ class _Topic:
         self.meter = RateMeter()
         self.last_ms = 0
         self.acks_since_trim = 0
+        self.dropped = 0
 
     @property
     def end(self) -> int:
@@ -210,6 +212,12 @@ class MemoryBroker:
                     message.created_at = now
             log.append(message)
         t.meter.mark(len(ids), now)
+        if not t.groups and len(log) > t.capacity:
+            # Nobody reads it, so nobody acknowledges: keep the newest entries.
+            excess = len(log) - t.capacity
+            del log[:excess]
+            t.base += excess
+            t.dropped += excess
         if t.readers:
             _wake(t.readers)
         return ids
@@ -413,8 +421,9 @@ class MemoryBroker:
             )
         return TopicStats(
             topic=t.name,
-            length=self._unacked(t),
+            length=self._unacked(t) if t.groups else len(t.log),
             capacity=t.capacity,
+            dropped=t.dropped,
             published=t.meter.total,
             publish_rate=t.meter.rate(now),
             groups=groups,

@@ -107,6 +107,7 @@ class _Topic:
         "acks_since_trim",
         "capacity",
         "credit",
+        "dropped",
         "groups",
         "key",
         "meter",
@@ -123,6 +124,7 @@ class _Topic:
         self.writers: list[asyncio.Future[None]] = []
         self.meter = RateMeter()
         self.acks_since_trim = 0
+        self.dropped = 0
 
 
 class RedisBroker:
@@ -272,6 +274,9 @@ class RedisBroker:
     async def _room(self, t: _Topic) -> int:
         """Capacity minus unacknowledged entries, capped so nodes re-measure often."""
         unacked = await upkeep.unacked(self.redis, t.key)
+        if unacked is None:  # no group reads it: capacity is a retention limit (broker.py)
+            t.dropped += int(await self._cmd("XTRIM", t.key, "MAXLEN", t.capacity))
+            unacked = 0
         return min(t.capacity - unacked, max(1, t.capacity // 8))
 
     async def _xadd(self, t: _Topic, messages: Sequence[Message]) -> list[str]:
@@ -537,10 +542,12 @@ class RedisBroker:
                     ack_rate=local.meter.rate(now) if local else 0.0,
                 )
             )
+        length = max((g.lag + g.pending for g in out), default=0)
         return TopicStats(
             topic=t.name,
-            length=max((g.lag + g.pending for g in out), default=0),
+            length=length if out else int(await self.redis.xlen(t.key)),
             capacity=t.capacity,
+            dropped=t.dropped,
             published=added,
             publish_rate=t.meter.rate(now),
             groups=out,
