@@ -76,6 +76,18 @@ async def test_an_item_longer_than_the_visibility_timeout_runs_once(
     assert runs(tmp_path) == {"item-0": 1, "item-1": 1}
 
 
+@pytest.mark.slow
+def test_through_chute_run_a_long_item_runs_once(tmp_path: Path) -> None:
+    # The fault suite's long-item case, as a user runs it: memory broker, SQLite state.
+    config = long_item_config(tmp_path, concurrency=2)
+    done = subprocess.run([sys.executable, "-m", "chute", "run", str(config), "--until-idle"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert runs(tmp_path) == {"item-0": 1, "item-1": 1}
+    assert "stale lease" not in done.stderr and "lost its lease" not in done.stderr
+
+
 TRACKER = """\
 import time
 running: set[str] = set()
