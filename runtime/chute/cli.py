@@ -272,7 +272,7 @@ async def _status(cfg: Config, url: str | None, token: str | None) -> dict[str, 
     from .registry import load_plugin
 
     report: dict[str, Any] = {"items": {}, "failures": [], "live": None}
-    workdir = (Path(cfg.base_dir) / cfg.settings.workdir).resolve()
+    workdir = cfg.workdir()
     store = load_plugin("store", scheme_of(cfg.settings.state))(cfg.settings.state, workdir)
     await store.open()
     try:

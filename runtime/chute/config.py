@@ -217,8 +217,10 @@ class Settings(Strict):
     """``memory`` or a URL such as ``redis://127.0.0.1:6379/0``."""
     state: str = "sqlite"
     """``sqlite`` (file under ``workdir``), ``sqlite:///path.db``, ``redis://...`` or ``memory``."""
-    workdir: str = ".chute"
-    """Folder for the state database and executors' private folders (relative to the config)."""
+    workdir: str = ""
+    """Folder for the state database and executors' private folders, relative to the
+    config's folder; default ``.chute/<config file name without suffix>``, so two
+    configs in one folder never share state."""
     node: str = ""
     """This node's name in consumer names and leases; defaults to host and pid."""
     log_level: str = "info"
@@ -237,6 +239,14 @@ class Config(msgspec.Struct, kw_only=True):
     operators: dict[str, OperatorConfig] = {}
     path: str = "<config>"
     base_dir: str = "."
+
+    def workdir(self) -> Path:
+        """The working folder, absolute: ``settings.workdir`` or ``.chute/<config name>``."""
+        relative = self.settings.workdir
+        if not relative:
+            stem = Path(self.path).stem if self.path != "<config>" else ""
+            relative = f".chute/{stem}" if stem else ".chute"
+        return (Path(self.base_dir) / relative).resolve()
 
 
 _TABLES = ("topics", "sources", "pools", "operators", "api")
