@@ -322,5 +322,21 @@ def serve_items(ctx: click.Context, directory: str, glob: str, host: str, port: 
         sys.exit(130)
 
 
+@main.command()
+def schema() -> None:
+    """Print a JSON Schema of the config (for editors that check TOML and YAML)."""
+    from .reference import config_schema
+
+    click.echo(json.dumps(config_schema(), indent=2))
+
+
+@main.command()
+def reference() -> None:
+    """Print the config reference (every table and key, with defaults) as Markdown."""
+    from .reference import reference_markdown
+
+    click.echo(reference_markdown(), nl=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
