@@ -10,7 +10,6 @@ import json
 import logging
 import signal
 import sys
-from pathlib import Path
 from typing import Any, NoReturn
 
 import anyio
