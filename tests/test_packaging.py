@@ -55,7 +55,9 @@ def test_the_wheel_adds_only_chute_names_and_embeds_beside_a_users_plugins(
     # A user's project with its own `plugins` package and `runtime.py`.
     app = tmp_path / "app"
     (app / "plugins").mkdir(parents=True)
-    (app / "plugins" / "__init__.py").write_text("raise ImportError('not chute: the app plugins')\n")
+    (app / "plugins" / "__init__.py").write_text(
+        "raise ImportError('not chute: the app plugins')\n"
+    )
     (app / "runtime.py").write_text("raise ImportError('not chute: the app runtime')\n")
     (app / "configs").mkdir()
     for name in ("demo.toml", "demo_tasks.py"):
