@@ -14,7 +14,7 @@ PIP_FLAGS = -q --disable-pip-version-check --no-compile
 # saves the 3 s that ensurepip takes; older pips get a venv with its own pip.
 $(RUNTIME): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("chute needs Python 3.11+") if sys.version_info < (3, 11) else None'
-	@if $(PYTHON) -m pip --python $(PYTHON) --version >/dev/null 2>&1; then \
+	@if $(PYTHON) -c 'import pip, sys; sys.exit(tuple(map(int, pip.__version__.split(".")[:2])) < (22, 3))' 2>/dev/null; then \
 	  $(PYTHON) -m venv --without-pip $(VENV) && \
 	  $(PYTHON) -m pip --python $(BIN)/python install $(PIP_FLAGS) -e .; \
 	else \
