@@ -14,18 +14,17 @@ still running, a pass waits up to ``_FLUSH_EVERY`` for their outcomes to join
 it, so under load a pass carries many items; the outcome of the last running
 item is written at once).
 
-While items run (or wait in the buffer), a heartbeat extends their
-deliveries and their leases every quarter of the visibility timeout, so an
-item that runs longer than the timeout is never redelivered, nor claimed by
-anyone, while it runs. Two messages with one key never run at once: the
-store refuses the second claim while the first one's lease lives (without a
-store, the pool keeps the keys it runs).
+While items run (or wait in the buffer), a heartbeat (``heartbeat.py``)
+extends their deliveries and their leases, so an item that runs longer than
+the visibility timeout is never redelivered, nor claimed by anyone, while it
+runs. Two messages with one key never run at once: the store refuses the
+second claim while the first one's lease lives (without a store, the pool
+holds back keys it runs). Executors get a private copy of the message data.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import functools
 import logging
 import math
@@ -43,7 +42,8 @@ from .broker import Broker
 from .config import PoolConfig
 from .errors import ItemFailed
 from .executor import Executor, WorkItem
-from .message import Message
+from .heartbeat import Heartbeat
+from .message import Message, private_copy
 from .stopping import Deadline
 from .store import Claim, Finish, ItemStatus, StateStore
 
@@ -55,9 +55,6 @@ OnFinal = Callable[["WorkerPool", Message, ItemStatus, Any], Awaitable[None]]
 
 _OUTPUT_TAIL = 4000
 """Characters of an executor's output kept in a dead letter."""
-
-_HEARTBEATS_PER_TIMEOUT = 4
-"""Heartbeats per visibility timeout: three may be late or lost before a lease lapses."""
 
 _BUSY_KEY_DELAY = 5.0
 """Seconds before a delivery whose key is running elsewhere is looked at again."""
@@ -183,10 +180,8 @@ class WorkerPool:
         self._service_time = 1.0
         """Seconds per item, smoothed over about the last 20 items (sizes prefetch)."""
         self._lease = 300.0
-        self._running: dict[str, tuple[str, int]] = {}
-        """Message id -> (key, token) of each item running now (the heartbeat renews them)."""
-        self._running_keys: set[str] = set()
-        """Keys running now, for pools without a store (which would refuse a second claim)."""
+        self._heartbeat = Heartbeat(name, broker, self.topic, self.group, self.store,
+                                    self.consumer)  # fmt: skip
 
     @property
     def changed(self) -> anyio.Event:
@@ -227,7 +222,7 @@ class WorkerPool:
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._flush_forever)
             outer.start_soon(self._autoscale)
-            outer.start_soon(self._heartbeat_forever)
+            outer.start_soon(self._heartbeat.run, self._lease, self._buffered)
             async with anyio.create_task_group() as workers:
                 for _ in range(self.cfg.scale_or_fixed().max):
                     workers.start_soon(self._worker)
@@ -258,33 +253,8 @@ class WorkerPool:
             report=report,
         )
 
-    async def _heartbeat_forever(self) -> None:
-        interval = max(self._lease / _HEARTBEATS_PER_TIMEOUT, 0.005)
-        while True:
-            await anyio.sleep(interval)
-            # Bounded: a heartbeat stuck on a broker outage must not delay the
-            # next one once the broker is back.
-            with anyio.move_on_after(interval):
-                try:
-                    await self._heartbeat()
-                except Exception as exc:  # the next beat tries again; the lease still has time
-                    log.warning("pool %s: could not extend running items: %s", self.name, exc)
-
-    async def _heartbeat(self) -> None:
-        """Extend the deliveries and leases of the items running or waiting in the buffer."""
-        held = list(self._running.items())
-        held += [(m.id, (m.key or m.id, c.token)) for m, c in self._buffer]
-        if not held:
-            return
-        await self.broker.extend(self.topic, self.group, [message_id for message_id, _ in held])
-        if self.store is None:
-            return
-        claims = [claim for _, claim in held]
-        kept = await self.store.extend(self.name, claims, owner=self.consumer, lease=self._lease)
-        for (key, token), ok in zip(claims, kept, strict=True):
-            if not ok:
-                log.warning("pool %s: item %r lost its lease (token %d) while it runs: another "
-                            "owner may run it too", self.name, key, token)  # fmt: skip
+    def _buffered(self) -> list[tuple[str, tuple[str, int]]]:
+        return [(m.id, (m.key or m.id, c.token)) for m, c in self._buffer]
 
     async def _worker(self) -> None:
         while not self._stopping:
@@ -377,7 +347,7 @@ class WorkerPool:
         """Without a store: hold back a message whose key this pool runs, or took just before."""
         granted: list[tuple[Message, Claim]] = []
         busy: list[str] = []
-        keys = set(self._running_keys)
+        keys = set(self._heartbeat.keys)
         for message in messages:
             key = message.key or message.id
             if key in keys:
@@ -404,15 +374,13 @@ class WorkerPool:
         counters = self.counters
         counters.in_flight += 1
         key = message.key or message.id
-        self._running[message.id] = (key, claim.token)
-        self._running_keys.add(key)
+        self._heartbeat.started(message.id, key, claim.token)
         started = time.monotonic()
         self.scaler.started(started)
         try:
             await self._settle(message, claim)
         finally:
-            self._running.pop(message.id, None)
-            self._running_keys.discard(key)
+            self._heartbeat.finished(message.id, key)
             counters.in_flight -= 1
             ended = time.monotonic()
             elapsed = ended - started
@@ -543,23 +511,6 @@ class WorkerPool:
                     self._quiet = None
             with self.deadline.shield():
                 await self._flush()
-
-
-_copier = msgspec.msgpack.Encoder()
-_copy_decoder = msgspec.msgpack.Decoder()
-
-
-def private_copy(data: Any) -> Any:
-    """A deep copy of message data (JSON values): a msgpack round trip, 10x ``deepcopy``'s speed."""
-    if data is None or isinstance(data, str | int | float | bool):
-        return data
-    try:
-        copied = _copy_decoder.decode(_copier.encode(data))
-    except (TypeError, OverflowError, msgspec.EncodeError, msgspec.DecodeError):
-        copied = None
-    # Equal unless something was not a plain JSON value (a tuple, a dataclass
-    # an embedding program published): those take the slow, faithful way.
-    return copied if copied == data else copy.deepcopy(data)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
