@@ -39,17 +39,12 @@ class Heartbeat:
         self.store = store
         self.owner = owner
         self.running: dict[str, tuple[str, int]] = {}
-        """Message id -> (key, token) of each item running now."""
-        self.keys: set[str] = set()
+        """Message id -> (key, token) of each item running now; the pool adds and removes
+        them itself (a method call per item costs more than the dict operation)."""
+
+    def keys(self) -> set[str]:
         """Keys running now (a pool without a store holds back a second message with one)."""
-
-    def started(self, message_id: str, key: str, token: int) -> None:
-        self.running[message_id] = (key, token)
-        self.keys.add(key)
-
-    def finished(self, message_id: str, key: str) -> None:
-        self.running.pop(message_id, None)
-        self.keys.discard(key)
+        return {key for key, _ in self.running.values()}
 
     async def run(self, lease: float, waiting: Callable[[], Sequence[Held]]) -> None:
         """Beat until cancelled, for the running items and those ``waiting`` returns."""

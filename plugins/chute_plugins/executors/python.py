@@ -8,7 +8,9 @@ set, for blocking or CPU-heavy work.
 A pool's ``timeout`` stops a coroutine function; a thread cannot be stopped,
 so ``chute check`` refuses ``thread = true`` with a ``timeout``. ``SystemExit``
 and ``KeyboardInterrupt`` raised by the function (a ``sys.exit()`` in a
-library) are that item's failure, never the runtime's end.
+library) are that item's failure, never the runtime's end. The function
+gets a private copy of the item's data: what it changes in place, no other
+consumer, retry or dead letter sees.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from chute.config import PoolConfig, Strict
 from chute.context import PluginContext
 from chute.errors import ConfigError, ItemFailed, PluginNotFound
 from chute.executor import WorkItem
+from chute.message import private_copy
 from chute.registry import import_object
 
 
@@ -62,12 +65,15 @@ class PythonExecutor:
         return []
 
     async def run(self, item: WorkItem) -> Any:
+        # A copy of its own: the function may change it in place, and other
+        # groups, the retry and the dead letter must not see that.
+        data = private_copy(item.data)
         try:
             if self._is_async:
-                return await self._fn(item.data)
+                return await self._fn(data)
             if self._thread:
-                return await anyio.to_thread.run_sync(self._fn, item.data)
-            return self._fn(item.data)
+                return await anyio.to_thread.run_sync(self._fn, data)
+            return self._fn(data)
         except (SystemExit, KeyboardInterrupt) as exc:
             # Only this item asked to stop: a real Ctrl-C reaches chute as a
             # signal, never as an exception raised inside an item.
