@@ -18,7 +18,7 @@ import pytest
 import redis
 from chute.config import config_from_dict
 from chute.engine import Runtime
-from chute.errors import BrokerUnavailable, StoreUnavailable
+from chute.errors import StoreUnavailable, Unavailable
 from chute.message import Message
 from chute_plugins.brokers.redis_streams import RedisBroker
 from chute_plugins.stores.redis import RedisStore
@@ -121,7 +121,7 @@ async def test_refused_credentials_fail_at_once_in_one_line(
     admin(redis_server, "CONFIG", "SET", "requirepass", PASSWORD)
     auth = f":{password}@" if password else ""
     b = RedisBroker(f"redis://{auth}127.0.0.1:{redis_server.port}/0", connect_timeout=60)
-    with pytest.raises(BrokerUnavailable) as caught:
+    with pytest.raises(Unavailable) as caught:
         await asyncio.wait_for(b.start(), 5)  # not retried until the connect deadline
     await b.aclose()
     message = str(caught.value)
@@ -137,7 +137,7 @@ async def test_a_topic_key_of_another_type_fails_a_publish_at_once(redis_url: st
         client = redis.Redis.from_url(redis_url.partition("?")[0])
         client.set(b.prefix + "jobs", "someone else's string")
         client.close()
-        with pytest.raises(BrokerUnavailable, match="WRONGTYPE"):
+        with pytest.raises(Unavailable, match="WRONGTYPE"):
             await asyncio.wait_for(b.publish("jobs", msgs(1)), 5)
     finally:
         await b.aclose()
@@ -153,7 +153,7 @@ async def test_an_unreachable_state_store_gives_up_at_its_deadline() -> None:
 async def test_the_store_refusing_our_password_fails_at_once(redis_server: RedisServer) -> None:
     admin(redis_server, "CONFIG", "SET", "requirepass", PASSWORD)
     store = RedisStore(f"redis://:nope@127.0.0.1:{redis_server.port}/0", Path("."))
-    with pytest.raises(StoreUnavailable, match="WRONGPASS"):
+    with pytest.raises(Unavailable, match="WRONGPASS"):
         await asyncio.wait_for(store.open(), 5)
     await store.aclose()
 

@@ -14,8 +14,9 @@ Errors, by what they mean for the caller (``Reconnecting.call``):
   ``OOM``, ``BUSY``, ``MASTERDOWN``, ``TRYAGAIN``...): retried with backoff,
   ``healthy`` is False and ``problem`` says why until a call succeeds.
 - Redis refusing us for good (``NOAUTH``, ``WRONGPASS``, ``NOPERM``,
-  ``WRONGTYPE`` on one of our keys): raised at once as the caller's
-  ``Unavailable`` error, one line naming the URL (``chute`` exits 3).
+  ``WRONGTYPE`` on one of our keys): raised at once as ``Unavailable`` (not
+  its ``BrokerUnavailable`` subclass, which callers retry), one line naming
+  the URL (``chute`` exits 3).
 - Anything else (``NOGROUP``, ``BUSYGROUP``, a bug): raised as it is.
 """
 
@@ -188,7 +189,9 @@ class Reconnecting:
                     result = await op()
                 except (*DOWN, ResponseError) as exc:
                     if is_fatal(exc):
-                        raise self.error(f"{self.what}: redis at {self.url.safe} refuses us: "
+                        # Not ``self.error`` (BrokerUnavailable, which callers
+                        # retry): waiting does not change a refusal.
+                        raise Unavailable(f"{self.what}: redis at {self.url.safe} refuses us: "
                                          f"{_one_line(exc)}") from None  # fmt: skip
                     if not is_transient(exc):
                         raise

@@ -55,7 +55,7 @@ maps onto Redis 7.0:
   own deadline); ``healthy`` is False and ``problem`` says why meanwhile
   (also for replies that pass: ``LOADING``, ``READONLY``, ``MISCONF``,
   ``OOM``...). ``NOAUTH``, ``WRONGPASS`` or a topic key that is not a stream
-  raise ``BrokerUnavailable`` at once. Publishing and acking are idempotent enough for that (a publish
+  raise ``Unavailable`` at once (never retried). Publishing and acking are idempotent enough for that (a publish
   whose reply was lost may append its batch twice: at-least-once), and a
   read whose reply was lost leaves its entries pending, to be redelivered.
 """
@@ -72,7 +72,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 from chute.broker import GroupStats, TopicStats
-from chute.errors import BrokerUnavailable, ClosedError, ConfigError
+from chute.errors import BrokerUnavailable, ClosedError, ConfigError, Unavailable
 from chute.message import Message, decode_message, encode_message
 from chute.meters import RateMeter
 from msgspec.structs import replace
@@ -138,6 +138,7 @@ class _Topic:
         "acks_since_trim",
         "capacity",
         "credit",
+        "dropped",
         "groups",
         "key",
         "meter",
@@ -158,6 +159,7 @@ class _Topic:
         self.acks_since_trim = 0
         self.unacked: dict[str, int] = {}  # counted group -> unacked, as last measured
         self.warned: set[str] = set()  # undeclared groups already warned about
+        self.dropped = 0
 
 
 class RedisBroker:
@@ -275,7 +277,7 @@ class RedisBroker:
             await self.redis.xgroup_create(key, group, start, mkstream=True)
         except ResponseError as exc:
             if "WRONGTYPE" in str(exc):
-                raise BrokerUnavailable(f"redis key {key!r} holds something other than a stream; "
+                raise Unavailable(f"redis key {key!r} holds something other than a stream; "
                                         "use another topic name or key prefix") from None  # fmt: skip
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -326,6 +328,8 @@ class RedisBroker:
         declared none, such as ``chute publish``).
         """
         counts = await upkeep.unacked(self.redis, t.key)
+        if not counts:  # no group reads it: capacity is a retention limit (broker.py)
+            t.dropped += int(await self._cmd("XTRIM", t.key, "MAXLEN", t.capacity))
         declared = {n: c for n, c in counts.items() if n in t.groups} if t.groups else counts
         t.unacked = declared
         await self._warn_undeclared(t, counts)
@@ -591,6 +595,14 @@ class RedisBroker:
         await self._conn.call(partial(pipelined, self.redis, packed, 2))
         g.next_check = min(g.next_check, due)
 
+    async def extend(self, topic: str, group: str, ids: Sequence[str]) -> None:
+        # XCLAIM with min-idle 0 resets the idle time (JUSTID: no delivery is
+        # counted); Redis skips ids that are no longer pending.
+        g = self._topic(topic).groups.get(group)
+        if g is not None and ids:
+            args = ("XCLAIM", self._topic(topic).key, g.name, self.node, 0, *ids, "JUSTID")
+            await self._conn.call(partial(self._cmd, *args))
+
     async def _trim(self, t: _Topic) -> None:
         await upkeep.trim(self.redis, t.key)
         for g in t.groups.values():
@@ -643,10 +655,12 @@ class RedisBroker:
                     ack_rate=local.meter.rate(now) if local else 0.0,
                 )
             )
+        length = max((g.lag + g.pending for g in out), default=0)
         return TopicStats(
             topic=t.name,
-            length=max((g.lag + g.pending for g in out), default=0),
+            length=length if out else int(await self.redis.xlen(t.key)),
             capacity=t.capacity,
+            dropped=t.dropped,
             published=added,
             publish_rate=t.meter.rate(now),
             groups=out,

@@ -79,7 +79,10 @@ async def snapshot(
     """
     groups = await _groups(redis, key)
     if not groups:
-        return 0, []
+        try:
+            return int((await redis.xinfo_stream(key)).get("entries-added", 0)), []
+        except ResponseError:  # no stream yet
+            return 0, []
     added = int((await redis.xinfo_stream(key)).get("entries-added", 0))
     pipe = redis.pipeline(transaction=False)
     for info in groups:
