@@ -22,18 +22,9 @@ maps onto Redis 7.0:
   are looked for at most every ``min(visibility_timeout / 4, 1 s)``, so a
   blocking read wakes up that often; the cursor persists, so a long pending
   list is scanned over several reads rather than all at once.
-- **nack** with a delay: Redis has no delayed redelivery, so due times live
-  in a sorted set per group (``<prefix><topic>:due:<group>``, score = due
-  time in ms), apart from the entries' idle times: those keep meaning "how
-  long a consumer has held it", so the oldest-pending age (and the stall
-  detection of the shard operator) never mistakes a retry waiting out its
-  delay for a stuck delivery; ``stats`` leaves those entries out of the age,
-  as the memory broker does. A read first takes due entries (``ZREM`` decides
-  which node gets each one, then ``XCLAIM``, which counts the delivery);
-  every node renews the idle time of entries still waiting (``XCLAIM IDLE 0
-  JUSTID``, every third of the visibility timeout) so ``XAUTOCLAIM`` does not
-  take them early. If every node dies meanwhile the delivery comes back after
-  the visibility timeout, as any crashed delivery does.
+- **nack** with a delay: the due time goes to a sorted set per group, apart
+  from the entry's idle time, so a retry waiting out its delay never looks
+  like a stuck delivery (``redis_retries.py``).
 - **groups**: a new group starts at the start of the retained stream
   (``start="earliest"``, Redis id ``0``) or at its end (``"latest"``, ``$``).
   Back-pressure counts only the groups this process declared (a publisher
@@ -89,6 +80,7 @@ from ..redis_conn import (
     xadd_many,
 )
 from ..redis_conn import as_str as _str
+from . import redis_retries as retries
 from . import redis_upkeep as upkeep
 
 log = logging.getLogger("chute.brokers.redis")
@@ -112,18 +104,13 @@ _SLOW_PUBLISH = 5.0
 """Seconds a publisher waits on a full topic before it says so in the log."""
 
 
-def due_key(stream_key: str, group: str) -> str:
-    """The sorted set of a group's delayed retries (score: due time in ms)."""
-    return f"{stream_key}:due:{group}"
-
-
 class _Group:
     __slots__ = ("acked", "cursor", "due", "interval", "meter", "name", "next_check",
                  "next_renew", "vt")  # fmt: skip
 
     def __init__(self, name: str, vt: float, stream_key: str) -> None:
         self.name = name
-        self.due = due_key(stream_key, name)
+        self.due = retries.due_key(stream_key, name)
         self.vt = vt
         self.interval = min(max(vt / 4, 0.005), 1.0)
         self.next_check = 0.0  # wall-clock time of the next look for stale deliveries
@@ -468,11 +455,11 @@ class RedisBroker:
         now = time.time()
         try:
             if now >= g.next_renew:
-                await self._conn.call(partial(self._renew_due, t, g), deadline=deadline)
+                renew = partial(retries.renew, self.redis, t.key, g.name, self.node)
+                await self._conn.call(renew, deadline=deadline)
                 g.next_renew = now + max(g.vt / 3, 0.005)
-            claimed, next_due = await self._conn.call(
-                partial(self._take_due, t, g, name, count, now), deadline=deadline
-            )
+            take = partial(retries.take_due, self.redis, t.key, g.name, name, count, now)
+            claimed, next_due = await self._conn.call(take, deadline=deadline)
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -528,38 +515,6 @@ class RedisBroker:
                 out[_str(row[0])] = int(row[3])
         return out
 
-    async def _take_due(
-        self, t: _Topic, g: _Group, name: str, count: int, now: float
-    ) -> tuple[list[Any], float | None]:
-        """Retries whose delay is over, claimed for ``name``; and when the next one is due."""
-        now_ms = int(now * 1000)
-        packed = pack("ZRANGEBYSCORE", g.due, "-inf", now_ms, "LIMIT", 0, count) + pack(
-            "ZRANGEBYSCORE", g.due, f"({now_ms}", "+inf", "WITHSCORES", "LIMIT", 0, 1
-        )
-        due, after = await pipelined(self.redis, packed, 2)
-        next_due = _first_score(after) / 1000 if after else None
-        if not due:
-            return [], next_due
-        # ZREM decides which node takes each retry; XCLAIM (not JUSTID) counts the delivery.
-        removed = await pipelined(self.redis, b"".join(pack("ZREM", g.due, i) for i in due),
-                                  len(due))  # fmt: skip
-        mine = [i for i, gone in zip(due, removed, strict=True) if gone]
-        if not mine:
-            return [], next_due
-        entries = await self._cmd("XCLAIM", t.key, g.name, name, 0, *mine)
-        return [e for e in entries or () if e and e[1] is not None], next_due
-
-    async def _renew_due(self, t: _Topic, g: _Group) -> None:
-        """Keep retries waiting out their delay from looking stale to ``XAUTOCLAIM``."""
-        waiting = await self._cmd("ZRANGE", g.due, 0, 9999)
-        if not waiting:
-            return
-        still = await self._cmd("XCLAIM", t.key, g.name, self.node, 0, *waiting,
-                                "IDLE", 0, "JUSTID")  # fmt: skip
-        gone = set(waiting) - set(still or ())
-        if gone:  # acknowledged while waiting
-            await self._cmd("ZREM", g.due, *gone)
-
     # -- acknowledging ----------------------------------------------------
 
     async def ack(self, topic: str, group: str, ids: Sequence[str]) -> None:
@@ -585,14 +540,8 @@ class RedisBroker:
         g = t.groups.get(group)
         if g is None or not ids:
             return
-        now = time.time()
-        due = now + max(0.0, delay)
-        due_ms = int(due * 1000)
-        # Idle 0: a delivery waiting out its delay is not a stuck one. The due
-        # time goes to the group's sorted set, which every node reads.
-        packed = pack("XCLAIM", t.key, g.name, self.node, 0, *ids, "IDLE", 0, "JUSTID")
-        packed += pack("ZADD", g.due, *[x for i in ids for x in (due_ms, i)])
-        await self._conn.call(partial(pipelined, self.redis, packed, 2))
+        due = time.time() + max(0.0, delay)
+        await self._conn.call(partial(retries.park, self.redis, t.key, g.name, self.node, ids, due))
         g.next_check = min(g.next_check, due)
 
     async def extend(self, topic: str, group: str, ids: Sequence[str]) -> None:
@@ -615,7 +564,7 @@ class RedisBroker:
         key = self._topic(topic).key
 
         async def run() -> dict[str, float | None]:
-            names = [n for n in await upkeep.unacked(self.redis, key)]
+            names = list(await upkeep.unacked(self.redis, key))
             return await upkeep.group_idle(self.redis, key, names)
 
         return await self._conn.call(run)
@@ -626,7 +575,7 @@ class RedisBroker:
 
         async def run() -> None:
             await self._cmd("XGROUP", "DESTROY", t.key, group)
-            await self._cmd("DEL", due_key(t.key, group))
+            await self._cmd("DEL", retries.due_key(t.key, group))
 
         await self._conn.call(run)
         t.groups.pop(group, None)
@@ -638,7 +587,7 @@ class RedisBroker:
         return await self._conn.call(lambda: self._stats(t))
 
     async def _stats(self, t: _Topic) -> TopicStats:
-        added, groups = await upkeep.snapshot(self.redis, t.key, partial(due_key, t.key))
+        added, groups = await upkeep.snapshot(self.redis, t.key, partial(retries.due_key, t.key))
         await self._warn_undeclared(t, {g.name: g.lag + g.pending for g in groups})
         now = time.time()
         out = []
@@ -668,12 +617,6 @@ class RedisBroker:
 
     def topic_names(self) -> list[str]:
         return list(self._topics)
-
-
-def _first_score(reply: list[Any]) -> float:
-    """The score of the first member of a ``WITHSCORES`` reply, flat or in pairs."""
-    first = reply[0]
-    return float(first[1] if isinstance(first, (list, tuple)) else reply[1])
 
 
 def _ago(seconds: float | None) -> str:
