@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+import anyio
 import pytest
 import redis
 from chute.config import config_from_dict
@@ -84,6 +85,15 @@ async def test_out_of_memory_is_ridden_out_and_shown_in_healthz_and_status(
         async with http.get(f"{api}/v1/status") as resp:
             status = await resp.json()
             assert status["broker_healthy"] is False and "OOM" in status["broker_problem"]
+        # ``chute status`` asks the same API (the runtime is in this event loop: no blocking).
+        status_config = tmp_path / "status.toml"
+        status_config.write_text(f'workdir = "{tmp_path / "work"}"\n[topics.jobs]\n')
+        shown = await anyio.run_process(
+            [sys.executable, "-m", "chute", "status", str(status_config), "--url", api],
+            env={**os.environ, "PYTHONPATH": str(REPO)}, check=False,
+        )  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        assert f"broker {redis_server.url}: unhealthy, answers OOM" in shown.stdout.decode()
         assert not publishing.done()
         admin(redis_server, "CONFIG", "SET", "maxmemory", "0")
         await asyncio.wait_for(publishing, 10)
