@@ -368,7 +368,7 @@ async def _group_rows(cfg: Config, prune: bool) -> list[tuple[str, str, bool, st
     runtime = Runtime(cfg)
     broker: Any = runtime.broker
     if not hasattr(broker, "group_names"):
-        raise click.ClickException(
+        raise click.UsageError(
             f"the {scheme_of(cfg.settings.broker)} broker keeps no consumer groups between runs"
         )
     declared = _declared_groups(cfg)
