@@ -123,6 +123,21 @@ def check(config: str) -> None:
     click.echo(describe(cfg))
 
 
+def _workdir(cfg: Config) -> Path:
+    return (Path(cfg.base_dir) / cfg.settings.workdir).resolve()
+
+
+def _api_token(cfg: Config | None, token: str | None) -> str | None:
+    """--token, else the config's token, else the one the runtime wrote in its working folder."""
+    from .api_guard import read_token
+
+    if token:
+        return token
+    if cfg is not None:
+        return cfg.api.token or read_token(_workdir(cfg))
+    return read_token(Path(".chute"))
+
+
 def _api_url(cfg: Config | None, url: str | None) -> str:
     if url:
         return url.rstrip("/")
@@ -157,7 +172,7 @@ def publish(topic: str, data: str | None, key: str, config_path: str | None,
     if cfg is not None and scheme_of(cfg.settings.broker) != "memory":
         ids = anyio.run(_publish_direct, cfg, topic, messages)
     else:
-        token = token or (cfg.api.token if cfg else None)
+        token = _api_token(cfg, token)
         ids = anyio.run(_publish_http, _api_url(cfg, url), token, topic, messages)
     for message_id in ids:
         click.echo(message_id)
@@ -179,16 +194,19 @@ async def _publish_http(url: str, token: str | None, topic: str, messages: list[
     body = b"\n".join(
         msgspec.json.encode({"data": m.data, "key": m.key, "headers": m.headers}) for m in messages
     )
-    answer = await _api_post(url, f"/v1/topics/{topic}/messages", token, body, expect=201)
+    answer = await _api_post(
+        url, f"/v1/topics/{topic}/messages", token, body, expect=201, ndjson=True
+    )
     return list(answer["ids"])
 
 
 async def _api_post(url: str, path: str, token: str | None, body: bytes,
-                    expect: int = 200) -> dict[str, Any]:  # fmt: skip
+                    expect: int = 200, ndjson: bool = False) -> dict[str, Any]:  # fmt: skip
     """POST to the running runtime's API; its errors become one line for the user."""
     import aiohttp
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers["Content-Type"] = "application/x-ndjson" if ndjson else "application/json"
     try:
         async with (
             aiohttp.ClientSession(headers=headers) as session,
@@ -216,7 +234,7 @@ def shard(operator: str, shard: str, up: bool, config_path: str | None, url: str
           token: str | None) -> None:  # fmt: skip
     """Mark SHARD (an index or its topic) of a running shard OPERATOR down, or --up again."""
     cfg = _load_optional(config_path)
-    token = token or (cfg.api.token if cfg else None)
+    token = _api_token(cfg, token)
     path = f"/v1/operators/{operator}/shards/{shard}"
     body = msgspec.json.encode({"down": not up})
     answer = anyio.run(_api_post, _api_url(cfg, url), path, token, body)
@@ -235,8 +253,9 @@ def status(config: str, url: str | None, token: str | None, as_json: bool) -> No
     except ConfigError as exc:
         _fail_config(exc)
     report = anyio.run(
-        _status, cfg, _api_url(cfg, url) if (url or cfg.api.enabled) else None, token
-    )
+        _status, cfg, _api_url(cfg, url) if (url or cfg.api.enabled) else None,
+        _api_token(cfg, token),
+    )  # fmt: skip
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return

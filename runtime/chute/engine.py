@@ -171,6 +171,19 @@ class Runtime:
             source = self._build_plugin("source", f"sources.{name}", "", spec, ("topic",), topic)
             self.sources[name] = (source, topic)
 
+    def unready_reasons(self) -> list[str]:
+        """Why the runtime should not get traffic now (empty when ready): ``/readyz``."""
+        reasons = []
+        if not self.ready.is_set():
+            reasons.append("starting: sources and pools are not all running yet")
+        if self._stop.is_set():
+            reasons.append("stopping")
+        if not getattr(self.broker, "healthy", True):
+            reasons.append(f"the broker {self.config.settings.broker} is unreachable")
+        if self.store is not None and not getattr(self.store, "healthy", True):
+            reasons.append(f"the state store {self.config.settings.state} is unreachable")
+        return reasons
+
     def known_topics(self) -> set[str]:
         return set(self.topics)
 
