@@ -30,6 +30,8 @@ from .api_guard import (
 from .errors import InvalidMessage, Unavailable
 from .graph import DEAD_SUFFIX
 from .message import Message, new_message
+from .metrics import CONTENT_TYPE as METRICS_TYPE
+from .metrics import Metrics
 
 if TYPE_CHECKING:
     from .engine import Runtime
@@ -128,6 +130,12 @@ def build_app(rt: Runtime, *, token: str) -> web.Application:
         body = {"ready": not reasons, "reasons": reasons}
         return web.json_response(body, status=503 if reasons else 200)
 
+    metrics = Metrics(rt)
+
+    async def prometheus(_: web.Request) -> web.Response:
+        body = await metrics.render()
+        return web.Response(body=body, headers={"Content-Type": METRICS_TYPE})
+
     async def status(_: web.Request) -> web.Response:
         body = msgspec.json.encode(await rt.status())
         return web.Response(body=body, content_type="application/json")
@@ -175,6 +183,7 @@ def build_app(rt: Runtime, *, token: str) -> web.Application:
     app = web.Application(middlewares=[middleware], client_max_size=MAX_BODY)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", prometheus)
     app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/topics/{topic}/messages", publish)
     app.router.add_post("/v1/operators/{operator}/shards/{shard}", mark_shard)

@@ -35,6 +35,7 @@ from .config import PoolConfig
 from .errors import ItemFailed
 from .executor import Executor, WorkItem
 from .message import Message
+from .meters import SECONDS_BUCKETS, Histogram
 from .store import Claim, Finish, ItemStatus, StateStore
 
 log = logging.getLogger("chute.pool")
@@ -142,6 +143,10 @@ class WorkerPool:
         self.slots = Slots(max(1, scale.min))
         self.scaler = Scaler(name, scale)
         self.counters = PoolCounters(name=name, topic=self.topic, concurrency=scale.min)
+        self.durations = Histogram(SECONDS_BUCKETS)
+        """Seconds each attempt spent in the executor (``/metrics``)."""
+        self.queue_waits = Histogram(SECONDS_BUCKETS)
+        """Seconds from publishing to the start of each attempt (retries include their backoff)."""
         self._changed: anyio.Event | None = None
         # Settled since the flusher's last pass: outcomes to record, then
         # deliveries to acknowledge, then items to report final.
@@ -325,6 +330,12 @@ class WorkerPool:
         counters.in_flight += 1
         started = time.monotonic()
         self.scaler.started(started)
+        if message.created_at:
+            self.queue_waits.observe(max(0.0, time.time() - message.created_at))
+        debug = log.isEnabledFor(logging.DEBUG)
+        if debug:
+            log.debug("pool %s: start %r (attempt %d)", self.name, message.key or message.id,
+                      message.attempt)  # fmt: skip
         try:
             await self._settle(message, claim)
         finally:
@@ -333,6 +344,10 @@ class WorkerPool:
             elapsed = ended - started
             self._service_time += (elapsed - self._service_time) * 0.05
             self.scaler.finished(elapsed, ended)
+            self.durations.observe(elapsed)
+            if debug:
+                log.debug("pool %s: finish %r (attempt %d) in %.3fs", self.name,
+                          message.key or message.id, message.attempt, elapsed)  # fmt: skip
 
     async def _settle(self, message: Message, claim: Claim) -> None:
         key = message.key or message.id
