@@ -76,8 +76,7 @@ async def test_metrics_scraped_twice_have_every_family_and_counters_only_grow(
             assert resp.content_type == "text/plain"
             first = await resp.text()
         with anyio.fail_after(20):
-            while sum(p.counters.succeeded for p in rt.pools.values()) < 20:
-                await anyio.sleep(0.05)
+            await rt.wait_idle()
         async with http.get(f"{url}/metrics") as resp:
             second = await resp.text()
 
