@@ -21,6 +21,7 @@ from .autoscale import describe_scale
 from .config import Config, load_config
 from .errors import ChuteError, ConfigError, InvalidMessage
 from .graph import describe, scheme_of, validate
+from .logs import FORMATS, LEVELS, choice_problem, setup_logging
 
 EXIT_CONFIG = 2
 
@@ -47,22 +48,33 @@ def _fail_config(exc: ConfigError) -> NoReturn:
     sys.exit(EXIT_CONFIG)
 
 
+def _check_choice(choices: tuple[str, ...], what: str) -> Any:
+    def check(_: click.Context, __: click.Parameter, value: str | None) -> str | None:
+        if value is not None and (problem := choice_problem(what, value, choices)) is not None:
+            raise click.BadParameter(problem)
+        return value.lower() if value else None
+
+    return check
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="chute", prog_name="chute")
-@click.option("--log-level", default=None, help="debug, info, warning or error.")
+@click.option("--log-level", default=None, callback=_check_choice(LEVELS, "log level"),
+              help="debug, info, warning, error or critical (default: the config's).")  # fmt: skip
+@click.option("--log-format", default=None, callback=_check_choice(FORMATS, "log format"),
+              help="text or json (default: the config's).")  # fmt: skip
 @click.pass_context
-def main(ctx: click.Context, log_level: str | None) -> None:
+def main(ctx: click.Context, log_level: str | None, log_format: str | None) -> None:
     """chute: topics, sources, operators and worker pools in one process."""
     ctx.ensure_object(dict)
     ctx.obj["log_level"] = log_level
+    ctx.obj["log_format"] = log_format
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(ctx: click.Context, cfg: Config | None = None) -> None:
+    level = ctx.obj["log_level"] or (cfg.settings.log_level if cfg else "info")
+    fmt = ctx.obj["log_format"] or (cfg.settings.log_format if cfg else "text")
+    setup_logging(level, fmt)
 
 
 @main.command()
@@ -75,7 +87,7 @@ def run(ctx: click.Context, config: str, until_idle: bool) -> None:
         cfg = _load(config)
     except ConfigError as exc:
         _fail_config(exc)
-    _setup_logging(ctx.obj["log_level"] or cfg.settings.log_level)
+    _setup_logging(ctx, cfg)
     from .engine import Runtime
 
     async def main_task() -> None:
@@ -329,7 +341,7 @@ def serve_items(ctx: click.Context, directory: str, glob: str, host: str, port: 
     """Serve DIRECTORY's files as the book's item API (GET /v1/items, /v1/items/NAME)."""
     from .items_server import serve_items as serve
 
-    _setup_logging(ctx.obj["log_level"] or "info")
+    _setup_logging(ctx)
     try:
         anyio.run(serve, directory, glob, host, port, token)
     except ConfigError as exc:

@@ -222,6 +222,11 @@ class Settings(Strict):
     node: str = ""
     """This node's name in consumer names and leases; defaults to host and pid."""
     log_level: str = "info"
+    """debug, info, warning, error or critical."""
+    log_format: str = "text"
+    """``text`` or ``json`` (one object per line)."""
+    summary_every: Duration = Duration(60.0)
+    """How often a running graph logs its summary line (0: only at exit)."""
     shutdown_grace: Duration = Duration(30.0)
     """How long in-flight items may finish after SIGINT/SIGTERM."""
 

@@ -34,6 +34,7 @@ from .config import Config, TopicConfig, load_config, where
 from .context import PluginContext
 from .errors import ConfigError
 from .graph import DEAD_SUFFIX, operator_topics, plugin_options, scheme_of, validate
+from .logs import start_lines, summary_line
 from .message import Message, new_message
 from .pool import PoolCounters, WorkerPool
 from .registry import load_plugin
@@ -206,6 +207,8 @@ class Runtime:
         grace = float(self.config.settings.shutdown_grace)
         try:
             await self.build()
+            for line in start_lines(self.config):
+                log.info("%s", line)
             # Services (the API, the idle watcher) outlive the drain and end
             # once the pools, operators and sources have.
             async with anyio.create_task_group() as services:
@@ -215,11 +218,22 @@ class Runtime:
                     await services.start(serve_api, self)
                 if self.until_idle:
                     services.start_soon(self._stop_when_idle)
+                if self.config.settings.summary_every > 0:
+                    services.start_soon(
+                        self._log_summaries, float(self.config.settings.summary_every)
+                    )
                 await self._run_graph(grace, task_status)
                 services.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                log.info("finished: %s", await summary_line(self))
         finally:
             with anyio.CancelScope(shield=True):
                 await self._close()
+
+    async def _log_summaries(self, every: float) -> None:
+        while True:
+            await anyio.sleep(every)
+            log.info("%s", await summary_line(self))
 
     async def _run_graph(self, grace: float, task_status: TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:

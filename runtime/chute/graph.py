@@ -26,6 +26,7 @@ from .config import (
     where,
 )
 from .errors import ConfigError, PluginNotFound
+from .logs import FORMATS, LEVELS, choice_problem
 from .operators import operator_problems
 from .registry import load_plugin
 
@@ -103,6 +104,10 @@ def problems_of(config: Config) -> list[str]:
             problems.append(f"{path}: {key}: {exc}")
     if not _is_loopback(config.api.host) and config.api.enabled and not config.api.token:
         add("api", "token", f"required to listen on {config.api.host!r} (not loopback)")
+    for key, value, choices in (("log_level", settings.log_level, LEVELS),
+                                ("log_format", settings.log_format, FORMATS)):  # fmt: skip
+        if (problem := choice_problem(key.replace("_", " "), value, choices)) is not None:
+            problems.append(f"{path}: {key}: {problem}")
     if not 0 <= config.api.port <= 65535:
         add("api", "port", f"must be between 0 and 65535, got {config.api.port}")
 

@@ -27,7 +27,7 @@ from chute.store import Claim, Finish, ItemRecord, ItemStatus, OneItemCalls
 
 from ..redis_conn import Reconnecting, RedisUrl, as_str
 
-log = logging.getLogger("chute.store.redis")
+log = logging.getLogger("chute.stores.redis")
 
 _FAILURES_KEPT = 1000
 

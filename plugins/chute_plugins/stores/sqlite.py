@@ -35,7 +35,7 @@ import msgspec
 from chute.errors import ClosedError, ConfigError
 from chute.store import Claim, Finish, ItemRecord, ItemStatus, OneItemCalls
 
-log = logging.getLogger("chute.store.sqlite")
+log = logging.getLogger("chute.stores.sqlite")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
