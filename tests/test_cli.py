@@ -130,7 +130,7 @@ def test_sigterm_lets_running_items_finish(tmp_path: Path) -> None:
 
 def test_publish_without_a_runtime_says_what_to_do(tmp_path: Path) -> None:
     result = chute("publish", "--url", f"http://127.0.0.1:{free_port()}", "jobs", '{"n": 1}')
-    assert result.returncode == 1
+    assert result.returncode == 3
     assert "is `chute run` running with its API enabled?" in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -18,6 +19,7 @@ import msgspec
 from aiohttp import web
 from anyio.abc import TaskStatus
 
+from . import dead
 from .api_guard import (
     HEADER_TIMEOUT,
     MAX_BODY,
@@ -32,6 +34,7 @@ from .graph import DEAD_SUFFIX
 from .message import Message, new_message
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import Metrics
+from .tap import Taps
 
 if TYPE_CHECKING:
     from .engine import Runtime
@@ -112,6 +115,10 @@ class _MarkShard(msgspec.Struct, forbid_unknown_fields=True):
     down: bool
 
 
+class _Keys(msgspec.Struct, forbid_unknown_fields=True):
+    keys: list[str] = []
+
+
 def _error(status: int, why: str) -> web.Response:
     return web.json_response({"error": why}, status=status)
 
@@ -177,6 +184,44 @@ def build_app(rt: Runtime, *, token: str) -> web.Application:
             return _error(404, f"no shard {shard!r} in {name!r}: {exc}")
         return web.json_response({"operator": name, "shard": shard, "down": down})
 
+    taps = Taps(rt.broker)
+
+    async def tail(request: web.Request) -> web.StreamResponse:
+        """NDJSON of each message published to the topic from now on, until the client leaves."""
+        topic = request.match_info["topic"]
+        if topic not in rt.known_topics():
+            return _error(404, f"unknown topic {topic!r}")
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        async with taps.open(topic) as messages:
+            async for message in messages:
+                await response.write(msgspec.json.encode(message) + b"\n")
+        return response
+
+    async def dead_list(request: web.Request) -> web.Response:
+        pool = request.match_info["pool"]
+        if pool not in rt.pools:
+            return _error(404, f"no pool {pool!r}")
+        return web.Response(body=msgspec.json.encode(await dead.list_dead(rt, pool)),
+                            content_type="application/json")  # fmt: skip
+
+    async def dead_action(request: web.Request) -> web.Response:
+        """``POST /v1/dead/<pool>/requeue|purge`` with ``{"keys": [...]}`` (none: every one)."""
+        pool, action = request.match_info["pool"], request.match_info["action"]
+        if pool not in rt.pools:
+            return _error(404, f"no pool {pool!r}")
+        body = await read_body(request)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            keys = msgspec.json.decode(body or b"{}", type=_Keys).keys
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return _error(400, f'expected {{"keys": ["KEY", ...]}}: {exc}')
+        if not keys:
+            keys = [d.key for d in await dead.list_dead(rt, pool)]
+        done = await (dead.requeue if action == "requeue" else dead.purge)(rt, pool, keys)
+        return web.json_response({"pool": pool, **done})
+
     middleware = guard(
         token=token, loopback=is_loopback(api.host), reads_need_token=bool(api.token)
     )
@@ -187,6 +232,9 @@ def build_app(rt: Runtime, *, token: str) -> web.Application:
     app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/topics/{topic}/messages", publish)
     app.router.add_post("/v1/operators/{operator}/shards/{shard}", mark_shard)
+    app.router.add_get("/v1/topics/{topic}/tail", tail)
+    app.router.add_get("/v1/dead/{pool}", dead_list)
+    app.router.add_post("/v1/dead/{pool}/{action:requeue|purge}", dead_action)
     return app
 
 
@@ -210,7 +258,8 @@ async def serve_api(
             server = await listen(runner, api.host, api.port)
         except OSError as exc:
             raise Unavailable(
-                f"the API cannot listen on {api.host}:{api.port}: {exc.strerror or exc}"
+                f"the API cannot listen on {api.host}:{api.port}: "
+                f"{os.strerror(exc.errno) if exc.errno else exc}"
             ) from None
         port = int(server.sockets[0].getsockname()[1])
         rt.api_port = port

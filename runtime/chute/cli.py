@@ -1,12 +1,13 @@
 """``chute``: run, check, publish, status, serve-items.
 
 Exit codes: 0 success; 1 a runtime failure; 2 a usage or config error (the
-problems are printed one per line, never as a traceback); 130 interrupted.
+problems are printed one per line, never as a traceback); 3 an operational
+failure (port in use, broker or store unreachable: one line ``chute: ...``);
+130 interrupted.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -17,13 +18,13 @@ import anyio
 import click
 import msgspec
 
-from .autoscale import describe_scale
 from .config import Config, load_config
-from .errors import ChuteError, ConfigError, InvalidMessage
+from .errors import ChuteError, ConfigError, InvalidMessage, Unavailable
 from .graph import describe, scheme_of, validate
 from .logs import FORMATS, LEVELS, choice_problem, setup_logging
 
 EXIT_CONFIG = 2
+EXIT_OPERATIONAL = 3
 
 
 def _load(path: str) -> Config:
@@ -46,6 +47,37 @@ def _fail_config(exc: ConfigError) -> NoReturn:
     for problem in exc.problems:
         click.echo(problem, err=True)
     sys.exit(EXIT_CONFIG)
+
+
+class Operational(click.ClickException):
+    """Something outside is not there (a port, a service): one line, exit 3."""
+
+    exit_code = EXIT_OPERATIONAL
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"chute: {self.message}", err=True)
+
+
+def _chute_error(exc: BaseException) -> ChuteError | None:
+    """The ChuteError an exception is, or the first one inside an exception group."""
+    if isinstance(exc, ChuteError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _chute_error(inner)) is not None:
+                return found
+    return None
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    """Config errors exit 2, operational ones 3, other chute errors 1: one line each."""
+    error = _chute_error(exc)
+    if error is None:
+        raise exc
+    if isinstance(error, ConfigError):
+        _fail_config(error)
+    click.echo(f"chute: {error}", err=True)
+    sys.exit(EXIT_OPERATIONAL if isinstance(error, Unavailable) else 1)
 
 
 def _check_choice(choices: tuple[str, ...], what: str) -> Any:
@@ -100,11 +132,8 @@ def run(ctx: click.Context, config: str, until_idle: bool) -> None:
 
     try:
         anyio.run(main_task)
-    except ConfigError as exc:
-        _fail_config(exc)
-    except ChuteError as exc:
-        click.echo(f"chute: {exc}", err=True)
-        sys.exit(1)
+    except (ChuteError, BaseExceptionGroup) as exc:
+        _fail(exc)
 
 
 async def _stop_on_signals(runtime: Any, scope: anyio.CancelScope) -> None:
@@ -182,7 +211,10 @@ def publish(topic: str, data: str | None, key: str, config_path: str | None,
             m.key = key
     cfg = _load_optional(config_path)
     if cfg is not None and scheme_of(cfg.settings.broker) != "memory":
-        ids = anyio.run(_publish_direct, cfg, topic, messages)
+        try:
+            ids = anyio.run(_publish_direct, cfg, topic, messages)
+        except (ChuteError, BaseExceptionGroup) as exc:
+            _fail(exc)
     else:
         token = _api_token(cfg, token)
         ids = anyio.run(_publish_http, _api_url(cfg, url), token, topic, messages)
@@ -229,7 +261,7 @@ async def _api_post(url: str, path: str, token: str | None, body: bytes,
                 raise click.ClickException(f"{url}: {answer.get('error', resp.status)}")
             return answer
     except aiohttp.ClientConnectionError as exc:
-        raise click.ClickException(
+        raise Operational(
             f"no runtime answers at {url} ({exc}); is `chute run` running with its API enabled?"
         ) from None
 
@@ -251,80 +283,6 @@ def shard(operator: str, shard: str, up: bool, config_path: str | None, url: str
     body = msgspec.json.encode({"down": not up})
     answer = anyio.run(_api_post, _api_url(cfg, url), path, token, body)
     click.echo(f"{operator}: shard {answer['shard']} is {'down' if answer['down'] else 'up'}")
-
-
-@main.command()
-@click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--url", default=None, help="The runtime's API, for live pool figures.")
-@click.option("--token", default=None, envvar="CHUTE_TOKEN")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def status(config: str, url: str | None, token: str | None, as_json: bool) -> None:
-    """Item counts and recent failures from the state store; live figures if running."""
-    try:
-        cfg = _load(config)
-    except ConfigError as exc:
-        _fail_config(exc)
-    report = anyio.run(
-        _status, cfg, _api_url(cfg, url) if (url or cfg.api.enabled) else None,
-        _api_token(cfg, token),
-    )  # fmt: skip
-    if as_json:
-        click.echo(json.dumps(report, indent=2, default=str))
-        return
-    for pool, counts in sorted(report["items"].items()):
-        summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-        click.echo(f"pool {pool}: {summary}")
-    if report["failures"]:
-        click.echo("recent failures:")
-        for f in report["failures"]:
-            click.echo(
-                f"  [{f['status']}] {f['pool']} {f['key']!r} x{f['attempts']}: {f['last_error']}"
-            )
-    live = report.get("live")
-    if live:
-        for pool in live["pools"]:
-            click.echo(
-                f"live pool {pool['name']}: concurrency {pool['concurrency']}, in flight "
-                f"{pool['in_flight']}, ok {pool['succeeded']}, failed {pool['failed']}, dead {pool['dead']}"
-            )
-            if pool.get("scale"):
-                click.echo(f"  scaling: {describe_scale(pool['scale'])}")
-        for topic in live["topics"]:
-            for g in topic["groups"]:
-                click.echo(
-                    f"live topic {topic['topic']} group {g['name']}: lag {g['lag']}, "
-                    f"pending {g['pending']}, oldest {g['oldest_pending_age']:.1f}s"
-                )
-    elif url or cfg.api.enabled:
-        click.echo("(the runtime is not running, or its API is not reachable)")
-
-
-async def _status(cfg: Config, url: str | None, token: str | None) -> dict[str, Any]:
-    from .registry import load_plugin
-
-    report: dict[str, Any] = {"items": {}, "failures": [], "live": None}
-    workdir = (Path(cfg.base_dir) / cfg.settings.workdir).resolve()
-    store = load_plugin("store", scheme_of(cfg.settings.state))(cfg.settings.state, workdir)
-    await store.open()
-    try:
-        report["items"] = await store.counts()
-        report["failures"] = msgspec.to_builtins(await store.failures(10))
-    finally:
-        await store.aclose()
-    if url:
-        import aiohttp
-
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        try:
-            async with (
-                aiohttp.ClientSession(headers=headers) as session,
-                session.get(f"{url}/v1/status", timeout=aiohttp.ClientTimeout(2)) as r,
-            ):
-                if r.status == 200:
-                    report["live"] = await r.json()
-        except (aiohttp.ClientError, TimeoutError):
-            pass
-    return report
 
 
 @main.command("serve-items")
@@ -352,6 +310,12 @@ def serve_items(ctx: click.Context, directory: str, glob: str, host: str, port: 
     except KeyboardInterrupt:
         sys.exit(130)
 
+
+from .cli_ops import dead, status, tail  # noqa: E402  (they use the helpers above)
+
+main.add_command(status)
+main.add_command(dead)
+main.add_command(tail)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

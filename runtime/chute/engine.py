@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,12 +46,25 @@ log = logging.getLogger("chute")
 
 _OUTCOMES_KEPT = 10_000
 """Recent final outcomes remembered for ``wait_for`` callers that ask late."""
+_DEAD_KEPT = 1_000
+"""Recent dead items whose messages the runtime keeps for ``chute dead requeue``."""
 
 
 class Outcome(msgspec.Struct, frozen=True):
     status: ItemStatus
     result: Any = None
     """The executor's result when done; the error text when dead."""
+
+
+class DeadLetter(msgspec.Struct, kw_only=True):
+    """A recent dead item, kept so ``chute dead requeue`` can publish it again."""
+
+    pool: str
+    key: str
+    error: str
+    at: float
+    attempts: int
+    message: Message
 
 
 class RuntimeStatus(msgspec.Struct, kw_only=True):
@@ -85,6 +99,8 @@ class Runtime:
         self.ready = anyio.Event()
         self._stop = anyio.Event()
         self._outcomes: OrderedDict[tuple[str, str], Outcome] = OrderedDict()
+        self.dead_letters: OrderedDict[tuple[str, str], DeadLetter] = OrderedDict()
+        """The most recent dead items of this run (requeue and the dashboard read them)."""
         self._waiters: dict[tuple[str, str], list[anyio.Event]] = {}
         self._task_group: TaskGroup | None = None
         self.api_port: int | None = None
@@ -333,6 +349,13 @@ class Runtime:
             self._outcomes.popitem(last=False)
         for event in self._waiters.pop(key, []):
             event.set()
+        if status is ItemStatus.DEAD:
+            self.dead_letters[key] = DeadLetter(
+                pool=pool.name, key=key[1], error=str(result), at=time.time(),
+                attempts=message.attempt, message=message,
+            )  # fmt: skip
+            if len(self.dead_letters) > _DEAD_KEPT:
+                self.dead_letters.popitem(last=False)
         for name, (source, topic) in self.sources.items():
             if topic == pool.topic:
                 await _quietly(

@@ -298,6 +298,15 @@ class SqliteStore(OneItemCalls):
             out.setdefault(pool, {})[status] = n
         return out
 
+    async def forget_dead(self, pool: str, keys: Sequence[str]) -> list[str]:
+        forgotten = []
+        with self._transaction() as db:
+            for key in keys:
+                sql = "DELETE FROM items WHERE pool = ? AND key = ? AND status = 'dead'"
+                if db.execute(sql, (pool, _b(key))).rowcount == 1:
+                    forgotten.append(key)
+        return forgotten
+
     async def failures(self, limit: int = 20) -> list[ItemRecord]:
         rows = self.db.execute(
             f"SELECT {_COLUMNS} FROM items WHERE status IN ('failed', 'dead') "
