@@ -155,11 +155,22 @@ async def _stop_on_signals(runtime: Any, scope: anyio.CancelScope) -> None:
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 def check(config: str) -> None:
-    """Validate CONFIG without running it; print the graph."""
+    """Validate CONFIG as `chute run` would, without running it; print the graph.
+
+    Every problem is printed, one per line, in one pass; warnings too.
+    """
+    from .graph import build_problems, problems_of
+
     try:
-        cfg = _load(config)
+        cfg = load_config(config)
     except ConfigError as exc:
         _fail_config(exc)
+    problems = problems_of(cfg)
+    built, warnings = anyio.run(build_problems, cfg)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if problems or built:
+        _fail_config(ConfigError(problems + built))
     click.echo(f"{config}: ok")
     click.echo(describe(cfg))
 
