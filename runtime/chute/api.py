@@ -19,7 +19,7 @@ import msgspec
 from aiohttp import web
 from anyio.abc import TaskStatus
 
-from . import dead
+from . import dashboard, dead
 from .api_guard import (
     HEADER_TIMEOUT,
     MAX_BODY,
@@ -119,6 +119,15 @@ class _Keys(msgspec.Struct, forbid_unknown_fields=True):
     keys: list[str] = []
 
 
+_PAGE_HEADERS = {
+    # Everything the page needs is inline; nothing may load from elsewhere or frame it.
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+    "style-src 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+
 def _error(status: int, why: str) -> web.Response:
     return web.json_response({"error": why}, status=status)
 
@@ -142,6 +151,14 @@ def build_app(rt: Runtime, *, token: str) -> web.Application:
     async def prometheus(_: web.Request) -> web.Response:
         body = await metrics.render()
         return web.Response(body=body, headers={"Content-Type": METRICS_TYPE})
+
+    async def dashboard_page(_: web.Request) -> web.Response:
+        return web.Response(body=dashboard.page(), content_type="text/html", charset="utf-8",
+                            headers=_PAGE_HEADERS)  # fmt: skip
+
+    async def dashboard_data(_: web.Request) -> web.Response:
+        body = msgspec.json.encode(await dashboard.snapshot(rt))
+        return web.Response(body=body, content_type="application/json")
 
     async def status(_: web.Request) -> web.Response:
         body = msgspec.json.encode(await rt.status())
@@ -228,6 +245,8 @@ def build_app(rt: Runtime, *, token: str) -> web.Application:
     app = web.Application(middlewares=[middleware], client_max_size=MAX_BODY)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/", dashboard_page)
+    app.router.add_get("/v1/dashboard", dashboard_data)
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/topics/{topic}/messages", publish)
