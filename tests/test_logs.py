@@ -56,10 +56,26 @@ def test_json_logs_at_debug_have_one_object_per_line_and_a_line_per_item(tmp_pat
     starts = [d for d in docs if d["logger"] == "chute.pool" and " start " in d["msg"]]
     finishes = [d for d in docs if d["logger"] == "chute.pool" and " finish " in d["msg"]]
     assert len(starts) >= 40 and len(finishes) >= 40
+    assert {"pool", "key", "attempt", "duration"} <= set(finishes[0])
     assert all(
         re.fullmatch(r"pool \w+: finish '.+' \(attempt \d\) in \d+\.\d+s", d["msg"])
         for d in finishes
     )
+
+
+def test_a_summary_line_comes_every_summary_every_while_running(tmp_path: Path) -> None:
+    config = demo(tmp_path)
+    config.write_text(
+        'summary_every = "200ms"\n'
+        + config.read_text().replace("count = 20", "count = 20\nrate = 20.0")
+    )
+    run = chute("run", str(config), "--until-idle")
+    assert run.returncode == 0, run.stderr
+    periodic = [
+        line for line in run.stderr.splitlines()
+        if re.search(r"chute: done \d+, failed \d+, dead \d+, skipped", line)
+    ]  # fmt: skip
+    assert len(periodic) >= 3, run.stderr
 
 
 def test_unknown_log_levels_and_formats_are_errors(tmp_path: Path) -> None:

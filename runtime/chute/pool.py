@@ -334,8 +334,9 @@ class WorkerPool:
             self.queue_waits.observe(max(0.0, time.time() - message.created_at))
         debug = log.isEnabledFor(logging.DEBUG)
         if debug:
-            log.debug("pool %s: start %r (attempt %d)", self.name, message.key or message.id,
-                      message.attempt)  # fmt: skip
+            item = {"pool": self.name, "key": message.key or message.id, "attempt": message.attempt}
+            log.debug("pool %s: start %r (attempt %d)", self.name, item["key"], message.attempt,
+                      extra=item)  # fmt: skip
         try:
             await self._settle(message, claim)
         finally:
@@ -346,8 +347,8 @@ class WorkerPool:
             self.scaler.finished(elapsed, ended)
             self.durations.observe(elapsed)
             if debug:
-                log.debug("pool %s: finish %r (attempt %d) in %.3fs", self.name,
-                          message.key or message.id, message.attempt, elapsed)  # fmt: skip
+                log.debug("pool %s: finish %r (attempt %d) in %.3fs", self.name, item["key"],
+                          message.attempt, elapsed, extra={**item, "duration": elapsed})  # fmt: skip
 
     async def _settle(self, message: Message, claim: Claim) -> None:
         key = message.key or message.id
