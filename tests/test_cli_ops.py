@@ -67,11 +67,17 @@ def test_status_watch_redraws_until_interrupted(tmp_path: Path) -> None:
             [sys.executable, "-m", "chute", "status", str(config), "--watch", "--interval", "0.2"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        time.sleep(2)
+        assert watch.stdout is not None
+        frames, seen = 0, []
+        while frames < 2:
+            line = watch.stdout.readline()
+            assert line, watch.communicate(timeout=20)
+            seen.append(line)
+            frames += "(Ctrl-C to stop)" in line
         watch.send_signal(signal.SIGINT)
-        out, err = watch.communicate(timeout=20)
+        rest, err = watch.communicate(timeout=20)
+        out = "".join(seen) + rest
         assert watch.returncode == 0, err
-        assert out.count("(Ctrl-C to stop)") >= 2
         assert "live pool work: concurrency 2" in out
     finally:
         proc.send_signal(signal.SIGTERM)

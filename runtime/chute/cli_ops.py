@@ -85,22 +85,22 @@ def status(config: str, url: str | None, token: str | None, as_json: bool, watch
         click.echo(f"{config} has not run here yet (no working folder {_workdir(cfg)})")
         return
     api = _api_url(cfg, url) if (url or cfg.api.enabled) else None
-    while True:
-        try:
-            report = anyio.run(_status, cfg, api, _api_token(cfg, token))
-        except (ChuteError, BaseExceptionGroup) as exc:
-            _fail(exc)
-        text = json.dumps(report, indent=2, default=str) if as_json else _render(report, api)
-        if not watch:
-            click.echo(text)
-            return
-        click.clear()
-        click.echo(f"{config} at {time.strftime('%H:%M:%S')} (Ctrl-C to stop)\n{text}")
-        sys.stdout.flush()
-        try:
+    try:
+        while True:
+            try:
+                report = anyio.run(_status, cfg, api, _api_token(cfg, token))
+            except (ChuteError, BaseExceptionGroup) as exc:
+                _fail(exc)
+            text = json.dumps(report, indent=2, default=str) if as_json else _render(report, api)
+            if not watch:
+                click.echo(text)
+                return
+            click.clear()
+            click.echo(f"{config} at {time.strftime('%H:%M:%S')} (Ctrl-C to stop)\n{text}")
+            sys.stdout.flush()
             time.sleep(interval)
-        except KeyboardInterrupt:
-            return
+    except KeyboardInterrupt:  # how a watch ends
+        return
 
 
 def _render(report: dict[str, Any], api: str | None) -> str:
