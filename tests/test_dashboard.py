@@ -68,7 +68,7 @@ def test_the_dashboard_shows_every_pool_and_moves(tmp_path: Path) -> None:
     try:
         wait_for_api(port, proc)
         url = f"http://127.0.0.1:{port}"
-        token = (tmp_path / ".chute" / "api.token").read_text().strip()
+        token = (tmp_path / ".chute" / "photos" / "api.token").read_text().strip()
         request = urllib.request.Request(
             f"{url}/v1/topics/audit/messages", data=json.dumps({"n": 1}).encode(),
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},

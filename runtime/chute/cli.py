@@ -8,6 +8,7 @@ failure (port in use, broker or store unreachable: one line ``chute: ...``);
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -176,7 +177,7 @@ def check(config: str) -> None:
 
 
 def _workdir(cfg: Config) -> Path:
-    return (Path(cfg.base_dir) / cfg.settings.workdir).resolve()
+    return cfg.workdir()
 
 
 def _api_token(cfg: Config | None, token: str | None) -> str | None:
@@ -187,7 +188,9 @@ def _api_token(cfg: Config | None, token: str | None) -> str | None:
         return token
     if cfg is not None:
         return cfg.api.token or read_token(_workdir(cfg))
-    return read_token(Path(".chute"))
+    # No config: the runtime started from here, if only one did.
+    found = [p.parent for p in Path(".chute").glob("*/api.token")]
+    return read_token(found[0]) if len(found) == 1 else read_token(Path(".chute"))
 
 
 def _api_url(cfg: Config | None, url: str | None) -> str:
@@ -320,6 +323,22 @@ def serve_items(ctx: click.Context, directory: str, glob: str, host: str, port: 
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+@main.command()
+def schema() -> None:
+    """Print a JSON Schema of the config (for editors that check TOML and YAML)."""
+    from .reference import config_schema
+
+    click.echo(json.dumps(config_schema(), indent=2))
+
+
+@main.command()
+def reference() -> None:
+    """Print the config reference (every table and key, with defaults) as Markdown."""
+    from .reference import reference_markdown
+
+    click.echo(reference_markdown(), nl=False)
 
 
 from .cli_ops import dead, status, tail  # noqa: E402  (they use the helpers above)

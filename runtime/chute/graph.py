@@ -295,7 +295,7 @@ async def build_problems(config: Config) -> tuple[list[str], list[str]]:
             continue  # problems_of reports it
         try:
             ctx = PluginContext(name=name, topic=pool.topic, base_dir=base,
-                                workdir=base / config.settings.workdir, node="check",
+                                workdir=config.workdir(), node="check",
                                 broker=cast(Any, None))  # fmt: skip
             executor = cls(options, ctx)
         except ConfigError as exc:
