@@ -15,6 +15,11 @@ about ``--seconds`` (the item count is calibrated once), so a run holds that
 many scrapes. The figure is items per second from the first publish to the
 last ack; the cost is 1 - scraped/off, the median of the rounds' own ratios.
 
+First, and steadier on a shared machine: the CPU the runtime's process spends
+serving one scrape of both routes while it holds a workload's statistics; at
+one scrape a second, that is the share of the event loop a busy pipeline can
+lose. ``--rounds 0`` prints only that.
+
     python bench/observe.py [--seconds 10] [--rounds 3]
 """
 
@@ -37,6 +42,14 @@ from chute.engine import Runtime
 from chute.message import new_message
 
 HERE = Path(__file__).resolve().parent
+
+BURST = """
+import sys, urllib.request
+base, n = sys.argv[1], int(sys.argv[2])
+for _ in range(n):
+    for path in ("/metrics", "/v1/dashboard"):
+        urllib.request.urlopen(base + path, timeout=5).read()
+"""
 
 SCRAPER = """
 import sys, time, urllib.request
@@ -98,6 +111,32 @@ async def one_run(workload: str, mode: str, count: int) -> float:
     return count / elapsed
 
 
+async def scrape_cpu(workload: str, scrapes: int) -> tuple[float, float]:
+    """(CPU seconds this process spends per scrape of both routes, the same idle), mid-workload.
+
+    CPU time, not throughput: on a shared machine the throughput of runs
+    minutes apart moves by tens of percent, while the CPU a scrape costs the
+    runtime's process holds still. At one scrape a second, that CPU is the
+    share of the event loop a busy pipeline loses.
+    """
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as work:
+        config = _config(workload, work, api=True, port=port)
+        async with Runtime(config) as rt:
+            count = 2000 if workload == "memory" else 200
+            messages = [new_message({"n": n}, key=f"item-{n}") for n in range(count)]
+            await rt.publish_many("jobs", messages)
+            await rt.wait_idle()  # the histograms and stats hold a real workload's figures
+            command = [sys.executable, "-c", BURST, f"http://127.0.0.1:{port}", str(scrapes)]
+            cpu, wall = time.process_time(), time.perf_counter()
+            await anyio.run_process(command)
+            busy, wall = time.process_time() - cpu, time.perf_counter() - wall
+            cpu = time.process_time()
+            await anyio.sleep(wall)  # the same time with nobody asking: the autoscalers' ticks
+            idle = time.process_time() - cpu
+    return busy / scrapes, idle / scrapes
+
+
 async def _stop(process: Process) -> None:
     process.terminate()
     await process.wait()
@@ -111,6 +150,17 @@ def main() -> None:
     args = parser.parse_args()
     modes = ["off", "api", "scraped"]
     for workload in args.workloads:
+        per, idle = anyio.run(scrape_cpu, workload, 200)
+        print(
+            f"{workload}: CPU of the runtime's process per scrape of /metrics + /v1/dashboard: "
+            f"{per * 1000:.2f} ms (idle over the same time: {idle * 1000:.2f} ms per scrape);"
+        )
+        print(
+            f"  at one scrape a second that is {(per - idle) * 100:.2f}% of one core, the most "
+            "a busy single-loop pipeline can lose to it"
+        )
+        if args.rounds == 0:
+            continue
         rate = anyio.run(one_run, workload, "off", 2000 if workload == "memory" else 300)
         count = max(1000, int(rate * args.seconds))
         rates: dict[str, list[float]] = {m: [] for m in modes}

@@ -29,6 +29,7 @@ FAMILIES = {
     "chute_pool_queue_wait_seconds": "histogram",
     "chute_operator_messages": "counter",
     "chute_shard_healthy": "gauge",
+    "chute_source_emitted": "gauge",
 }
 
 
@@ -36,7 +37,8 @@ def make_config(tmp_path: Path) -> Any:
     doc = {
         "workdir": str(tmp_path / "work"),
         "api": {"enabled": True, "port": 0},
-        "topics": {"jobs": {}},
+        "topics": {"jobs": {}, "files": {}},
+        "sources": {"inbox": {"type": "watch", "topic": "files", "path": str(tmp_path / "in")}},
         "operators": {"spread": {"type": "shard", "input": "jobs", "shards": 2, "prefix": "s"}},
         "pools": {
             f"work{i}": {
@@ -67,6 +69,9 @@ def samples(
 async def test_metrics_scraped_twice_have_every_family_and_counters_only_grow(
     tmp_path: Path,
 ) -> None:
+    (tmp_path / "in").mkdir()
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / "in" / name).write_text(name)
     async with Runtime(make_config(tmp_path)) as rt, aiohttp.ClientSession() as http:
         url = f"http://127.0.0.1:{rt.api_port}"
         for n in range(20):  # flaky: fails each item's first attempt once (fail=1), then done
@@ -77,6 +82,7 @@ async def test_metrics_scraped_twice_have_every_family_and_counters_only_grow(
             first = await resp.text()
         with anyio.fail_after(20):
             await rt.wait_idle()
+            await rt.sources["inbox"][0].caught_up()  # type: ignore[attr-defined]
         async with http.get(f"{url}/metrics") as resp:
             second = await resp.text()
 
@@ -100,6 +106,7 @@ async def test_metrics_scraped_twice_have_every_family_and_counters_only_grow(
     assert count == 30  # 20 items, 10 of them twice
     assert ("chute_shard_healthy", (("operator", "spread"), ("shard", "s-0"))) in values2
     assert values2[("chute_topic_published_total", (("topic", "jobs"),))] == 20
+    assert values2[("chute_source_emitted", (("source", "inbox"),))] == 2
 
 
 def _family(sample: str, types: dict[str, str]) -> str:
