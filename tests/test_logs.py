@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
+import os
 import pkgutil
+import pty
 import re
 import shutil
 import subprocess
@@ -76,6 +79,32 @@ def test_a_summary_line_comes_every_summary_every_while_running(tmp_path: Path) 
         if re.search(r"chute: done \d+, failed \d+, dead \d+, skipped", line)
     ]  # fmt: skip
     assert len(periodic) >= 3, run.stderr
+
+
+def test_until_idle_on_a_terminal_shows_progress(tmp_path: Path) -> None:
+    config = demo(tmp_path)
+    config.write_text(config.read_text().replace("count = 20", "count = 20\nrate = 10.0"))
+    parent, child = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chute", "run", str(config), "--until-idle"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=child, cwd=tmp_path,
+    )  # fmt: skip
+    os.close(child)
+    seen = b""
+    with contextlib.suppress(OSError):  # EIO once the child side closes
+        while chunk := os.read(parent, 4096):
+            seen += chunk
+    os.close(parent)
+    assert proc.wait(timeout=60) == 0, seen
+    text = seen.decode(errors="replace")
+    progress = re.findall(r"\r(\d+) of (\d+) items done, [\d.]+/s, ETA \S+", text)
+    assert len(progress) >= 2, text
+    assert progress[-1][0] != progress[0][0]  # it moved
+
+
+def test_plain_output_has_no_progress_line(tmp_path: Path) -> None:
+    run = chute("run", str(demo(tmp_path)), "--until-idle")
+    assert run.returncode == 0 and "items done" not in run.stderr
 
 
 def test_unknown_log_levels_and_formats_are_errors(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import msgspec
 from .config import Config, load_config
 from .errors import ChuteError, ConfigError, InvalidMessage, Unavailable
 from .graph import describe, scheme_of, validate
-from .logs import FORMATS, LEVELS, choice_problem, setup_logging
+from .logs import FORMATS, LEVELS, choice_problem, setup_logging, show_progress
 
 EXIT_CONFIG = 2
 EXIT_OPERATIONAL = 3
@@ -128,6 +128,8 @@ def run(ctx: click.Context, config: str, until_idle: bool) -> None:
         await runtime.build()
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signals, runtime, tg.cancel_scope)
+            if until_idle and sys.stderr.isatty():
+                tg.start_soon(show_progress, runtime, sys.stderr)
             await runtime.run()
             tg.cancel_scope.cancel()
 

@@ -14,7 +14,9 @@ import json
 import logging
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
+
+import anyio
 
 from .config import Config
 
@@ -106,6 +108,36 @@ def start_lines(config: Config) -> list[str]:
     return lines
 
 
+async def _queued(rt: Runtime) -> int:
+    queued = 0
+    for pool in rt.pools.values():
+        # A summary never stops the run; the broker logs its own trouble.
+        with contextlib.suppress(Exception):
+            queued += (await rt.broker.stats(pool.topic)).backlog(pool.group)
+    return queued
+
+
+async def show_progress(rt: Runtime, stream: TextIO, every: float = 0.5) -> None:
+    """One line on a terminal, redrawn in place: items done of those known, rate, ETA.
+
+    "Known" grows while sources still emit; the ETA is the rest at the rate so far.
+    """
+    started = time.monotonic()
+    try:
+        while True:
+            await anyio.sleep(every)
+            pools = list(rt.pools.values())
+            done = sum(p.counters.succeeded + p.counters.dead + p.counters.skipped for p in pools)
+            total = done + await _queued(rt)
+            rate = done / max(time.monotonic() - started, 1e-9)
+            eta = f"{(total - done) / rate:.0f}s" if rate > 0 else "?"
+            stream.write(f"\r{done} of {total} items done, {rate:.1f}/s, ETA {eta}\x1b[K")
+            stream.flush()
+    finally:
+        stream.write("\n")
+        stream.flush()
+
+
 async def summary_line(rt: Runtime) -> str:
     """Done, failed, dead, skipped (already done), queued and workers, over every pool."""
     pools = list(rt.pools.values())
@@ -114,11 +146,7 @@ async def summary_line(rt: Runtime) -> str:
     dead = sum(p.counters.dead for p in pools)
     skipped = sum(p.counters.skipped for p in pools)
     workers = sum(p.counters.concurrency for p in pools)
-    queued = 0
-    for pool in pools:
-        # A summary never stops the run; the broker logs its own trouble.
-        with contextlib.suppress(Exception):
-            queued += (await rt.broker.stats(pool.topic)).backlog(pool.group)
+    queued = await _queued(rt)
     parts = [f"done {done}", f"failed {failed}", f"dead {dead}"]
     parts.append(f"skipped {skipped} (already done)")
     parts += [f"queued {queued}", f"workers {workers}"]
