@@ -3,7 +3,8 @@
 Exit codes: 0 success; 1 a runtime failure; 2 a usage or config error (the
 problems are printed one per line, never as a traceback); 3 an operational
 failure (port in use, broker or store unreachable: one line ``chute: ...``);
-130 interrupted.
+``run`` stopped by a signal exits 128 + its number: 130 SIGINT, 143 SIGTERM
+(a second signal stops at once, with the code of the first).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, NoReturn
 import anyio
 import click
 import msgspec
+from anyio.abc import TaskStatus
 
 from .config import Config, load_config
 from .errors import ChuteError, ConfigError, InvalidMessage, Unavailable
@@ -123,11 +125,14 @@ def run(ctx: click.Context, config: str, until_idle: bool) -> None:
     _setup_logging(ctx, cfg)
     from .engine import Runtime
 
+    stopped_by: list[int] = []
+
     async def main_task() -> None:
         runtime = Runtime(cfg, until_idle=until_idle)
-        await runtime.build()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_stop_on_signals, runtime, tg.cancel_scope)
+            # Listening before the build: a signal while connecting stops at once.
+            await tg.start(_stop_on_signals, runtime, tg.cancel_scope, stopped_by)
+            await runtime.build()
             if until_idle and sys.stderr.isatty():
                 tg.start_soon(show_progress, runtime, sys.stderr)
             await runtime.run()
@@ -135,22 +140,29 @@ def run(ctx: click.Context, config: str, until_idle: bool) -> None:
 
     try:
         anyio.run(main_task)
+    except KeyboardInterrupt:  # before the signal handlers were installed
+        sys.exit(128 + signal.SIGINT)
     except (ChuteError, BaseExceptionGroup) as exc:
         _fail(exc)
+    if stopped_by:
+        sys.exit(128 + stopped_by[0])
 
 
-async def _stop_on_signals(runtime: Any, scope: anyio.CancelScope) -> None:
-    """First signal: graceful stop. Second: cancel at once."""
+async def _stop_on_signals(runtime: Any, scope: anyio.CancelScope, stopped_by: list[int],
+                           *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:  # fmt: skip
+    """First signal: drain for the grace period. Second (or one before running): stop now."""
+    log = logging.getLogger("chute")
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        count = 0
+        task_status.started()
         async for signum in signals:
-            count += 1
-            if count == 1:
-                logging.getLogger("chute").info(
-                    "%s: draining (send again to stop at once)", signal.Signals(signum).name
-                )
+            stopped_by.append(signum)
+            name = signal.Signals(signum).name
+            if len(stopped_by) == 1 and runtime.ready.is_set():
+                log.info("%s: draining (send again to stop at once)", name)
                 runtime.stop()
             else:
+                log.warning("%s: stopping now; items in flight stay pending", name)
+                runtime.stop_now()
                 scope.cancel()
                 return
 

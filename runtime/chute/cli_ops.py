@@ -124,6 +124,11 @@ def _render(report: dict[str, Any], api: str | None) -> str:
             if pool.get("scale"):
                 lines.append(f"  scaling: {describe_scale(pool['scale'])}")
         for topic in live["topics"]:
+            if not topic["groups"]:
+                lines.append(
+                    f"live topic {topic['topic']}: no consumer group; holds {topic['length']} "
+                    f"of {topic['capacity']}, dropped {topic.get('dropped', 0)}"
+                )
             for g in topic["groups"]:
                 lines.append(
                     f"live topic {topic['topic']} group {g['name']}: lag {g['lag']}, "

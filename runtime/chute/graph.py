@@ -175,7 +175,16 @@ def _plugin_problems(kind: str, label: str, prefix: str, spec: dict[str, Any],
 
 def _pool_executors(config: Config, _: Wiring) -> Iterator[Problem]:
     for name, pool in config.pools.items():
-        yield from _plugin_problems("executor", f"pools.{name}", "executor.", pool.executor, ())
+        label = f"pools.{name}"
+        problems = list(_plugin_problems("executor", label, "executor.", pool.executor, ()))
+        yield from problems
+        if problems:
+            continue
+        executor_cls, options = plugin_options("executor", pool.executor, ())
+        # An executor may refuse pool settings it cannot honour (see executor.py).
+        refuse = getattr(executor_cls, "pool_problems", None)
+        for key, msg in refuse(options, pool) if refuse is not None else []:
+            yield label, key, msg
 
 
 def _pool_sizes(config: Config, _: Wiring) -> Iterator[Problem]:
