@@ -178,7 +178,8 @@ executor = {{ type = "python", function = "tests.helpers.tasks:rejects", path = 
         wait_for_api(port, proc)
         url = f"http://127.0.0.1:{port}"
         lines = "\n".join(json.dumps({"data": {"n": n}, "key": f"k{n}"}) for n in range(20))
-        assert chute("publish", "--url", url, "jobs", input=lines).returncode == 0
+        published = chute("publish", "--config", str(config), "jobs", input=lines)
+        assert published.returncode == 0, published.stderr
         deadline = time.monotonic() + 20
         while True:
             shown = chute("status", str(config), "--url", url)

@@ -104,7 +104,10 @@ def guard(*, token: str, loopback: bool, reads_need_token: bool) -> Any:
         if (mutating or reads_need_token) and request.path not in OPEN_PATHS:
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
-                return _refuse(401, "missing or wrong bearer token (see .chute/api.token)")
+                return _refuse(
+                    401,
+                    "missing or wrong bearer token (chute writes one to api.token in its working folder)",
+                )
         if mutating and request.content_type not in BODY_TYPES:
             return _refuse(415, "send Content-Type: application/json or application/x-ndjson")
         return await handler(request)
