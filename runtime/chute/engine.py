@@ -251,7 +251,7 @@ class Runtime:
                     )
                 await self._run_graph(grace, task_status)
                 services.cancel_scope.cancel()
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            with anyio.CancelScope(shield=True):  # summary_line bounds itself
                 log.info("finished: %s", await summary_line(self))
         finally:
             with self.deadline.shield(extra=_CLOSE_WITHIN) as closing:

@@ -108,13 +108,19 @@ def start_lines(config: Config) -> list[str]:
     return lines
 
 
-async def _queued(rt: Runtime) -> int:
+async def _queued(rt: Runtime, within: float = 0.5) -> int | None:
+    """Items waiting in the pools' topics; None when the broker does not answer in time.
+
+    Bounded: a summary never holds a stop (a frozen Redis must not add to it).
+    """
     queued = 0
-    for pool in rt.pools.values():
-        # A summary never stops the run; the broker logs its own trouble.
-        with contextlib.suppress(Exception):
-            queued += (await rt.broker.stats(pool.topic)).backlog(pool.group)
-    return queued
+    with anyio.move_on_after(within):
+        for pool in rt.pools.values():
+            # A summary never stops the run; the broker logs its own trouble.
+            with contextlib.suppress(Exception):
+                queued += (await rt.broker.stats(pool.topic)).backlog(pool.group)
+        return queued
+    return None
 
 
 async def show_progress(rt: Runtime, stream: TextIO, every: float = 0.5) -> None:
@@ -128,7 +134,7 @@ async def show_progress(rt: Runtime, stream: TextIO, every: float = 0.5) -> None
             await anyio.sleep(every)
             pools = list(rt.pools.values())
             done = sum(p.counters.succeeded + p.counters.dead + p.counters.skipped for p in pools)
-            total = done + await _queued(rt)
+            total = done + (await _queued(rt) or 0)
             rate = done / max(time.monotonic() - started, 1e-9)
             eta = f"{(total - done) / rate:.0f}s" if rate > 0 else "?"
             stream.write(f"\r{done} of {total} items done, {rate:.1f}/s, ETA {eta}\x1b[K")
@@ -149,5 +155,5 @@ async def summary_line(rt: Runtime) -> str:
     queued = await _queued(rt)
     parts = [f"done {done}", f"failed {failed}", f"dead {dead}"]
     parts.append(f"skipped {skipped} (already done)")
-    parts += [f"queued {queued}", f"workers {workers}"]
+    parts += [f"queued {'?' if queued is None else queued}", f"workers {workers}"]
     return ", ".join(parts)
