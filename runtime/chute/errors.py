@@ -24,17 +24,20 @@ class ClosedError(ChuteError):
 
 
 class Unavailable(ChuteError):
-    """A service chute needs (broker, state store) cannot be used: unreachable past the
-    start-up deadline, or refusing us for good (wrong password, a key of the wrong
-    type). An operational failure: ``chute`` prints one line and exits 3."""
+    """Something chute needs from outside is not there: a port in use, a service down
+    past its start-up deadline, or a service refusing us for good (a wrong password,
+    a key of the wrong type).
+
+    The CLI prints it as one line and exits 3.
+    """
 
 
 class BrokerUnavailable(Unavailable):
-    """The broker's backing service cannot be reached or refuses us."""
+    """The broker's backing service cannot be reached; the caller retries with backoff."""
 
 
 class StoreUnavailable(Unavailable):
-    """The state store's backing service cannot be reached or refuses us."""
+    """The state store's backing service cannot be reached in time."""
 
 
 class ItemFailed(ChuteError):
