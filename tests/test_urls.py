@@ -37,3 +37,18 @@ state = "redis://app:0therpw@127.0.0.1:6399/1"
     assert checked.returncode == 0, checked.stderr
     assert "redis://:***@127.0.0.1:6399/0" in checked.stdout
     assert "s3cretpw" not in checked.stdout and "0therpw" not in checked.stdout
+
+
+def test_the_lines_a_run_starts_with_hide_a_source_s_password(tmp_path: Path) -> None:
+    from chute.config import config_from_dict
+    from chute.logs import start_lines
+
+    doc = {
+        "broker": "memory",
+        "sources": {"orders": {"type": "redis", "topic": "orders", "stream": "shop:orders",
+                               "url": "redis://:s3cretpw@10.0.0.5:6379/0"}},
+        "topics": {"orders": {}},
+    }  # fmt: skip
+    lines = start_lines(config_from_dict(doc, path="c.toml", base_dir=str(tmp_path)))
+    assert lines == ["source orders (redis) reading stream shop:orders at "
+                     "redis://:***@10.0.0.5:6379/0 -> topic orders"]  # fmt: skip
