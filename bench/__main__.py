@@ -83,7 +83,10 @@ def main(argv: list[str]) -> int:
               f"{about['kernel']}, Python {about['python']}, Redis {about['redis']}", flush=True)
         results = Results()
         for name in args.scenarios:
+            t0 = time.perf_counter()
             SCENARIOS[name].run(mode, results, peers)
+            took = results.details.setdefault("seconds", {})[name] = time.perf_counter() - t0
+            print(f"  ({name}) took {took:.0f} s", flush=True)
     except (BenchError, MissingPeer) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 3

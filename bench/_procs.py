@@ -150,7 +150,9 @@ class Workers:
                 os.killpg(p.pid, signal.SIGTERM)
         for p in self.procs:
             try:
-                p.wait(timeout=10)
+                # Stopping is not measured; a worker that takes its time (RQ's pool waits
+                # out its BLPOP) is killed rather than waited for.
+                p.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)

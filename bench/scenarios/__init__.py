@@ -30,8 +30,8 @@ class Mode:
 MODES = {
     "full": Mode("full", jobs=10_000, enqueue=10_000, samples=50, gaps=(0.05, 0.6),
                  spawns=2000, concurrency=(2, 8), rounds=3, files=200, starts=5),
-    "quick": Mode("quick", jobs=3000, enqueue=2000, samples=20, gaps=(0.02, 0.25),
-                  spawns=500, concurrency=(2, 8), rounds=1, files=60, starts=2),
+    "quick": Mode("quick", jobs=2000, enqueue=1000, samples=15, gaps=(0.02, 0.15),
+                  spawns=300, concurrency=(2, 8), rounds=1, files=40, starts=1),
     "smoke": Mode("smoke", jobs=200, enqueue=100, samples=3, gaps=(0.01, 0.03),
                   spawns=40, concurrency=(2,), rounds=1, files=8, starts=1),
 }  # fmt: skip

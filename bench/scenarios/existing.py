@@ -93,17 +93,17 @@ def autoscale(out: str) -> list[Row]:
 
 
 SCRIPTS: dict[str, tuple[dict[str, list[str]], Callable[[str], list[Row]]]] = {
-    "topic_throughput": ({"full": [], "quick": ["--count", "200000", "--rounds", "1"],
+    "topic_throughput": ({"full": [], "quick": ["--count", "100000", "--rounds", "1"],
                           "smoke": ["--count", "5000", "--rounds", "1"]}, topic),
-    "operators": ({"full": [], "quick": ["--count", "200000", "--rounds", "1"],
+    "operators": ({"full": [], "quick": ["--count", "100000", "--rounds", "1"],
                    "smoke": ["--count", "5000", "--rounds", "1"]}, operators),
-    "redis_throughput": ({"full": [], "quick": ["--count", "20000", "--rounds", "1",
-                                                "--samples", "50"],
+    "redis_throughput": ({"full": [], "quick": ["--count", "10000", "--rounds", "1",
+                                                "--samples", "30"],
                           "smoke": ["--count", "1000", "--rounds", "1", "--samples", "5"]},
                          redis_throughput),
-    "burst": ({"full": [], "quick": ["--count", "2000"], "smoke": ["--count", "100"]}, burst),
+    "burst": ({"full": [], "quick": ["--count", "1000"], "smoke": ["--count", "100"]}, burst),
     "autoscale": ({"full": ["--profiles", "step,burst"],
-                   "quick": ["--profiles", "step,burst", "--service", "0.01"],
+                   "quick": ["--profiles", "step,burst", "--service", "0.005"],
                    "smoke": ["--profiles", "step", "--service", "0.002"]}, autoscale),
 }  # fmt: skip
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,10 @@ def run(mode: Mode, results: Results, peers: bool) -> None:
     sides = ["chute", "chute x2", *(FRAMEWORKS if peers else [])]
     got = {}
     for side in sides:
-        print(f"  (a) {side}: {describe(side, 'noop', POOL[side])}", flush=True)
+        t0 = time.perf_counter()
         got[side] = measure(side, mode)
+        print(f"  (a) {side} ({describe(side, 'noop', POOL[side])}): "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
     results.details["a"] = got
     ours, two = got["chute"], got["chute x2"]
     for figures in got.values():

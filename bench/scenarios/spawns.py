@@ -69,7 +69,9 @@ def run(mode: Mode, results: Results, peers: bool) -> None:
         got = {"chute": framework("chute", mode.spawns, c)}
         if peers:
             for side in FRAMEWORKS:
+                t0 = time.perf_counter()
                 got[side] = framework(side, mode.spawns, c)
+                print(f"  (b) {side}: {time.perf_counter() - t0:.1f} s", flush=True)
             got["xargs -P"] = command_line([tool("xargs"), "-P", str(c), "-n", "1", "/bin/true"],
                                            mode.spawns)  # fmt: skip
             got["parallel -j"] = command_line(
