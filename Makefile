@@ -24,3 +24,9 @@ test: lint  ## everything CI runs: lint, types, the whole suite (slow tests incl
 
 unit: $(BIN)/chute  ## the quick loop: skip the slow chaos, soak and multi-process tests
 	$(BIN)/pytest -q -m 'not slow'
+
+BENCH ?=
+bench: $(BIN)/chute  ## chute against its peers (bench/README.md); BENCH=--quick for the short run
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m bench.peers
+	$(BIN)/python -m bench $(BENCH)

@@ -33,13 +33,19 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="smaller counts: under 3 minutes")
-    size.add_argument("--smoke", action="store_true",
-                      help="tiny counts, to check that the bench runs (figures meaningless)")
+    size.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny counts, to check that the bench runs (figures meaningless)",
+    )
     parser.add_argument("--only", default="", help="scenarios to run, e.g. a or a,c (a-e)")
     parser.add_argument("--json", default="", help="where to write the JSON "
                         "(default ~/.cache/chute-bench/results/<time>.json)")  # fmt: skip
-    parser.add_argument("--no-peers", action="store_true",
-                        help="chute's own figures only; without it a missing peer is an error")
+    parser.add_argument(
+        "--no-peers",
+        action="store_true",
+        help="chute's own figures only; without it a missing peer is an error",
+    )
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     args = parser.parse_args(argv)
     wanted = [s.strip() for s in args.only.split(",") if s.strip()] or list(SCENARIOS)
@@ -79,8 +85,11 @@ def main(argv: list[str]) -> int:
     try:
         found = versions(args.scenarios, peers)
         about = machine(lambda: found)
-        print(f"bench ({mode.name}): {about['cpu']}, {about['cores']} cores, kernel "
-              f"{about['kernel']}, Python {about['python']}, Redis {about['redis']}", flush=True)
+        print(
+            f"bench ({mode.name}): {about['cpu']}, {about['cores']} cores, kernel "
+            f"{about['kernel']}, Python {about['python']}, Redis {about['redis']}",
+            flush=True,
+        )
         results = Results()
         for name in args.scenarios:
             t0 = time.perf_counter()

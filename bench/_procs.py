@@ -127,11 +127,11 @@ class Workers:
         self.procs: list[subprocess.Popen[bytes]] = []
         with open(self.log, "wb") as out:
             for argv in commands:
-                self.procs.append(
-                    subprocess.Popen(list(argv), env={**os.environ, **env}, cwd=cwd,
-                                     stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)  # fmt: skip
-                )
+                proc = subprocess.Popen(
+                    list(argv), env={**os.environ, **env}, cwd=cwd, stdout=out,
+                    stderr=subprocess.STDOUT, start_new_session=True,
+                )  # fmt: skip
+                self.procs.append(proc)
 
     @property
     def pids(self) -> list[int]:

@@ -62,8 +62,11 @@ def run(mode: Mode, results: Results, peers: bool) -> None:
     for side in sides:
         t0 = time.perf_counter()
         got[side] = measure(side, mode)
-        print(f"  (a) {side} ({describe(side, 'noop', POOL[side])}): "
-              f"{time.perf_counter() - t0:.1f} s", flush=True)
+        print(
+            f"  (a) {side} ({describe(side, 'noop', POOL[side])}): "
+            f"{time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
     results.details["a"] = got
     ours, two = got["chute"], got["chute x2"]
     for figures in got.values():

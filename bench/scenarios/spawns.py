@@ -28,13 +28,16 @@ from bench.scenarios import Mode
 
 
 def framework(side: str, count: int, concurrency: int) -> dict[str, Any]:
-    with redis_server() as url, tempfile.TemporaryDirectory() as tmp:
-        with start(side, url, "spawn", concurrency, Path(tmp)) as workers:
-            driver(side, url, "drain", 1, "spawn", timeout=120)
-            before = cpu_seconds(workers.pids)
-            done = driver(side, url, "drain", count, "spawn")
-            cpu = (cpu_seconds(workers.pids) - before) / count * 1e6
-            workers.check()
+    with (
+        redis_server() as url,
+        tempfile.TemporaryDirectory() as tmp,
+        start(side, url, "spawn", concurrency, Path(tmp)) as workers,
+    ):
+        driver(side, url, "drain", 1, "spawn", timeout=120)
+        before = cpu_seconds(workers.pids)
+        done = driver(side, url, "drain", count, "spawn")
+        cpu = (cpu_seconds(workers.pids) - before) / count * 1e6
+        workers.check()
     return {"rate": count / float(done["seconds"]), "cpu_us": cpu,
             "workers": describe(side, "spawn", concurrency)}  # fmt: skip
 
