@@ -53,14 +53,14 @@ def command_line(argv: list[str], count: int) -> dict[str, Any]:
 
 
 def bare(count: int, concurrency: int, rounds: int) -> tuple[str, float, dict[str, float]]:
+    """bench/spawn.py's loops, its embedded chute (memory broker) among them: (the best bare
+    loop's name, its rate, every median)."""
     medians = {}
     for name, loop in loops.LOOPS.items():
-        if name == "chute":
-            continue
         medians[name] = statistics.median(
             asyncio.run(loop(count, concurrency)) for _ in range(rounds)
         )
-    best = max(medians, key=lambda k: medians[k])
+    best = max((k for k in medians if k != "chute"), key=lambda k: medians[k])
     return best, medians[best], medians
 
 
@@ -83,14 +83,18 @@ def run(mode: Mode, results: Results, peers: bool) -> None:
         details[str(c)] = {"bare": all_bare, **got}
         ours = got["chute"]["rate"]
         what = f"{mode.spawns:,} x /bin/true, concurrency {c}"
-        row = results.add(Row("b", what, ours, f"bare loop ({best_name})", best, "jobs/s",
-                              ">= 0.95x best bare loop"))  # fmt: skip
+        embedded = Row("b", f"{what}, embedded (memory broker)", all_bare["chute"],
+                       f"bare loop ({best_name})", best, "jobs/s", ">= 0.95x best bare loop")  # fmt: skip
+        embedded.met = embedded.ratio >= 0.95
+        results.add(embedded)
+        row = results.add(Row("b", f"{what}, chute run (Redis)", ours, f"bare loop ({best_name})",
+                              best, "jobs/s", ">= 0.95x best bare loop"))  # fmt: skip
         row.met = row.ratio >= 0.95
         others = {k: v["rate"] for k, v in got.items() if k != "chute"}
         if others:
             fastest = max(others, key=lambda k: others[k])
             for name, rate in others.items():
-                row = results.add(Row("b", what, ours, name, rate, "jobs/s",
+                row = results.add(Row("b", f"{what}, chute run (Redis)", ours, name, rate, "jobs/s",
                                       note=got[name].get("workers", "")))  # fmt: skip
                 if name == fastest:
                     row.floor, row.met = ">= 1x fastest peer", row.ratio >= 1
