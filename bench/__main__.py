@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -87,7 +88,8 @@ def main(argv: list[str]) -> int:
         about = machine(lambda: found)
         print(
             f"bench ({mode.name}): {about['cpu']}, {about['cores']} cores, kernel "
-            f"{about['kernel']}, Python {about['python']}, Redis {about['redis']}",
+            f"{about['kernel']}, Python {about['python']}, Redis {about['redis']}, "
+            f"load average {about['load_average'][0]}",
             flush=True,
         )
         results = Results()
@@ -100,13 +102,17 @@ def main(argv: list[str]) -> int:
         print(f"bench: {exc}", file=sys.stderr)
         return 3
     elapsed = time.perf_counter() - began
+    about["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print()
     print(render(results.rows))
     if args.markdown:
         print()
         print(markdown(results.rows))
     missed = [r for r in results.rows if r.met is False]
-    print(f"\n{len(results.rows)} rows, {len(missed)} floors not met; {elapsed:.0f} s")
+    print(
+        f"\n{len(results.rows)} rows, {len(missed)} floors not met; {elapsed:.0f} s; "
+        f"load average {about['load_average_at_end'][0]} at the end"
+    )
     out = Path(args.json) if args.json else (
         cache() / "results" / time.strftime("%Y%m%dT%H%M%SZ.json", time.gmtime()))  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -125,4 +125,6 @@ def machine(versions: Callable[[], dict[str, str]]) -> dict[str, Any]:
         "redis": redis_version(),
         "chute": chute_version,
         "peers": versions(),
+        # other work on the machine moves every figure: the load when the run began
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }

@@ -89,7 +89,8 @@ def version(peer: str) -> str:
 
 
 def tool_version(program: str) -> str:
-    out = subprocess.run([tool(program), "--version"], capture_output=True, text=True)
+    flag = "--help" if program == "inotifywait" else "--version"  # it has no --version
+    out = subprocess.run([tool(program), flag], capture_output=True, text=True)
     text = (out.stdout or out.stderr).strip().splitlines()
     return text[0] if text else "unknown"
 
