@@ -28,6 +28,8 @@ from .config import (
 from .errors import ConfigError, PluginNotFound
 from .operators import operator_problems
 from .registry import load_plugin
+from .sink import SINK_KEYS
+from .sink_runner import sink_settings
 
 DEAD_SUFFIX = ".dead"
 
@@ -59,6 +61,18 @@ def plugin_options(kind: str, spec: dict[str, Any], runtime_keys: tuple[str, ...
     except msgspec.ValidationError as err:
         key, msg = describe_validation_error(err)
         raise ConfigError([f"{key}: {msg}"]) from None
+
+
+def sink_problems(spec: dict[str, Any]) -> list[str]:
+    """Problems of one ``[sinks.NAME]`` table, as ``KEY: message``."""
+    problems: list[str] = []
+    for check in (sink_settings, lambda s: plugin_options("sink", s, SINK_KEYS)):
+        try:
+            check(spec)
+        except ConfigError as exc:
+            seen = {p.split(":", 1)[0] for p in problems}
+            problems.extend(p for p in exc.problems if p.split(":", 1)[0] not in seen)
+    return problems
 
 
 def operator_topics(op: OperatorConfig) -> tuple[list[str], list[str]]:
@@ -128,6 +142,15 @@ def problems_of(config: Config) -> list[str]:
         except ConfigError as exc:
             problems.extend(f"{where(path, label, p)}" for p in exc.problems)
 
+    for name, spec in config.sinks.items():
+        label = f"sinks.{name}"
+        problems.extend(where(path, label, p) for p in sink_problems(spec))
+        produced[name + DEAD_SUFFIX].append(label)
+        topic = spec.get("topic")
+        if isinstance(topic, str) and topic:
+            consumed[topic].append(label)
+            groups[(topic, str(spec.get("group") or name))] = label
+
     for name, pool in config.pools.items():
         label = f"pools.{name}"
         consumed[pool.topic].append(label)
@@ -187,7 +210,7 @@ def problems_of(config: Config) -> list[str]:
     for topic, readers in consumed.items():
         if topic not in produced and topic not in declared:
             first = readers[0]
-            add(first, "topic" if first.startswith("pools.") else "input",
+            add(first, "topic" if first.startswith(("pools.", "sinks.")) else "input",
                 f"nothing publishes to topic {topic!r} (declare it under [topics.{topic}] "
                 "if it is fed from outside)")  # fmt: skip
     for topic, writers in produced.items():
@@ -213,6 +236,8 @@ def describe(config: Config) -> str:
     lines = [f"broker {config.settings.broker}, state {config.settings.state}"]
     for name, spec in config.sources.items():
         lines.append(f"source {name} ({spec.get('type')}) -> {spec.get('topic')}")
+    for name, spec in config.sinks.items():
+        lines.append(f"{spec.get('topic')} -> sink {name} ({spec.get('type')})")
     for name, op in config.operators.items():
         inputs, outputs = operator_topics(op)
         lines.append(
