@@ -1,28 +1,15 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import msgspec
-import pytest
 from chute import Runtime
 from chute.config import config_from_dict
 from chute.message import Message
-
-from tests.mqtt_server import MosquittoServer
-
-
-@pytest.fixture
-def mosquitto() -> Iterator[MosquittoServer]:
-    server = MosquittoServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def sink_config(tmp_path: Path, sink: dict[str, Any], **top: Any) -> dict[str, Any]:
