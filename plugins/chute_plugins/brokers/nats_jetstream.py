@@ -39,7 +39,6 @@ import json
 import logging
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -65,6 +64,8 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
+
+from .nats_inbox import Inbox, is_status
 
 log = logging.getLogger("chute.brokers.nats")
 
@@ -141,6 +142,7 @@ class JetStreamBroker:
         self._js: JetStreamContext | None = None
         self._topics: dict[str, _Topic] = {}
         self._last_ms = 0
+        self._inbox = Inbox()
         self._closed = False
 
     # -- connection -----------------------------------------------------------
@@ -169,6 +171,7 @@ class JetStreamBroker:
             reconnected_cb=reconnected,
         )
         self._js = self._nc.jetstream(timeout=5.0)
+        await self._inbox.start(self._nc)
         self.healthy = True
 
     async def aclose(self) -> None:
@@ -299,7 +302,9 @@ class JetStreamBroker:
             return []
         t = self._topic(topic)
         ms = str(self._ms())
-        todo = [(encode_message(replace(m, id="", attempt=1)), uuid.uuid4().hex) for m in messages]
+        todo = [
+            (encode_message(replace(m, id="", attempt=1)), self._inbox.msg_id()) for m in messages
+        ]
         seqs: list[int | None] = [None] * len(todo)
         await self._make_room(t, len(todo))
         await self._call(f"publish to {topic!r}", lambda: self._publish_some(t, ms, todo, seqs))
@@ -320,16 +325,14 @@ class JetStreamBroker:
         """
         which = [i for i, seq in enumerate(seqs) if seq is None]
         nc = self.nc
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox + ".*")
+        box = self._inbox.open(len(which))
         try:
             for i in which:
                 payload, msg_id = todo[i]
                 headers = {_MS: ms, "Nats-Msg-Id": msg_id}
-                await nc.publish(t.subject, payload, reply=f"{inbox}.{i}", headers=headers)
-            deadline = time.monotonic() + 5.0  # a reply lost in an outage: publish again
-            for _ in which:
-                reply = await sub.next_msg(timeout=max(0.01, deadline - time.monotonic()))
+                await nc.publish(t.subject, payload, reply=f"{box.subject}.{i}", headers=headers)
+            # A reply lost in an outage: publish again (the ids make it idempotent).
+            for reply in await box.wait(5.0):
                 if not reply.data:  # a status: no JetStream behind the subject right now
                     raise nats.errors.NoRespondersError
                 answer = json.loads(reply.data)
@@ -338,7 +341,7 @@ class JetStreamBroker:
                     raise nats.js.errors.APIError(**error)
                 seqs[int(reply.subject.rpartition(".")[2])] = int(answer["seq"])
         finally:
-            await sub.unsubscribe()
+            self._inbox.close(box)
 
     async def _make_room(self, t: _Topic, n: int) -> None:
         """Wait until the topic holds fewer than ``capacity`` unacknowledged entries.
@@ -397,38 +400,28 @@ class JetStreamBroker:
 
     async def _pull(self, t: _Topic, g: _Group, count: int, block: float | None) -> list[Msg]:
         """One pull request; returns when it is answered in full or ends (404/408)."""
-        nc = self.nc
         request: dict[str, Any] = {"batch": count}
         if block:
             request["expires"] = int(block * 1e9)
         else:
             request["no_wait"] = True
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
+        box, sub = await self._inbox.open_own(self.nc, count)
         try:
-            await nc.publish(
+            await self.nc.publish(
                 f"$JS.API.CONSUMER.MSG.NEXT.{t.stream}.{g.durable}",
                 json.dumps(request).encode(),
-                reply=inbox,
+                reply=box.subject,
             )
-            deadline = time.monotonic() + (block or 0.0) + _SLACK
-            msgs: list[Msg] = []
-            while len(msgs) < count:
-                msg = await sub.next_msg(timeout=max(0.01, deadline - time.monotonic()))
-                status = (msg.headers or {}).get("Status") if not msg.data else None
-                if status is None:
-                    msgs.append(msg)
-                elif status in ("404", "408"):  # no (more) messages; the request ended
-                    break
-                elif status == "100":  # an idle heartbeat
-                    continue
-                elif status == "409" and "Consumer Deleted" in str(msg.headers):
-                    raise ClosedError(f"group {g.name!r} was deleted on the server")
-                else:
-                    break
-            return msgs
+            got = await box.wait((block or 0.0) + _SLACK)
         finally:
             await sub.unsubscribe()
+        msgs = []
+        for msg in got:
+            if not is_status(msg):
+                msgs.append(msg)
+            elif "Consumer Deleted" in str(msg.headers):
+                raise ClosedError(f"group {g.name!r} was deleted on the server")
+        return msgs
 
     # -- settling ------------------------------------------------------------------
 
@@ -436,16 +429,13 @@ class JetStreamBroker:
         """Send ack-type replies and wait until the server applied each (double ack)."""
         if not subjects:
             return
-        nc = self.nc
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
+        box = self._inbox.open(len(subjects))
         try:
             for subject in subjects:
-                await nc.publish(subject, body, reply=inbox)
-            for _ in subjects:
-                await sub.next_msg(timeout=5.0)
+                await self.nc.publish(subject, body, reply=box.subject)
+            await box.wait(5.0)
         finally:
-            await sub.unsubscribe()
+            self._inbox.close(box)
 
     def _take(self, topic: str, group: str, ids: Sequence[str], *, keep: bool = False) -> list[str]:
         t = self._topics.get(topic)
