@@ -80,6 +80,8 @@ class SinkRunner:
         self.counters = SinkStats(name=name, type=settings.type, topic=settings.topic)
         self._stopping = False
         self._waiting: set[anyio.CancelScope] = set()
+        self.changed = anyio.Event()
+        """Set (then replaced) each time a batch was settled."""
 
     def stats(self) -> SinkStats:
         return msgspec.structs.replace(self.counters)
@@ -187,6 +189,8 @@ class SinkRunner:
         self.counters.delivered += len(done)
         self.counters.dead_lettered += len(dead)
         self.counters.retried += sum(len(ids) for ids in later.values())
+        self.changed.set()
+        self.changed = anyio.Event()
 
     def _dead_letter(self, message: Message, refused: Refused) -> Message:
         why = "refused for good" if refused.permanent else f"refused {message.attempt} times"
