@@ -21,19 +21,27 @@ class MqttConnection(Strict):
     """Where the MQTT broker is and how to log in."""
 
     host: str = "127.0.0.1"
+    """The MQTT broker's host name or address."""
     port: int = 1883
+    """Its port (8883 is the usual one for TLS)."""
     username: str = ""
+    """Log in with this user name (none: anonymous)."""
     password: str = ""
+    """The user's password (prefer ``password_env``)."""
     password_env: str = ""
     """Read the password from this environment variable instead (keeps it out of the file)."""
     tls: bool = False
+    """Connect over TLS, checking the broker's certificate against the system's CAs."""
     ca_file: str = ""
     """Trust this CA bundle (PEM) instead of the system's; implies ``tls``."""
     cert_file: str = ""
     """Client certificate (PEM) for brokers that require one; with ``key_file``."""
     key_file: str = ""
+    """The client certificate's private key (PEM)."""
     client_id: str = ""
+    """The MQTT client id; a stable default is made from the host and the table's name."""
     keepalive: int = 30
+    """Seconds between pings while nothing else is sent (a dead link is noticed after 1.5x)."""
 
 
 def connection_problems(o: MqttConnection) -> list[str]:

@@ -64,12 +64,15 @@ class SinkSettings(Strict):
     """The keys of ``[sinks.NAME]`` the runtime reads; the others are the plugin's."""
 
     type: str
+    """Which sink: ``file``, ``http``, ``redis``, ``mqtt``, or ``module:Class``."""
     topic: str
+    """The topic whose messages the sink delivers."""
     group: str = ""
     """Consumer group on the topic; defaults to the sink's name."""
     batch: int = 100
     """Most messages handed to the sink at once (the file sink fsyncs once per batch)."""
     retry: RetryConfig = msgspec.field(default_factory=_sink_retry)
+    """Attempts and backoff for refused messages (default 10 attempts, 0.5 s doubling to 1 min)."""
 
 
 SINK_KEYS = ("type", "topic", "group", "batch", "retry")

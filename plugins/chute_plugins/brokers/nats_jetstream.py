@@ -21,7 +21,9 @@ The mapping (one stream per topic, one durable pull consumer per group):
   first group exists a "keeper" consumer that never reads holds the entries
   (a dead-letter topic nobody reads keeps its letters).
 - Capacity: ``publish`` waits while some group has ``capacity`` entries
-  not yet acknowledged (delivered or not).
+  not yet acknowledged (delivered or not). A topic no group reads keeps its
+  last ``capacity`` entries (``max_msgs``, discard old) and counts the rest
+  as dropped; publishing to it never waits.
 
 URL: ``nats://host:4222[,host2:4222]/?prefix=chute&replicas=1&storage=file``
 (``user:password@`` or ``token@`` for credentials; ``tls://`` for TLS).
@@ -60,6 +62,7 @@ from nats.js.api import (
     ConsumerConfig,
     ConsumerInfo,
     DeliverPolicy,
+    DiscardPolicy,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -224,26 +227,36 @@ class JetStreamBroker:
     async def declare_topic(self, topic: str, *, capacity: int) -> None:
         t = self._topic(topic)
         t.capacity = max(1, capacity)
-        config = StreamConfig(
+
+        async def declare() -> None:
+            try:
+                info = await self.js.stream_info(t.stream)
+            except nats.js.errors.NotFoundError:
+                await self.js.add_stream(self._stream_config(t, groupless=True))
+                # Until a group reads the topic, the keeper holds its entries:
+                # an interest stream keeps nothing nobody is interested in.
+                await self.js.add_consumer(t.stream, _keeper_config())
+                return
+            limit = info.config.max_msgs
+            if limit not in (None, -1) and limit != t.capacity:  # groupless: a new retention
+                await self.js.update_stream(self._stream_config(t, groupless=True))
+
+        await self._call(f"declare topic {topic!r}", declare)
+
+    def _stream_config(self, t: _Topic, *, groupless: bool) -> StreamConfig:
+        # With no group, capacity is a retention limit (the oldest entries go);
+        # with groups, nothing unacked may go: the publisher waits instead.
+        return StreamConfig(
             name=t.stream,
-            description=topic,
+            description=t.name,
             subjects=[t.subject],
             retention=RetentionPolicy.INTEREST,
+            max_msgs=t.capacity if groupless else -1,
+            discard=DiscardPolicy.OLD,
             storage=self.storage,
             num_replicas=self.replicas,
             duplicate_window=120.0,
         )
-
-        async def declare() -> None:
-            try:
-                await self.js.stream_info(t.stream)
-            except nats.js.errors.NotFoundError:
-                await self.js.add_stream(config)
-                # Until a group reads the topic, the keeper holds its entries:
-                # an interest stream keeps nothing nobody is interested in.
-                await self.js.add_consumer(t.stream, _keeper_config())
-
-        await self._call(f"declare topic {topic!r}", declare)
 
     async def ensure_group(
         self, topic: str, group: str, *, visibility_timeout: float, start: str = "latest"
@@ -269,6 +282,8 @@ class JetStreamBroker:
             try:
                 info = await self.js.consumer_info(t.stream, g.durable)
             except nats.js.errors.NotFoundError:
+                # Unlimited first, so no entry the group is to read is dropped.
+                await self.js.update_stream(self._stream_config(t, groupless=False))
                 await self.js.add_consumer(t.stream, config)
                 with contextlib.suppress(nats.js.errors.NotFoundError):
                     await self.js.delete_consumer(t.stream, _KEEPER)
@@ -510,13 +525,16 @@ class JetStreamBroker:
                     ack_rate=g.meter.rate(now) if g else 0.0,
                 )
             )
-        # As on every backend: what some group has not acknowledged yet.
+        # As on every backend: what some group has not acknowledged yet; with
+        # no group, what the topic holds, and what its retention limit dropped.
         held = info.state.messages if info else 0
         length = max((_unacked(c) for c in consumers), default=held)
+        dropped = 0 if consumers or info is None else max(0, info.state.last_seq - held)
         return TopicStats(
             topic=topic,
             length=length,
             capacity=t.capacity,
+            dropped=dropped,
             published=info.state.last_seq if info else 0,
             publish_rate=t.meter.rate(now),
             groups=groups,

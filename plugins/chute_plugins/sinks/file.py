@@ -45,6 +45,7 @@ class FileOptions(Strict):
     keep: int = 5
     """Rotated files kept (``<path>.1`` is the newest)."""
     body: Literal["message", "data"] = "message"
+    """Each line: the whole message (id, key, data, headers, created_at), or its data."""
 
 
 class FileSink:

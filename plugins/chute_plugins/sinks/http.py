@@ -41,9 +41,13 @@ _RETRYABLE_4XX = frozenset({408, 429})
 
 class HttpOptions(Strict):
     url: str
+    """Where each message is POSTed (http:// or https://)."""
     headers: dict[str, str] = {}
+    """Extra request headers, such as ``Authorization``."""
     timeout: Duration = Duration(10.0)
+    """Longest wait for one request's answer; a timeout is retried."""
     body: Literal["message", "data"] = "message"
+    """The JSON body: the whole message (id, key, data, headers, created_at), or its data."""
     concurrency: int = 8
     """Requests in flight at once within a batch."""
 

@@ -47,8 +47,11 @@ class MqttSinkOptions(MqttConnection):
     mqtt_topic: str = "chute/{topic}/{key}"
     """The MQTT topic, a template: ``{key}``, ``{id}``, ``{topic}``, ``{data.field}``."""
     qos: Literal[0, 1, 2] = 1
+    """QoS of each publish: with 1 or 2 a message is acked once the broker confirmed it."""
     retain: bool = False
+    """Publish retained messages (a new subscriber gets the last one at once)."""
     body: Literal["data", "message"] = "data"
+    """The payload: the message's data (a string as it is, else JSON), or the whole message."""
 
 
 class MqttSink:

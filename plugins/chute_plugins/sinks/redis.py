@@ -39,7 +39,9 @@ _encoder = msgspec.json.Encoder()
 
 class RedisSinkOptions(Strict):
     stream: str
+    """The stream's key, exactly as its readers name it."""
     url: str = "redis://127.0.0.1:6379/0"
+    """The Redis to write to (``?prefix=`` is prepended to the stream's key)."""
     maxlen: int = 0
     """Trim the stream to about this many entries (0: never trim)."""
 

@@ -63,11 +63,13 @@ class MqttSourceOptions(MqttConnection):
     topics: list[str] = []
     """Topic filters to subscribe to (``+`` and ``#`` wildcards)."""
     qos: Literal[0, 1, 2] = 1
+    """The subscriptions' QoS: 1 (at least once) unless you accept losing messages."""
     persistent: bool = True
     """Keep the session (subscriptions and queued messages) while chute is stopped."""
     key_field: str = ""
     """Dotted path of the payload field that is the item key; the MQTT topic when empty."""
     payload: Literal["json", "text"] = "json"
+    """How to read a payload: JSON (the message's data), or UTF-8 text (a string)."""
     batch: int = 100
     """Most messages published to the chute topic at once."""
     max_backoff: Duration = Duration(30.0)
