@@ -26,6 +26,7 @@ The mapping (one stream per topic, one durable pull consumer per group):
   as dropped; publishing to it never waits.
 
 URL: ``nats://host:4222[,host2:4222]/?prefix=chute&replicas=1&storage=file``
+(``connect_timeout``: seconds to wait for the first connection, default 10)
 (``user:password@`` or ``token@`` for credentials; ``tls://`` for TLS).
 
 While the server is away (a restart, a partition) every call waits and
@@ -50,7 +51,7 @@ import nats
 import nats.errors
 import nats.js.errors
 from chute.broker import GroupStats, TopicStats
-from chute.errors import ClosedError
+from chute.errors import BrokerUnavailable, ClosedError
 from chute.message import Message, decode_message, encode_message
 from chute.meters import RateMeter
 from msgspec.structs import replace
@@ -132,6 +133,7 @@ class JetStreamBroker:
         query = dict(parse_qsl(parts.query))
         self.prefix = _SAFE.sub("_", query.pop("prefix", "chute"))
         self.replicas = int(query.pop("replicas", "1"))
+        self.connect_timeout = float(query.pop("connect_timeout", "10"))
         storage = query.pop("storage", "file")
         self.storage = StorageType.MEMORY if storage == "memory" else StorageType.FILE
         scheme = "tls" if parts.scheme == "tls" else "nats"
@@ -162,7 +164,7 @@ class JetStreamBroker:
         async def reconnected() -> None:
             log.warning("nats: connected again to %s", self._nc.connected_url if self._nc else "")
 
-        self._nc = await nats.connect(
+        connecting = nats.connect(
             servers=self.servers,
             name="chute",
             max_reconnect_attempts=-1,
@@ -173,6 +175,13 @@ class JetStreamBroker:
             disconnected_cb=disconnected,
             reconnected_cb=reconnected,
         )
+        try:
+            # nats-py retries the first connection for ever too: bound it here.
+            with anyio.fail_after(self.connect_timeout):
+                self._nc = await connecting
+        except (TimeoutError, OSError, nats.errors.NoServersError):
+            where = ", ".join(self.servers)
+            raise BrokerUnavailable(f"cannot reach nats at {where}") from None
         self._js = self._nc.jetstream(timeout=5.0)
         await self._inbox.start(self._nc)
         self.healthy = True
