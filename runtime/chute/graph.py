@@ -349,7 +349,25 @@ async def build_problems(config: Config) -> tuple[list[str], list[str]]:
             continue
         warnings += _field_warnings(config, label, pool.topic, executor)
         await executor.aclose()
+    for name, spec in config.sinks.items():
+        problems += await _sink_build_problems(config, name, spec)
     return problems, warnings
+
+
+async def _sink_build_problems(config: Config, name: str, spec: dict[str, Any]) -> list[str]:
+    """What building the sink as ``run`` does refuses (an mqtt_topic's unknown field...)."""
+    try:
+        cls, options = plugin_options("sink", spec, SINK_KEYS)
+    except ConfigError:
+        return []  # problems_of reports it
+    ctx = PluginContext(name=name, topic=str(spec.get("topic", "")), base_dir=Path(config.base_dir),
+                        workdir=config.workdir(), node="check", broker=cast(Any, None))  # fmt: skip
+    try:
+        sink = cls(options, ctx)
+    except ConfigError as exc:
+        return [f"{where(config.path, f'sinks.{name}', p)}" for p in exc.problems]
+    await sink.aclose()
+    return []
 
 
 def _field_warnings(config: Config, label: str, topic: str, executor: Any) -> list[str]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from chute.config import config_from_dict
 from chute.errors import ConfigError
@@ -41,3 +45,14 @@ def test_a_valid_sink_is_drawn_in_the_graph() -> None:
     )
     validate(cfg)
     assert "in -> sink out (file)" in describe(cfg)
+
+
+def test_check_finds_what_building_the_sink_refuses(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[topics.jobs]\n[sinks.out]\ntype = "mqtt"\ntopic = "jobs"\nmqtt_topic = "x/{nope}"\n'
+    )
+    done = subprocess.run([sys.executable, "-m", "chute", "check", str(config)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2
+    assert f"{config}: [sinks.out] mqtt_topic: unknown field {{nope}}" in done.stderr
