@@ -40,26 +40,28 @@ def require_program(name: str, package: str) -> str:
 class MosquittoServer:
     """One mosquitto with persistence in its own folder (sessions survive a restart)."""
 
-    def __init__(self, directory: Path | None = None) -> None:
+    def __init__(self, directory: Path | None = None, *, listener: str = "") -> None:
+        """``listener``: lines added to the listener's settings (TLS, passwords)."""
         self.binary = require_program("mosquitto", "mosquitto")
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="chute-mqtt-")
         self.dir = directory or Path(self._tmp.name)  # type: ignore[union-attr]
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.listener = listener
 
     def start(self) -> None:
         conf = self.dir / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+        # Started as root, mosquitto drops to its own user, which cannot write
+        # our folder; as anyone else the "user" line changes nothing.
+        common = (
             "persistence true\n"
             f"persistence_location {self.dir}/\n"
             "max_queued_messages 100000\n"
             "log_dest none\n"
-            # Started as root, mosquitto drops to its own user, which cannot
-            # write our folder; as anyone else this line changes nothing.
             f"user {getpass.getuser()}\n"
         )
+        listener = self.listener or "allow_anonymous true\n"
+        conf.write_text(f"listener {self.port} 127.0.0.1\n{listener}{common}")
         self.proc = subprocess.Popen(
             [self.binary, "-c", str(conf)],
             stdout=subprocess.DEVNULL,
