@@ -56,6 +56,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import anyio
+import anyio.to_thread
 import msgspec
 from chute.config import Duration, Size, Strict
 from chute.context import PluginContext
@@ -64,6 +65,7 @@ from chute.executor import WorkItem
 
 from ._folders import Folders, ItemFolder
 from ._spawn import Launch, PosixSpawn, Spawner, SpawnThreads, spawner
+from ._warden import Warden
 
 log = logging.getLogger("chute.executors.command")
 
@@ -215,6 +217,9 @@ class CommandExecutor:
         """Children started and not yet reaped."""
         self._free_pipes: list[_Pipes] = []
         self._watcher: _Watcher | None = None
+        self._warden = Warden()
+        self._taken_over: anyio.Event | None = None
+        """Set once a dead runtime's executors in our folders are gone (``_take_over``)."""
 
     def _check_program(self, program: str, path: str) -> None:
         """Look the program up as exec will: on the child's PATH, or relative to ``cwd``."""
@@ -240,6 +245,8 @@ class CommandExecutor:
     # -- one item ----------------------------------------------------------
 
     async def run(self, item: WorkItem) -> Any:
+        if self._taken_over is None or not self._taken_over.is_set():
+            await self._take_over()
         argv = self._fixed_argv or self._render_argv(item.data)
         if "\0" in item.name:
             raise ItemFailed("a NUL byte in the item's name", permanent=True)
@@ -259,6 +266,23 @@ class CommandExecutor:
         if code < 0:
             raise ItemFailed(_reason(f"killed by {_signal_name(-code)}", stderr), output=output)
         raise ItemFailed(_reason(f"exit {code}", stderr), output=output)
+
+    async def _take_over(self) -> None:
+        """Before our first item: kill what a dead runtime left running in our folders."""
+        if self._taken_over is not None:
+            await self._taken_over.wait()
+            return
+        self._taken_over = anyio.Event()
+        try:
+            with anyio.CancelScope(shield=True):
+                wait = self.options.grace + 5.0
+                await anyio.to_thread.run_sync(self.folders.take_over, wait)
+        except BaseException:
+            self._taken_over = None
+            raise
+        finally:
+            if self._taken_over is not None:
+                self._taken_over.set()
 
     def _render_argv(self, data: Any) -> tuple[bytes, ...]:
         argv = tuple(os.fsencode(t.render(data)) for t in self.argv)
@@ -299,7 +323,13 @@ class CommandExecutor:
                     pid = await self._threads.spawn(launch)
             else:
                 pid = spawn.spawn(launch)
-            child = _Child(watcher, os.pidfd_open(pid))
+            self._warden.started(pid)
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:  # out of descriptors: the child must not outlive the item
+                await self._kill_and_reap(spawn, pid)
+                raise
+            child = _Child(watcher, pidfd)
             self._running += 1
             try:
                 try:
@@ -311,6 +341,7 @@ class CommandExecutor:
                 # Exited, but not yet reaped, so its pid (the group's id)
                 # cannot be reused: kill what it left in its group.
                 _killpg(pid, signal.SIGKILL)
+                self._warden.reaping(pid)
                 # All it wrote is in the pipes by now, and every folder event
                 # it caused is waiting: one system call asks about them all.
                 for fd in pipes.waiting():
@@ -363,8 +394,16 @@ class CommandExecutor:
             await anyio.wait_readable(pidfd)
         _killpg(pid, signal.SIGKILL)
         await anyio.wait_readable(pidfd)
+        self._warden.reaping(pid)
         spawn.reap(pid)
         log.warning("pool %s: stopped pid %d and its process group", self.pool, pid)
+
+    async def _kill_and_reap(self, spawn: Spawner, pid: int) -> None:
+        """Stop a child we cannot watch (no pidfd): SIGKILL its group, and reap it."""
+        _killpg(pid, signal.SIGKILL)
+        self._warden.reaping(pid)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(spawn.reap, pid)
 
     async def aclose(self) -> None:
         for pipes in self._free_pipes:
@@ -383,6 +422,7 @@ class CommandExecutor:
         if self._devnull is not None:
             os.close(self._devnull)
             self._devnull = None
+        self._warden.close()
 
 
 _BOOK_VARIABLES = (
