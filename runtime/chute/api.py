@@ -77,6 +77,7 @@ def build_app(rt: Runtime) -> web.Application:
 
     async def healthz(_: web.Request) -> web.Response:
         healthy = bool(getattr(rt.broker, "healthy", True))
+        healthy = healthy and all(p.counters.healthy for p in rt.pools.values())
         return web.json_response({"ok": healthy}, status=200 if healthy else 503)
 
     async def status(_: web.Request) -> web.Response:

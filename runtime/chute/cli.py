@@ -256,6 +256,8 @@ def status(config: str, url: str | None, token: str | None, as_json: bool) -> No
                 f"live pool {pool['name']}: concurrency {pool['concurrency']}, in flight "
                 f"{pool['in_flight']}, ok {pool['succeeded']}, failed {pool['failed']}, dead {pool['dead']}"
             )
+            if pool.get("healthy") is False:
+                click.echo(f"  UNHEALTHY, intake paused: {pool.get('fault', '')}")
             if pool.get("scale"):
                 click.echo(f"  scaling: {describe_scale(pool['scale'])}")
         for topic in live["topics"]:

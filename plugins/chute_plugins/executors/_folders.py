@@ -99,6 +99,8 @@ class Folders:
         self._looked_at: ItemFolder | None = None
         self._lock = -1
         """``run/<pool>.lock``, held shared while we use the folders (``take_over``)."""
+        self._trash: list[str] = []
+        """Folders to remove, whatever they hold: off the event loop (``take_trash``)."""
         if ino.available():
             with contextlib.suppress(OSError):  # out of inotify instances: list every folder
                 self._inotify = ino.Inotify()
@@ -225,11 +227,18 @@ class Folders:
             pass  # the executor removed its folder, or left something odd in it
         self._discard(folder)
 
+    def take_trash(self) -> list[str]:
+        """Folders given up since the last call: the caller removes them, in a thread."""
+        trash, self._trash = self._trash, []
+        return trash
+
     def close(self) -> None:
         for folder in self._free:
             if folder.fd >= 0:
                 os.close(folder.fd)
         self._free.clear()
+        for path in self.take_trash():
+            shutil.rmtree(path, ignore_errors=True)
         self._watched.clear()
         if self._inotify is not None:
             self._inotify.close()
@@ -293,7 +302,9 @@ class Folders:
             return
         target = self.outputs / safe_name(name)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(target, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):  # an earlier run's: out of the way
+            self._trash.append(tempfile.mkdtemp(prefix="old-", dir=self.scratch))
+            os.rename(target, os.path.join(self._trash[-1], "output"))
         os.replace(folder.output, target)
         os.mkdir(folder.output, 0o700)
 
@@ -304,7 +315,7 @@ class Folders:
         for wd in folder.wds:
             if self._watched.get(wd) is folder:
                 del self._watched[wd]
-        shutil.rmtree(folder.path, ignore_errors=True)
+        self._trash.append(folder.path)
 
 
 def _private_size(st: os.stat_result) -> int:

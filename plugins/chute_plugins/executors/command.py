@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -60,7 +61,7 @@ import anyio.to_thread
 import msgspec
 from chute.config import Duration, Size, Strict
 from chute.context import PluginContext
-from chute.errors import ConfigError, ItemFailed
+from chute.errors import ConfigError, ExecutorUnavailable, ItemFailed
 from chute.executor import WorkItem
 
 from ._folders import Folders, ItemFolder
@@ -80,6 +81,16 @@ DEFAULT_PASS_ENV = [
 _CPUS = len(os.sched_getaffinity(0))
 """CPUs this process may run on: with as many children running, a spawn goes to a thread."""
 
+_ITEMS_OWN = frozenset({errno.E2BIG})
+"""Errors of a spawn that the item's data causes (its arguments are too long)."""
+_PROGRAMS_OWN = frozenset({errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR,
+                           errno.ELOOP, errno.ENAMETOOLONG, errno.EISDIR, errno.EPERM})  # fmt: skip
+"""Errors of a spawn that say the program is missing or not one: the item's own
+failure when its data names the program, the runtime's (a deploy in progress)
+when the config does."""
+_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+"""Errors that are the runtime's shortage wherever they happen."""
+
 _FIELD = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 
 
@@ -96,6 +107,8 @@ class CommandOptions(Strict):
     """After SIGTERM, how long the process group has before SIGKILL."""
     max_output: Size = Size(1024 * 1024)
     """Bytes of stdout, and of stderr, kept per item (the last ones)."""
+    max_result: Size = Size(16 * 1024 * 1024)
+    """The largest ``WORK_RESULT_FILE`` taken as the item's result; a larger one fails the item."""
 
 
 class Template:
@@ -251,15 +264,24 @@ class CommandExecutor:
         if "\0" in item.name:
             raise ItemFailed("a NUL byte in the item's name", permanent=True)
         self._watcher_here()  # before a folder is taken: its events are read by then
-        folder = self.folders.take(msgspec.json.encode(item.data))
+        try:
+            folder = self.folders.take(msgspec.json.encode(item.data))
+        except OSError as exc:  # the disk is full, or out of descriptors: not the item's fault
+            where = self.folders.scratch
+            raise ExecutorUnavailable(f"cannot write an item file in {where}: {exc}") from None
         try:
             code, stdout, stderr = await self._run_in(folder, argv, item)
-            if code == 0:
-                if not self.folders.changed(folder):
-                    return None  # so no result file either
-                return _read_result(folder.result_file, stdout, stderr)
+            result = None
+            if code == 0 and self.folders.changed(folder):  # else there is no result file
+                limit = self.options.max_result
+                result = _read_result(folder.result_file, limit, stdout, stderr)
         finally:
             self.folders.give_back(folder, item.name)
+        trash = self.folders.take_trash()
+        if trash:  # what a folder held can be any size: removed off the event loop
+            await anyio.to_thread.run_sync(_remove_all, trash)
+        if code == 0:
+            return result
         output = _combined(stdout, stderr)
         if code == EX_DATAERR:
             raise ItemFailed(_reason("exit 65 (permanent)", stderr), permanent=True, output=output)
@@ -300,9 +322,14 @@ class CommandExecutor:
         stdout, stderr = Tail(self.options.max_output), Tail(self.options.max_output)
         try:
             code = await self._spawn_and_wait(argv, folder.env, own_env, stdout, stderr)
-        except OSError as exc:  # the program vanished since the config was checked
-            program = os.fsdecode(argv[0])
-            raise ItemFailed(f"cannot start {program!r}: {exc.strerror or exc}") from None
+        except OSError as exc:
+            why = f"cannot start {os.fsdecode(argv[0])!r}: {exc.strerror or exc}"
+            items_own = _ITEMS_OWN | (_PROGRAMS_OWN if self.argv[0].fields else frozenset())
+            if exc.errno in items_own:
+                raise ItemFailed(why) from None
+            # Out of processes or descriptors, or the config's program gone
+            # since it was checked (a deploy in progress): no fault of the item's.
+            raise ExecutorUnavailable(why) from None
         return code, stdout, stderr
 
     async def _spawn_and_wait(self, argv: tuple[bytes, ...], env: tuple[bytes, ...],
@@ -564,21 +591,31 @@ def _killpg(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def _read_result(path: str, stdout: Tail, stderr: Tail) -> Any:
+def _read_result(path: str, limit: int, stdout: Tail, stderr: Tail) -> Any:
     """The item's result; the output is joined only for a failure that reports it."""
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            raw = f.read(limit + 1)
     except FileNotFoundError:
         return None
     except OSError as exc:
+        if exc.errno in _RESOURCES:
+            raise ExecutorUnavailable(f"cannot read WORK_RESULT_FILE: {exc}") from None
         why = f"cannot read WORK_RESULT_FILE: {exc.strerror}"
         raise ItemFailed(why, output=_combined(stdout, stderr)) from None
+    if len(raw) > limit:
+        why = f"WORK_RESULT_FILE is larger than max_result ({limit} bytes)"
+        raise ItemFailed(why, output=_combined(stdout, stderr))
     try:
         return msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         why = f"WORK_RESULT_FILE is not valid JSON: {exc}"
         raise ItemFailed(why, output=_combined(stdout, stderr)) from None
+
+
+def _remove_all(paths: list[str]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _combined(stdout: Tail, stderr: Tail) -> str:
