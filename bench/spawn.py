@@ -22,6 +22,11 @@ bare posix_spawn loop is suspended in each call (until the child has called
 exec), which is where a loop spends most of its time when the machine is
 busy.
 
+What making executors die with the runtime costs: the warden's two pipe
+writes per item (``_warden.py``), measured alone, and for comparison the bare
+posix_spawn loop with a helper exec'd in front of each child to set
+``PR_SET_PDEATHSIG`` (setpriv), the way a posix_spawn path could do it.
+
 And what a kill -9 may rerun at that rate: the items running (at most the
 concurrency; they die with the runtime) plus the items finished and not yet
 committed, which wait up to one flush window (``pool._FLUSH_EVERY``) for a
@@ -48,6 +53,7 @@ from chute import pool as pool_module
 from chute.config import config_from_dict
 from chute.engine import Runtime
 from chute.message import new_message
+from chute_plugins.executors._warden import Warden
 
 TRUE = "/bin/true"
 
@@ -101,14 +107,14 @@ where the event loop is suspended until the child has called exec, and the
 share of the run's time that makes."""
 
 
-async def bare_posix_spawn(count: int, concurrency: int) -> float:
+async def bare_posix_spawn(count: int, concurrency: int, argv: tuple[str, ...] = (TRUE,)) -> float:
     env = dict(os.environ)
     inside = 0.0
 
     async def one() -> None:
         nonlocal inside
         before = time.perf_counter()
-        pid = os.posix_spawn(TRUE, [TRUE], env)  # noqa: ASYNC221 - the spawn path under test
+        pid = os.posix_spawn(argv[0], argv, env)  # noqa: ASYNC221 - the spawn path under test
         inside += time.perf_counter() - before
         fd = os.pidfd_open(pid)
         try:
@@ -120,6 +126,25 @@ async def bare_posix_spawn(count: int, concurrency: int) -> float:
     rate = await _bounded(count, concurrency, one)
     SUSPENDED.append((inside / count, inside * rate / count))
     return rate
+
+
+SETPRIV = ("/usr/bin/setpriv", "--pdeathsig", "KILL", TRUE)
+"""What an executor dying with its parent would cost through a helper exec'd in
+front of it (util-linux's setpriv sets PR_SET_PDEATHSIG, then execs the program)."""
+
+
+def warden_cost(records: int = 100_000) -> float:
+    """Microseconds per item of telling the warden (``_warden.py``) about a child
+    and its end: two four-byte writes down its pipe."""
+    warden = Warden()
+    try:
+        started = time.perf_counter()
+        for pid in range(1_000_000, 1_000_000 + records):
+            warden.started(pid)
+            warden.reaping(pid)
+        return (time.perf_counter() - started) / records * 1e6
+    finally:
+        warden.close()
 
 
 PASSES: list[int] = []
@@ -252,6 +277,14 @@ async def main(count: int, concurrencies: list[int], rounds: int) -> None:
             f"  concurrency {c}: the bare posix_spawn loop is suspended in the call for "
             f"{suspended * 1e6:.0f} us a spawn ({share:.0%} of its time)"
         )
+        if os.access(SETPRIV[0], os.X_OK):
+            SUSPENDED.clear()
+            helper = await bare_posix_spawn(count, c, SETPRIV)
+            print(
+                f"  concurrency {c}: for comparison, a PR_SET_PDEATHSIG helper exec'd in front "
+                f"of each child (setpriv): {helper:.0f}/s beside /bin/true alone "
+                f"{rate[POSIX_SPAWN]:.0f}/s"
+            )
         window = pool_module._FLUSH_EVERY
         print(
             f"  concurrency {c}: a kill -9 reruns at most {c} running items plus those "
@@ -259,6 +292,10 @@ async def main(count: int, concurrencies: list[int], rounds: int) -> None:
             f"{ours * window:.0f}; the largest commit pass carried {max(PASSES)} "
             f"(mean {statistics.mean(PASSES):.1f})"
         )
+    print(
+        f"executors die with the runtime: the warden costs {warden_cost():.1f} us of the "
+        "parent's CPU per item (two writes down a pipe); the bare loops pay none of it"
+    )
     stolen_now, ticks_now = _steal()
     if ticks_now > ticks:  # a virtual machine's CPUs can be taken away while it runs
         share = (stolen_now - stolen) / (ticks_now - ticks)
