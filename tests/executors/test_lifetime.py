@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import msgspec
+import pytest
 from chute.config import dec_hook
 from chute.context import PluginContext
 from chute.executor import WorkItem
@@ -32,9 +33,9 @@ def _executor(workdir: Path, argv: list[str]) -> CommandExecutor:
     return CommandExecutor(msgspec.convert({"argv": argv}, CommandOptions, dec_hook=dec_hook), ctx)
 
 
-def _item(name: str) -> WorkItem:
-    message = Message(id="1-0", key=name, data={}, attempt=1)
-    return WorkItem(name=name, data={}, attempt=1, message=message, pool="work")
+def _item(name: str, data: dict[str, str] | None = None) -> WorkItem:
+    message = Message(id="1-0", key=name, data=data or {}, attempt=1)
+    return WorkItem(name=name, data=data or {}, attempt=1, message=message, pool="work")
 
 
 def _dies_within(pid: int, seconds: float) -> bool:
@@ -57,29 +58,34 @@ def _wait_for(path: Path, seconds: float) -> str:
 
 
 RUNTIME = """
-import asyncio, sys
+import asyncio, os, signal, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from tests.executors.test_lifetime import _executor, _item
 
 async def main():
-    ex = _executor(Path({workdir!r}), ["/bin/sh", "-c", "echo $$ > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; exec sleep 30"])
-    await ex.run(_item("long"))
+    ex = _executor(Path({workdir!r}), ["/bin/sh", "-c", "echo $$ > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}-$0; exec sleep $0", "{{secs}}"])
+    if {kill_warden}:  # someone kills the warden: the next child finds a new one
+        await ex.run(_item("quick", {{"secs": "0"}}))
+        os.kill(ex._warden._pid, signal.SIGKILL)
+        await asyncio.sleep(0.2)
+    await ex.run(_item("long", {{"secs": "30"}}))
 
 asyncio.run(main())
 """
 
 
-def test_a_killed_runtimes_executors_die_with_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kill_warden", [False, True], ids=["", "after-the-warden-was-killed"])
+def test_a_killed_runtimes_executors_die_with_it(tmp_path: Path, kill_warden: bool) -> None:
     """kill -9 of the process that started an executor kills the executor's group."""
     pidfile = tmp_path / "child.pid"
     code = RUNTIME.format(
         tests=str(Path(__file__).resolve().parents[2]), workdir=str(tmp_path / "work"),
-        pidfile=str(pidfile),
+        pidfile=str(pidfile), kill_warden=kill_warden,
     )  # fmt: skip
     runtime = subprocess.Popen([PY, "-c", textwrap.dedent(code)])
     try:
-        child = int(_wait_for(pidfile, 30))
+        child = int(_wait_for(pidfile.with_name("child.pid-30"), 30))
     finally:
         runtime.kill()
         runtime.wait()

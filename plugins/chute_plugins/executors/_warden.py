@@ -62,7 +62,17 @@ class Warden:
         self.live: set[int] = set()
         """Children started and not yet reaped."""
 
+    def start(self) -> None:
+        """Start the warden now, before any child (else with the first one).
+
+        Raises OSError when it cannot be started (no processes or descriptors left).
+        """
+        if self._fd < 0:
+            self._start()
+
     def started(self, pid: int) -> None:
+        """Tell the warden about a child. Raises OSError when no warden can be
+        started: the caller stops the child rather than leave it unguarded."""
         self.live.add(pid)
         self._send(_RECORD.pack(pid))
 
@@ -70,22 +80,25 @@ class Warden:
         """Call after killing what is left in the child's group, before reaping it:
         once reaped, its pid may name someone else's group."""
         self.live.discard(pid)
-        self._send(_RECORD.pack(-pid))
+        with contextlib.suppress(OSError):  # no warden: nothing to tell it
+            self._send(_RECORD.pack(-pid))
 
     def _send(self, record: bytes) -> None:
         if self._fd < 0:
             self._start()
-        data = self._unsent + record if self._unsent else record
+        self._unsent += record
         try:
-            written = os.write(self._fd, data)
-        except BlockingIOError:
-            written = 0
+            written = os.write(self._fd, self._unsent)
+        except BlockingIOError:  # its pipe is full: the next write tries again
+            return
         except BrokenPipeError:  # someone killed it: a new one learns who is alive
             log.warning("the executors' warden (pid %d) died; starting another", self._pid)
             self._stop()
             self._start()
+            with contextlib.suppress(BlockingIOError):
+                self._unsent = self._unsent[os.write(self._fd, self._unsent) :]
             return
-        self._unsent = data[written:]
+        self._unsent = self._unsent[written:]
 
     def _start(self) -> None:
         read, write = os.pipe2(os.O_CLOEXEC)

@@ -231,8 +231,9 @@ class CommandExecutor:
         self._free_pipes: list[_Pipes] = []
         self._watcher: _Watcher | None = None
         self._warden = Warden()
-        self._taken_over: anyio.Event | None = None
-        """Set once a dead runtime's executors in our folders are gone (``_take_over``)."""
+        self._ready = False
+        """Whether a dead runtime's executors in our folders are gone (``_take_over``)."""
+        self._taking_over: anyio.Event | None = None
 
     def _check_program(self, program: str, path: str) -> None:
         """Look the program up as exec will: on the child's PATH, or relative to ``cwd``."""
@@ -258,7 +259,7 @@ class CommandExecutor:
     # -- one item ----------------------------------------------------------
 
     async def run(self, item: WorkItem) -> Any:
-        if self._taken_over is None or not self._taken_over.is_set():
+        if not self._ready:
             await self._take_over()
         argv = self._fixed_argv or self._render_argv(item.data)
         if "\0" in item.name:
@@ -290,21 +291,26 @@ class CommandExecutor:
         raise ItemFailed(_reason(f"exit {code}", stderr), output=output)
 
     async def _take_over(self) -> None:
-        """Before our first item: kill what a dead runtime left running in our folders."""
-        if self._taken_over is not None:
-            await self._taken_over.wait()
-            return
-        self._taken_over = anyio.Event()
-        try:
-            with anyio.CancelScope(shield=True):
-                wait = self.options.grace + 5.0
-                await anyio.to_thread.run_sync(self.folders.take_over, wait)
-        except BaseException:
-            self._taken_over = None
-            raise
-        finally:
-            if self._taken_over is not None:
-                self._taken_over.set()
+        """Before our first item: kill what a dead runtime left running in our
+        folders, and start the warden that kills ours if we die (``_warden.py``)."""
+        while not self._ready:
+            if self._taking_over is not None:  # another worker is at it
+                await self._taking_over.wait()
+                continue
+            self._taking_over = done = anyio.Event()
+            try:
+                # Shielded, and bounded: take_over waits at most this long.
+                with anyio.CancelScope(shield=True):
+                    wait = self.options.grace + 5.0
+                    await anyio.to_thread.run_sync(self.folders.take_over, wait)
+                self._warden.start()
+                self._ready = True
+            except OSError as exc:
+                why = f"cannot prepare the item folders in {self.folders.scratch}: {exc}"
+                raise ExecutorUnavailable(why) from None
+            finally:
+                self._taking_over = None
+                done.set()
 
     def _render_argv(self, data: Any) -> tuple[bytes, ...]:
         argv = tuple(os.fsencode(t.render(data)) for t in self.argv)
@@ -350,8 +356,8 @@ class CommandExecutor:
                     pid = await self._threads.spawn(launch)
             else:
                 pid = spawn.spawn(launch)
-            self._warden.started(pid)
             try:
+                self._warden.started(pid)
                 pidfd = os.pidfd_open(pid)
             except OSError:  # out of descriptors: the child must not outlive the item
                 await self._kill_and_reap(spawn, pid)
