@@ -145,3 +145,23 @@ def test_publish_to_an_unknown_topic_is_refused(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
+
+
+def test_version_and_python_dash_m() -> None:
+    from importlib.metadata import version
+
+    result = chute("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"chute, version {version('chute')}"
+    assert "Usage: chute" in chute("--help").stdout  # python -m chute names itself chute
+
+
+def test_a_config_error_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('shutdown_grace = "soon"\n[pools.p]\ntopic = "t"\n')
+    result = chute("run", str(path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert any(line.startswith(f"{path}: shutdown_grace:") for line in lines), lines
+    assert any(line.startswith(f"{path}: [pools.p] executor:") for line in lines), lines

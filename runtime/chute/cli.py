@@ -10,7 +10,6 @@ import json
 import logging
 import signal
 import sys
-from pathlib import Path
 from typing import Any, NoReturn
 
 import anyio
@@ -274,7 +273,7 @@ async def _status(cfg: Config, url: str | None, token: str | None) -> dict[str, 
     from .registry import load_plugin
 
     report: dict[str, Any] = {"items": {}, "failures": [], "live": None}
-    workdir = (Path(cfg.base_dir) / cfg.settings.workdir).resolve()
+    workdir = cfg.workdir()
     store = load_plugin("store", scheme_of(cfg.settings.state))(cfg.settings.state, workdir)
     await store.open()
     try:
@@ -322,6 +321,22 @@ def serve_items(ctx: click.Context, directory: str, glob: str, host: str, port: 
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+@main.command()
+def schema() -> None:
+    """Print a JSON Schema of the config (for editors that check TOML and YAML)."""
+    from .reference import config_schema
+
+    click.echo(json.dumps(config_schema(), indent=2))
+
+
+@main.command()
+def reference() -> None:
+    """Print the config reference (every table and key, with defaults) as Markdown."""
+    from .reference import reference_markdown
+
+    click.echo(reference_markdown(), nl=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -74,7 +74,7 @@ class Runtime:
         self.node = settings.node or default_node_name()
         self.until_idle = until_idle
         self.base_dir = Path(self.config.base_dir)
-        self.workdir = (self.base_dir / settings.workdir).resolve()
+        self.workdir = self.config.workdir()
         self.topics: dict[str, TopicConfig] = self._all_topics()
         self.broker: Broker = self._build_broker()
         self.store: StateStore | None = None
