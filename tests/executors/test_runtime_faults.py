@@ -24,6 +24,7 @@ from chute.executor import WorkItem
 from chute.message import Message
 from chute.store import ItemStatus
 from chute_plugins.brokers.memory import MemoryBroker
+from chute_plugins.executors import _spawn
 from chute_plugins.executors.command import CommandExecutor, CommandOptions
 
 PY = sys.executable
@@ -78,6 +79,24 @@ async def test_a_child_whose_pidfd_cannot_be_opened_is_killed_and_reaped(
         assert _children("sleep") == [], "the child was left running (or unreaped)"
     finally:
         monkeypatch.undo()
+        await ex.aclose()
+
+
+@pytest.mark.parametrize("spawner", [_spawn.PosixSpawn, _spawn.PopenSpawn])
+async def test_a_spawn_refused_for_lack_of_processes_is_the_runtimes_fault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spawner: type
+) -> None:
+    def no_processes_left(self: Any, launch: Any) -> int:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    if spawner is _spawn.PopenSpawn:
+        monkeypatch.setattr(_spawn, "_LIBC", None)
+    monkeypatch.setattr(spawner, "spawn", no_processes_left)
+    ex = _executor(tmp_path, argv=["true"])
+    try:
+        with pytest.raises(ExecutorUnavailable, match="Resource temporarily unavailable"):
+            await ex.run(_item({}))
+    finally:
         await ex.aclose()
 
 

@@ -149,7 +149,11 @@ def orphans(scratch: str) -> list[int]:
     marker = b"WORK_ITEM_FILE=" + os.fsencode(scratch).rstrip(b"/") + b"/"
     me = os.getpid()
     found: list[int] = []
-    for name in os.listdir(b"/proc"):
+    try:
+        names = os.listdir(b"/proc")
+    except FileNotFoundError:  # no procfs (a container without it): nothing to find
+        return found
+    for name in names:
         if not name.isdigit() or int(name) == me:
             continue
         try:
