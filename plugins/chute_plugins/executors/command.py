@@ -35,7 +35,7 @@ on the event loop thread, or from a spawn thread once the executor has as
 many children running as there are CPUs, and the exit awaited through a
 pidfd, with no child watcher in between (measured in ``bench/spawn.py``
 beside bare loops). Every child's pidfd and pipes share one epoll of the
-executor's own; the pipes serve child after child (``_Pipes``), and an item
+executor's own; the pipes serve child after child (``_child_io.Pipes``), and an item
 folder the executor left alone serves the next item with its item file
 rewritten in place (``_folders.py``): per item, the parent's cost is a few
 system calls beyond the spawn's own.
@@ -49,11 +49,8 @@ import errno
 import logging
 import os
 import re
-import select
 import shutil
 import signal
-from collections import deque
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import anyio
@@ -64,6 +61,7 @@ from chute.context import PluginContext
 from chute.errors import ConfigError, ExecutorUnavailable, ItemFailed
 from chute.executor import WorkItem
 
+from ._child_io import AT_EXIT_READS, Child, Pipes, Tail, Watcher
 from ._folders import Folders, ItemFolder
 from ._spawn import Launch, PosixSpawn, Spawner, SpawnThreads, spawner
 from ._warden import Warden
@@ -156,35 +154,6 @@ class Template:
         return "".join(out)
 
 
-class Tail:
-    """The last ``limit`` bytes written to it, and how many came before them."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.chunks: deque[bytes] = deque()
-        self.size = 0
-        self.dropped = 0
-
-    def write(self, chunk: bytes) -> None:
-        self.chunks.append(chunk)
-        self.size += len(chunk)
-        while self.size > self.limit and self.chunks:
-            excess = self.size - self.limit
-            first = self.chunks[0]
-            if len(first) <= excess:
-                self.chunks.popleft()
-                self.size -= len(first)
-                self.dropped += len(first)
-            else:
-                self.chunks[0] = first[excess:]
-                self.size -= excess
-                self.dropped += excess
-
-    def text(self) -> str:
-        body = b"".join(self.chunks).decode("utf-8", "replace")
-        return f"[... {self.dropped} bytes dropped ...]\n{body}" if self.dropped else body
-
-
 class CommandExecutor:
     Options: ClassVar[type[Strict]] = CommandOptions
 
@@ -228,8 +197,8 @@ class CommandExecutor:
         self._threads: SpawnThreads | None = None
         self._running = 0
         """Children started and not yet reaped."""
-        self._free_pipes: list[_Pipes] = []
-        self._watcher: _Watcher | None = None
+        self._free_pipes: list[Pipes] = []
+        self._watcher: Watcher | None = None
         self._warden = Warden()
         self._ready = False
         """Whether a dead runtime's executors in our folders are gone (``_take_over``)."""
@@ -362,7 +331,7 @@ class CommandExecutor:
             except OSError:  # out of descriptors: the child must not outlive the item
                 await self._kill_and_reap(spawn, pid)
                 raise
-            child = _Child(watcher, pidfd)
+            child = Child(watcher, pidfd)
             self._running += 1
             try:
                 try:
@@ -381,7 +350,7 @@ class CommandExecutor:
                     if fd == pipes.folders:
                         self.folders.drain()
                     else:
-                        pipes.read(fd, _AT_EXIT_READS)
+                        pipes.read(fd, AT_EXIT_READS)
                 reusable = True
                 return spawn.reap(pid)
             finally:
@@ -394,13 +363,13 @@ class CommandExecutor:
             else:  # a killed child's group may still be writing
                 pipes.close()
 
-    def _take_pipes(self, watcher: _Watcher) -> _Pipes:
+    def _take_pipes(self, watcher: Watcher) -> Pipes:
         while self._free_pipes:
             pipes = self._free_pipes.pop()
             if not pipes.closed and pipes.watcher is watcher:
                 return pipes
             pipes.close()
-        return _Pipes(watcher, self.folders.fileno())
+        return Pipes(watcher, self.folders.fileno())
 
     def _new_spawner(self) -> Spawner:
         devnull = self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -411,10 +380,10 @@ class CommandExecutor:
             self._threads = SpawnThreads(lambda: PosixSpawn(cwd, self._path, devnull), threads)
         return self._spawner
 
-    def _watcher_here(self) -> _Watcher:
+    def _watcher_here(self) -> Watcher:
         loop = asyncio.get_running_loop()
         if self._watcher is None or self._watcher.loop is not loop:
-            self._watcher = _Watcher(loop)
+            self._watcher = Watcher(loop)
             if self.folders.fileno() >= 0:  # folder events are read as they come
                 self._watcher.add(self.folders.fileno(), lambda fd, events: self.folders.drain())
                 self.folders.drain()  # and those that came while no loop watched
@@ -461,135 +430,6 @@ class CommandExecutor:
 _BOOK_VARIABLES = (
     "WORK_ITEM_FILE", "WORK_ITEM_NAME", "WORK_ITEM_ATTEMPT", "WORK_OUTPUT_DIR", "WORK_RESULT_FILE",
 )  # fmt: skip
-
-
-class _Watcher:
-    """Readiness of every child's pidfd and pipes (and of the item folders'
-    inotify descriptor) through one epoll of our own.
-
-    The loop watches only this epoll; a descriptor joins it (and leaves it)
-    with one system call, a fraction of what the loop's own ``add_reader``
-    bookkeeping (a handle, a key, a selector lookup) costs.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.epoll = select.epoll()
-        self.handlers: dict[int, Callable[[int, int], None]] = {}
-        loop.add_reader(self.epoll.fileno(), self.poll)
-
-    def add(self, fd: int, handler: Callable[[int, int], None], *, once: bool = False) -> None:
-        """Call ``handler(fd, events)`` while ``fd`` is readable or hung up.
-
-        ``once``: the first time only. The kernel then disarms ``fd`` and drops
-        it when it is closed, so the handler only has to forget itself.
-        """
-        self.handlers[fd] = handler
-        self.epoll.register(fd, select.EPOLLIN | select.EPOLLONESHOT if once else select.EPOLLIN)
-
-    def remove(self, fd: int) -> None:
-        if self.handlers.pop(fd, None) is not None:
-            self.epoll.unregister(fd)
-
-    def poll(self) -> None:
-        """Call the handlers of what is ready now (the loop calls it when any is)."""
-        # Level-triggered: what does not fit in one poll is reported again.
-        for fd, events in self.epoll.poll(0, 64):
-            handler = self.handlers.get(fd)
-            if handler is not None:
-                handler(fd, events)
-
-    def close(self) -> None:
-        self.loop.remove_reader(self.epoll.fileno())
-        self.epoll.close()
-        self.handlers.clear()
-
-
-_AT_EXIT_READS = 16
-"""Reads (of up to 64 KiB) at a child's exit for what its pipes still hold: a
-pipe holds at most 1 MiB, so more can only come from a grandchild that
-escaped the group, and closes the pipes (``_Pipes``)."""
-
-
-class _Pipes:
-    """A child's stdout and stderr, kept from one child to the next.
-
-    Two new pipes per child, with their epoll calls, hang-ups and four
-    closes, cost the parent 30 to 40 us of CPU per ``/bin/true`` (90 at
-    concurrency 8). Their read ends stay in the epoll and never block; their
-    write ends stay open here too, so they never hang up: a child's output
-    is all in them once it has exited, and is read then at the latest.
-    Output that arrives while no child owns them comes from a grandchild
-    that escaped the process group: the pipes are closed on it, so it gets
-    EPIPE as it did when each child had pipes of its own.
-    """
-
-    def __init__(self, watcher: _Watcher, folders: int) -> None:
-        """``folders``: the item folders' inotify descriptor (-1: none), asked
-        about with the pipes at a child's exit."""
-        self.watcher = watcher
-        self.folders = folders
-        self.out_r, self.out_w = os.pipe2(os.O_CLOEXEC)
-        self.err_r, self.err_w = os.pipe2(os.O_CLOEXEC)
-        self.tails: dict[int, Tail] | None = None
-        """The owning child's, by read end; None while no child owns them."""
-        self.closed = False
-        self._asking = select.poll()
-        for fd in (self.out_r, self.err_r):
-            os.set_blocking(fd, False)
-            watcher.add(fd, self._readable)
-            self._asking.register(fd, select.POLLIN)
-        if folders >= 0:
-            self._asking.register(folders, select.POLLIN)
-
-    def waiting(self) -> list[int]:
-        """Which of the read ends and the folders' descriptor are readable now."""
-        return [fd for fd, _ in self._asking.poll(0)]
-
-    def _readable(self, fd: int, events: int) -> None:
-        if self.tails is None:
-            self.close()
-        else:
-            self.read(fd, 1)  # level-triggered: the rest is reported again
-
-    def read(self, fd: int, reads: int) -> None:
-        assert self.tails is not None
-        for _ in range(reads):
-            try:
-                chunk = os.read(fd, 65536)
-            except BlockingIOError:
-                return
-            self.tails[fd].write(chunk)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        for fd in (self.out_r, self.err_r):
-            self.watcher.remove(fd)
-        for fd in (self.out_r, self.out_w, self.err_r, self.err_w):
-            os.close(fd)
-
-
-class _Child:
-    """A running child's exit, through its pidfd."""
-
-    def __init__(self, watcher: _Watcher, pidfd: int) -> None:
-        self.watcher = watcher
-        self.pidfd = pidfd
-        self.exited: asyncio.Future[None] = watcher.loop.create_future()
-        watcher.add(pidfd, self._exit, once=True)
-
-    def _exit(self, fd: int, events: int) -> None:
-        del self.watcher.handlers[fd]  # added once: disarmed already
-        if not self.exited.done():  # cancelled, while the child is being stopped
-            self.exited.set_result(None)
-
-    def close(self) -> None:
-        self.watcher.remove(self.pidfd)
-        os.close(self.pidfd)
-        if not self.exited.done():
-            self.exited.cancel()
 
 
 def _killpg(pgid: int, sig: signal.Signals) -> None:
