@@ -22,10 +22,10 @@ bare posix_spawn loop is suspended in each call (until the child has called
 exec), which is where a loop spends most of its time when the machine is
 busy.
 
-What making executors die with the runtime costs: the warden's two pipe
-writes per item (``_warden.py``), measured alone, and for comparison the bare
-posix_spawn loop with a helper exec'd in front of each child to set
-``PR_SET_PDEATHSIG`` (setpriv), the way a posix_spawn path could do it.
+Executors die with the runtime (``_warden.py``) at no cost per item, so
+chute's figure includes it; for comparison, the bare posix_spawn loop with a
+helper exec'd in front of each child to set ``PR_SET_PDEATHSIG`` (setpriv),
+the way a posix_spawn path could have done it.
 
 And what a kill -9 may rerun at that rate: the items running (at most the
 concurrency; they die with the runtime) plus the items finished and not yet
@@ -53,7 +53,6 @@ from chute import pool as pool_module
 from chute.config import config_from_dict
 from chute.engine import Runtime
 from chute.message import new_message
-from chute_plugins.executors._warden import Warden
 
 TRUE = "/bin/true"
 
@@ -131,20 +130,6 @@ async def bare_posix_spawn(count: int, concurrency: int, argv: tuple[str, ...] =
 SETPRIV = ("/usr/bin/setpriv", "--pdeathsig", "KILL", TRUE)
 """What an executor dying with its parent would cost through a helper exec'd in
 front of it (util-linux's setpriv sets PR_SET_PDEATHSIG, then execs the program)."""
-
-
-def warden_cost(records: int = 100_000) -> float:
-    """Microseconds per item of telling the warden (``_warden.py``) about a child
-    and its end: two four-byte writes down its pipe."""
-    warden = Warden()
-    try:
-        started = time.perf_counter()
-        for pid in range(1_000_000, 1_000_000 + records):
-            warden.started(pid)
-            warden.reaping(pid)
-        return (time.perf_counter() - started) / records * 1e6
-    finally:
-        warden.close()
 
 
 PASSES: list[int] = []
@@ -292,10 +277,6 @@ async def main(count: int, concurrencies: list[int], rounds: int) -> None:
             f"{ours * window:.0f}; the largest commit pass carried {max(PASSES)} "
             f"(mean {statistics.mean(PASSES):.1f})"
         )
-    print(
-        f"executors die with the runtime: the warden costs {warden_cost():.1f} us of the "
-        "parent's CPU per item (two writes down a pipe); the bare loops pay none of it"
-    )
     stolen_now, ticks_now = _steal()
     if ticks_now > ticks:  # a virtual machine's CPUs can be taken away while it runs
         share = (stolen_now - stolen) / (ticks_now - ticks)

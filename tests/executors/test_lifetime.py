@@ -67,7 +67,7 @@ async def main():
     ex = _executor(Path({workdir!r}), ["/bin/sh", "-c", "echo $$ > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}-$0; exec sleep $0", "{{secs}}"])
     if {kill_warden}:  # someone kills the warden: the next child finds a new one
         await ex.run(_item("quick", {{"secs": "0"}}))
-        os.kill(ex._warden._pid, signal.SIGKILL)
+        os.kill(ex._warden.pid, signal.SIGKILL)
         await asyncio.sleep(0.2)
     await ex.run(_item("long", {{"secs": "30"}}))
 

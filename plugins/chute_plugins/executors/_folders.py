@@ -99,6 +99,8 @@ class Folders:
         self._looked_at: ItemFolder | None = None
         self._lock = -1
         """``run/<pool>.lock``, held shared while we use the folders (``take_over``)."""
+        self.prefix = f"item-{os.getpid()}-"
+        """Of our folders' names: a second runtime's warden tells its folders from ours."""
         self._trash: list[str] = []
         """Folders to remove, whatever they hold: off the event loop (``take_trash``)."""
         if ino.available():
@@ -259,7 +261,7 @@ class Folders:
 
     def _new(self) -> ItemFolder:
         self.scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
-        folder = ItemFolder(tempfile.mkdtemp(prefix="item-", dir=self.scratch), self.env)
+        folder = ItemFolder(tempfile.mkdtemp(prefix=self.prefix, dir=self.scratch), self.env)
         os.mkdir(folder.output, 0o700)
         self._settle(folder)
         return folder

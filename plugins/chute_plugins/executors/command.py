@@ -199,7 +199,8 @@ class CommandExecutor:
         """Children started and not yet reaped."""
         self._free_pipes: list[Pipes] = []
         self._watcher: Watcher | None = None
-        self._warden = Warden()
+        self._warden = Warden(str(self.folders.scratch), self.folders.prefix)
+        self._warden_pidfd = -1
         self._ready = False
         """Whether a dead runtime's executors in our folders are gone (``_take_over``)."""
         self._taking_over: anyio.Event | None = None
@@ -272,7 +273,7 @@ class CommandExecutor:
                 with anyio.CancelScope(shield=True):
                     wait = self.options.grace + 5.0
                     await anyio.to_thread.run_sync(self.folders.take_over, wait)
-                self._warden.start()
+                self._watch_warden(self._warden.start())
                 self._ready = True
             except OSError as exc:
                 why = f"cannot prepare the item folders in {self.folders.scratch}: {exc}"
@@ -326,7 +327,6 @@ class CommandExecutor:
             else:
                 pid = spawn.spawn(launch)
             try:
-                self._warden.started(pid)
                 pidfd = os.pidfd_open(pid)
             except OSError:  # out of descriptors: the child must not outlive the item
                 await self._kill_and_reap(spawn, pid)
@@ -343,7 +343,6 @@ class CommandExecutor:
                 # Exited, but not yet reaped, so its pid (the group's id)
                 # cannot be reused: kill what it left in its group.
                 _killpg(pid, signal.SIGKILL)
-                self._warden.reaping(pid)
                 # All it wrote is in the pipes by now, and every folder event
                 # it caused is waiting: one system call asks about them all.
                 for fd in pipes.waiting():
@@ -384,6 +383,8 @@ class CommandExecutor:
         loop = asyncio.get_running_loop()
         if self._watcher is None or self._watcher.loop is not loop:
             self._watcher = Watcher(loop)
+            if self._warden_pidfd >= 0:  # watched by the last loop's
+                self._watcher.add(self._warden_pidfd, self._warden_died, once=True)
             if self.folders.fileno() >= 0:  # folder events are read as they come
                 self._watcher.add(self.folders.fileno(), lambda fd, events: self.folders.drain())
                 self.folders.drain()  # and those that came while no loop watched
@@ -396,16 +397,33 @@ class CommandExecutor:
             await anyio.wait_readable(pidfd)
         _killpg(pid, signal.SIGKILL)
         await anyio.wait_readable(pidfd)
-        self._warden.reaping(pid)
         spawn.reap(pid)
         log.warning("pool %s: stopped pid %d and its process group", self.pool, pid)
 
     async def _kill_and_reap(self, spawn: Spawner, pid: int) -> None:
         """Stop a child we cannot watch (no pidfd): SIGKILL its group, and reap it."""
         _killpg(pid, signal.SIGKILL)
-        self._warden.reaping(pid)
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(spawn.reap, pid)
+
+    def _watch_warden(self, pidfd: int) -> None:
+        watcher = self._watcher_here()
+        self._warden_pidfd = pidfd
+        watcher.add(pidfd, self._warden_died, once=True)
+
+    def _warden_died(self, fd: int, events: int) -> None:
+        """Someone killed the warden: start another, or make the next item try again."""
+        assert self._watcher is not None
+        del self._watcher.handlers[fd]  # added once: disarmed already
+        os.close(fd)
+        self._warden_pidfd = -1
+        log.warning("pool %s: the executors' warden (pid %d) died; starting another",
+                    self.pool, self._warden.pid)  # fmt: skip
+        try:
+            self._watch_warden(self._warden.start())
+        except OSError as exc:
+            log.error("pool %s: cannot start the executors' warden: %s", self.pool, exc)
+            self._ready = False  # the next item tries again, or waits as a runtime fault
 
     async def aclose(self) -> None:
         for pipes in self._free_pipes:
@@ -415,6 +433,9 @@ class CommandExecutor:
         if self._watcher is not None:
             self._watcher.close()
             self._watcher = None
+        if self._warden_pidfd >= 0:
+            os.close(self._warden_pidfd)
+            self._warden_pidfd = -1
         if self._threads is not None:
             self._threads.close()
             self._threads = None
