@@ -5,7 +5,11 @@ topics and consumer groups, pools and operators, then sources, so nothing is
 published before its readers exist. Shutdown runs the same way back: stop
 the sources (intake), let pools drain their in-flight items for the grace
 period, cancel what is left (deliveries stay pending and come back), flush
-the final acks under a shield, then close executors, store and broker.
+the final acks under a shield, then close executors, store and broker. Every
+shielded step gives up at the stop deadline (``stopping.py``), the final
+flush and the closing each a moment later, so a stop takes at most the grace
+period plus a few seconds whatever the broker or the store do; ``stop_now``
+(a second signal) gives up at once.
 
 Embedding::
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,22 +39,40 @@ from .config import Config, TopicConfig, load_config, where
 from .context import PluginContext
 from .errors import ConfigError
 from .graph import DEAD_SUFFIX, operator_topics, plugin_options, scheme_of, validate
+from .logs import start_lines, summary_line
 from .message import Message, new_message
 from .pool import PoolCounters, WorkerPool
 from .registry import load_plugin
 from .source import Source
+from .stopping import Deadline
 from .store import ItemStatus, StateStore
 
 log = logging.getLogger("chute")
 
+_CLOSE_WITHIN = 2.0
+"""Seconds closing executors, sources, store and broker may take, in all."""
+
 _OUTCOMES_KEPT = 10_000
 """Recent final outcomes remembered for ``wait_for`` callers that ask late."""
+_DEAD_KEPT = 1_000
+"""Recent dead items whose messages the runtime keeps for ``chute dead requeue``."""
 
 
 class Outcome(msgspec.Struct, frozen=True):
     status: ItemStatus
     result: Any = None
     """The executor's result when done; the error text when dead."""
+
+
+class DeadLetter(msgspec.Struct, kw_only=True):
+    """A recent dead item, kept so ``chute dead requeue`` can publish it again."""
+
+    pool: str
+    key: str
+    error: str
+    at: float
+    attempts: int
+    message: Message
 
 
 class RuntimeStatus(msgspec.Struct, kw_only=True):
@@ -83,7 +106,11 @@ class Runtime:
         self.sources: dict[str, tuple[Source, str]] = {}
         self.ready = anyio.Event()
         self._stop = anyio.Event()
+        self.deadline = Deadline()
+        """When shielded steps give up once a stop began: the grace period after it."""
         self._outcomes: OrderedDict[tuple[str, str], Outcome] = OrderedDict()
+        self.dead_letters: OrderedDict[tuple[str, str], DeadLetter] = OrderedDict()
+        """The most recent dead items of this run (requeue and the dashboard read them)."""
         self._waiters: dict[tuple[str, str], list[anyio.Event]] = {}
         self._task_group: TaskGroup | None = None
         self.api_port: int | None = None
@@ -152,7 +179,7 @@ class Runtime:
             )
             pool = WorkerPool(
                 name, pool_cfg, broker=self.broker, executor=executor, store=self.store,
-                node=self.node, on_final=self._on_final,
+                node=self.node, on_final=self._on_final, deadline=self.deadline,
             )  # fmt: skip
             await pool.prepare(topics[pool_cfg.topic].visibility_timeout)
             self.pools[name] = pool
@@ -165,11 +192,25 @@ class Runtime:
                     name, op_cfg, self.broker, node=self.node, error_rate=error_rate
                 )
                 await op.prepare(self.topics)
+                op.deadline = self.deadline
                 self.operators[name] = op
         for name, spec in cfg.sources.items():
             topic = str(spec["topic"])
             source = self._build_plugin("source", f"sources.{name}", "", spec, ("topic",), topic)
             self.sources[name] = (source, topic)
+
+    def unready_reasons(self) -> list[str]:
+        """Why the runtime should not get traffic now (empty when ready): ``/readyz``."""
+        reasons = []
+        if not self.ready.is_set():
+            reasons.append("starting: sources and pools are not all running yet")
+        if self._stop.is_set():
+            reasons.append("stopping")
+        if not getattr(self.broker, "healthy", True):
+            reasons.append(f"the broker {self.config.settings.broker} is unreachable")
+        if self.store is not None and not getattr(self.store, "healthy", True):
+            reasons.append(f"the state store {self.config.settings.state} is unreachable")
+        return reasons
 
     def known_topics(self) -> set[str]:
         return set(self.topics)
@@ -193,6 +234,8 @@ class Runtime:
         grace = float(self.config.settings.shutdown_grace)
         try:
             await self.build()
+            for line in start_lines(self.config):
+                log.info("%s", line)
             # Services (the API, the idle watcher) outlive the drain and end
             # once the pools, operators and sources have.
             async with anyio.create_task_group() as services:
@@ -202,11 +245,25 @@ class Runtime:
                     await services.start(serve_api, self)
                 if self.until_idle:
                     services.start_soon(self._stop_when_idle)
+                if self.config.settings.summary_every > 0:
+                    services.start_soon(
+                        self._log_summaries, float(self.config.settings.summary_every)
+                    )
                 await self._run_graph(grace, task_status)
                 services.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):  # summary_line bounds itself
+                log.info("finished: %s", await summary_line(self))
         finally:
-            with anyio.CancelScope(shield=True):
+            with self.deadline.shield(extra=_CLOSE_WITHIN) as closing:
+                closing.deadline = min(closing.deadline, anyio.current_time() + _CLOSE_WITHIN)
                 await self._close()
+            if closing.cancelled_caught:
+                log.warning("closing took longer than %gs: abandoned", _CLOSE_WITHIN)
+
+    async def _log_summaries(self, every: float) -> None:
+        while True:
+            await anyio.sleep(every)
+            log.info("%s", await summary_line(self))
 
     async def _run_graph(self, grace: float, task_status: TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
@@ -221,6 +278,7 @@ class Runtime:
             task_status.started()
             await self._stop.wait()
             log.info("stopping: sources first, then %gs for items in flight", grace)
+            self.deadline.set(anyio.current_time() + grace)
             sources_scope.cancel()
             pools_stop.set()
             # Operators move messages quickly; give them the same deadline.
@@ -249,6 +307,15 @@ class Runtime:
     def stop(self) -> None:
         """Begin a graceful shutdown (safe to call more than once)."""
         self._stop.set()
+
+    def stop_now(self) -> None:
+        """Give up on everything in hand (a second signal): shielded steps end now.
+
+        The caller cancels the task running ``run``; what did not finish stays
+        pending and is delivered again.
+        """
+        self._stop.set()
+        self.deadline.expire()
 
     async def _close(self) -> None:
         for pool in self.pools.values():
@@ -306,6 +373,13 @@ class Runtime:
             self._outcomes.popitem(last=False)
         for event in self._waiters.pop(key, []):
             event.set()
+        if status is ItemStatus.DEAD:
+            self.dead_letters[key] = DeadLetter(
+                pool=pool.name, key=key[1], error=str(result), at=time.time(),
+                attempts=message.attempt, message=message,
+            )  # fmt: skip
+            if len(self.dead_letters) > _DEAD_KEPT:
+                self.dead_letters.popitem(last=False)
         for name, (source, topic) in self.sources.items():
             if topic == pool.topic:
                 await _quietly(
@@ -355,7 +429,7 @@ class Runtime:
         try:
             await self.build()
         except BaseException:
-            with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(_CLOSE_WITHIN, shield=True):
                 await self._close()
             raise
         self._task_group = anyio.create_task_group()

@@ -13,6 +13,13 @@ last pass, then acknowledges them (group commit: while other items are
 still running, a pass waits up to ``_FLUSH_EVERY`` for their outcomes to join
 it, so under load a pass carries many items; the outcome of the last running
 item is written at once).
+
+While items run (or wait in the buffer), a heartbeat (``heartbeat.py``)
+extends their deliveries and their leases, so an item that runs longer than
+the visibility timeout is never redelivered, nor claimed by anyone, while it
+runs. Two messages with one key never run at once: the store refuses the
+second claim while the first one's lease lives (without a store, the pool
+holds back keys it runs).
 """
 
 from __future__ import annotations
@@ -34,7 +41,10 @@ from .broker import Broker
 from .config import PoolConfig
 from .errors import ExecutorUnavailable, ItemFailed
 from .executor import Executor, WorkItem
+from .heartbeat import Heartbeat
 from .message import Message
+from .meters import SECONDS_BUCKETS, Histogram
+from .stopping import Deadline
 from .store import Claim, Finish, ItemStatus, StateStore
 
 log = logging.getLogger("chute.pool")
@@ -45,6 +55,15 @@ OnFinal = Callable[["WorkerPool", Message, ItemStatus, Any], Awaitable[None]]
 
 _OUTPUT_TAIL = 4000
 """Characters of an executor's output kept in a dead letter."""
+
+_BUSY_KEY_DELAY = 5.0
+"""Seconds before a delivery whose key is running elsewhere is looked at again."""
+
+FINAL_FLUSH = 1.5
+"""Seconds after the stop deadline for the last outcomes to be recorded and acknowledged.
+
+Items that finished within the grace period are recorded if the store and
+the broker answer within this; otherwise they stay pending (and run again)."""
 
 _FLUSH_EVERY = 0.02
 """Seconds an outcome waits for others to join its pass (the group-commit window).
@@ -136,6 +155,7 @@ class WorkerPool:
         store: StateStore | None,
         node: str,
         on_final: OnFinal | None = None,
+        deadline: Deadline | None = None,
     ) -> None:
         self.name = name
         self.cfg = cfg
@@ -148,10 +168,16 @@ class WorkerPool:
         self.executor = executor
         self.store = store if cfg.track else None
         self.on_final = on_final
+        self.deadline = deadline or Deadline()
+        """When shielded steps give up once a stop began (the runtime shares one)."""
         scale = cfg.scale_or_fixed()
         self.slots = Slots(max(1, scale.min))
         self.scaler = Scaler(name, scale)
         self.counters = PoolCounters(name=name, topic=self.topic, concurrency=scale.min)
+        self.durations = Histogram(SECONDS_BUCKETS)
+        """Seconds each attempt spent in the executor (``/metrics``)."""
+        self.queue_waits = Histogram(SECONDS_BUCKETS)
+        """Seconds from publishing to the start of each attempt (retries include their backoff)."""
         self._changed: anyio.Event | None = None
         # Settled since the flusher's last pass: outcomes to record, then
         # deliveries to acknowledge, then items to report final.
@@ -170,6 +196,8 @@ class WorkerPool:
         self._lease = 300.0
         self._fault_cleared: anyio.Event | None = None
         """Set (and dropped) when items can be run again after a fault of the runtime's own."""
+        self._heartbeat = Heartbeat(name, broker, self.topic, self.group, self.store,
+                                    self.consumer)  # fmt: skip
 
     @property
     def changed(self) -> anyio.Event:
@@ -210,6 +238,7 @@ class WorkerPool:
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._flush_forever)
             outer.start_soon(self._autoscale)
+            outer.start_soon(self._heartbeat.run, self._lease, self._buffered)
             async with anyio.create_task_group() as workers:
                 for _ in range(self.cfg.scale_or_fixed().max):
                     workers.start_soon(self._worker)
@@ -220,9 +249,13 @@ class WorkerPool:
                 # Drain: running items get the grace period, then are cancelled
                 # (their deliveries stay pending and come back later).
                 workers.cancel_scope.deadline = anyio.current_time() + grace
-            with anyio.CancelScope(shield=True):
+                self.deadline.set(workers.cancel_scope.deadline)
+            with self.deadline.shield(extra=FINAL_FLUSH) as final:
                 await self._return_buffer()
                 await self._flush()
+            if final.cancelled_caught:
+                log.warning("pool %s: the broker or store did not answer in time: the last "
+                            "outcomes stay pending and run again", self.name)  # fmt: skip
             outer.cancel_scope.cancel()
 
     async def _autoscale(self) -> None:
@@ -235,6 +268,9 @@ class WorkerPool:
             group=self.group,
             report=report,
         )
+
+    def _buffered(self) -> list[tuple[str, tuple[str, int]]]:
+        return [(m.id, (m.key or m.id, c.token)) for m, c in self._buffer]
 
     async def _worker(self) -> None:
         while not self._stopping:
@@ -294,8 +330,10 @@ class WorkerPool:
             )
             if got:
                 # Shielded: a shutdown arriving mid-claim must still find the
-                # batch in the buffer, to give deliveries and claims back.
-                with anyio.CancelScope(shield=True):
+                # batch in the buffer, to give deliveries and claims back
+                # (past the stop deadline they stay pending instead).
+                claimed: list[tuple[Message, Claim]] = []
+                with self.deadline.shield():
                     claimed = await self._claim(got)
                 claimed.reverse()  # pop() from the end keeps delivery order
                 self._buffer = claimed
@@ -304,7 +342,7 @@ class WorkerPool:
     async def _claim(self, messages: list[Message]) -> list[tuple[Message, Claim]]:
         """Claim a fetched batch at once; settle at once those that may not run."""
         if self.store is None:
-            return [(m, Claim(granted=True)) for m in messages]
+            return await self._claim_untracked(messages)
         keys = [m.key or m.id for m in messages]
         claims = await self.store.claim_many(
             self.name, keys, owner=self.consumer, lease=self._lease
@@ -323,7 +361,23 @@ class WorkerPool:
             else:  # another node holds a live lease on it: look again later
                 elsewhere.append(message.id)
         if elsewhere:
-            await self.broker.nack(self.topic, self.group, elsewhere, delay=5.0)
+            await self.broker.nack(self.topic, self.group, elsewhere, delay=_BUSY_KEY_DELAY)
+        return granted
+
+    async def _claim_untracked(self, messages: list[Message]) -> list[tuple[Message, Claim]]:
+        """Without a store: hold back a message whose key this pool runs, or took just before."""
+        granted: list[tuple[Message, Claim]] = []
+        busy: list[str] = []
+        keys = self._heartbeat.keys()
+        for message in messages:
+            key = message.key or message.id
+            if key in keys:
+                busy.append(message.id)
+            else:
+                keys.add(key)
+                granted.append((message, Claim(granted=True)))
+        if busy:
+            await self.broker.nack(self.topic, self.group, busy, delay=_BUSY_KEY_DELAY)
         return granted
 
     async def _return_buffer(self) -> None:
@@ -340,16 +394,31 @@ class WorkerPool:
     async def _process(self, message: Message, claim: Claim) -> None:
         counters = self.counters
         counters.in_flight += 1
+        key = message.key or message.id
+        running = self._heartbeat.running
+        running[message.id] = (key, claim.token)
         started = time.monotonic()
         self.scaler.started(started)
+        if message.created_at:
+            self.queue_waits.observe(max(0.0, time.time() - message.created_at))
+        debug = log.isEnabledFor(logging.DEBUG)
+        if debug:
+            item = {"pool": self.name, "key": key, "attempt": message.attempt}
+            log.debug("pool %s: start %r (attempt %d)", self.name, item["key"], message.attempt,
+                      extra=item)  # fmt: skip
         try:
             await self._settle(message, claim)
         finally:
+            running.pop(message.id, None)
             counters.in_flight -= 1
             ended = time.monotonic()
             elapsed = ended - started
             self._service_time += (elapsed - self._service_time) * 0.05
             self.scaler.finished(elapsed, ended)
+            self.durations.observe(elapsed)
+            if debug:
+                log.debug("pool %s: finish %r (attempt %d) in %.3fs", self.name, item["key"],
+                          message.attempt, elapsed, extra={**item, "duration": elapsed})  # fmt: skip
 
     async def _settle(self, message: Message, claim: Claim) -> None:
         key = message.key or message.id
@@ -421,11 +490,14 @@ class WorkerPool:
     async def _succeeded(self, message: Message, claim: Claim, result: Any) -> None:
         if self.cfg.output:
             # Shielded: once the executor succeeded, a shutdown must not
-            # stop its result from going downstream.
-            with anyio.CancelScope(shield=True):
+            # stop its result from going downstream; past the stop deadline
+            # (a full topic, a broker away) the item stays pending instead.
+            with self.deadline.shield() as publishing:
                 headers = {**message.headers, "chute-from": self.name}
                 out = Message(key=message.key, data=result, headers=headers)
                 await self.broker.publish(self.cfg.output, [out])
+            if publishing.cancelled_caught:
+                return
         self.counters.succeeded += 1
         self._settle_later(message, claim, ItemStatus.DONE, result)
 
@@ -434,7 +506,7 @@ class WorkerPool:
         self.counters.failed += 1
         self.counters.last_error = exc.reason
         last = exc.permanent or message.attempt >= self.cfg.retry.attempts
-        with anyio.CancelScope(shield=True):
+        with self.deadline.shield():
             if not last:
                 delay = retry_delay(self.cfg, message.attempt)
                 log.warning(
@@ -511,7 +583,7 @@ class WorkerPool:
                 finally:
                     timer.cancel()
                     self._quiet = None
-            with anyio.CancelScope(shield=True):
+            with self.deadline.shield():
                 await self._flush()
 
 

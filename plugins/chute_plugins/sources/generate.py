@@ -33,6 +33,11 @@ class GenerateOptions(Strict):
 class GenerateSource:
     Options: ClassVar[type[Strict]] = GenerateOptions
 
+    @staticmethod
+    def fields(options: GenerateOptions) -> set[str]:
+        """The fields of every item's data (``chute check`` compares a command's argv with them)."""
+        return {"n", *options.data}
+
     def __init__(self, options: GenerateOptions, ctx: PluginContext) -> None:
         self.options = options
         self._done = anyio.Event()

@@ -37,7 +37,7 @@ import msgspec
 from chute.errors import ClosedError, ConfigError
 from chute.store import Claim, Finish, ItemRecord, ItemStatus, OneItemCalls
 
-log = logging.getLogger("chute.store.sqlite")
+log = logging.getLogger("chute.stores.sqlite")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -92,13 +92,14 @@ _BUSY = (5, 6)
 _BUSY_WAIT = (0.001, 0.05)
 """Seconds between tries for the write lock: the first wait, and the most it doubles to."""
 
-# Granted unless final, or running under a live lease held by someone else.
+# Granted unless final, or running under a live lease (whoever holds it: a
+# second run of a running item is what the lease prevents).
 _CLAIMED = """
 ON CONFLICT (pool, key) DO UPDATE SET
     status = 'running', attempts = attempts + 1, updated_at = ?3, owner = ?4,
     token = token + 1, lease_until = ?5
 WHERE status NOT IN ('done', 'dead')
-  AND (status != 'running' OR owner = ?4 OR lease_until <= ?3)
+  AND (status != 'running' OR lease_until <= ?3)
 RETURNING key, token
 """
 _INSERT = "INSERT INTO items (pool, key, status, attempts, created_at, updated_at, owner, token, lease_until)"
@@ -115,6 +116,11 @@ _FINISH = """
 UPDATE items SET status = ?1, last_error = ?2, updated_at = ?3, owner = '', lease_until = 0,
     attempts = attempts - (?1 = 'pending')
 WHERE pool = ?4 AND key = ?5 AND token = ?6 AND status = 'running'
+"""
+
+_EXTEND = """
+UPDATE items SET lease_until = ?1
+WHERE pool = ?2 AND key = ?3 AND token = ?4 AND owner = ?5 AND status = 'running'
 """
 
 _COLUMNS = "pool, key, status, attempts, last_error, created_at, updated_at"
@@ -274,6 +280,16 @@ class SqliteStore(OneItemCalls):
                 recorded.append(db.execute(_FINISH, args).rowcount == 1)
         return recorded
 
+    async def extend(
+        self, pool: str, held: Sequence[tuple[str, int]], *, owner: str, lease: float
+    ) -> list[bool]:
+        until = time.time() + max(0.0, lease)
+        async with self._transaction() as db:
+            return [
+                db.execute(_EXTEND, (until, pool, _b(key), token, owner)).rowcount == 1
+                for key, token in held
+            ]
+
     async def mark_pending(self, pool: str, keys: list[str]) -> None:
         now = time.time()
         async with self._transaction() as db:
@@ -357,6 +373,15 @@ class SqliteStore(OneItemCalls):
         for pool, status, n in rows:
             out.setdefault(pool, {})[status] = n
         return out
+
+    async def forget_dead(self, pool: str, keys: Sequence[str]) -> list[str]:
+        forgotten = []
+        async with self._transaction() as db:
+            for key in keys:
+                sql = "DELETE FROM items WHERE pool = ? AND key = ? AND status = 'dead'"
+                if db.execute(sql, (pool, _b(key))).rowcount == 1:
+                    forgotten.append(key)
+        return forgotten
 
     async def failures(self, limit: int = 20) -> list[ItemRecord]:
         rows = self.db.execute(
