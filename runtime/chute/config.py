@@ -294,6 +294,8 @@ class Config(msgspec.Struct, kw_only=True):
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     topics: dict[str, TopicConfig] = {}
     sources: dict[str, dict[str, Any]] = {}
+    sinks: dict[str, dict[str, Any]] = {}
+    """``[sinks.NAME]`` tables, checked by the graph (see ``sink.py``)."""
     pools: dict[str, PoolConfig] = {}
     operators: dict[str, OperatorConfig] = {}
     path: str = "<config>"
@@ -308,7 +310,7 @@ class Config(msgspec.Struct, kw_only=True):
         return (Path(self.base_dir) / relative).resolve()
 
 
-_TABLES = ("topics", "sources", "pools", "operators", "api")
+_TABLES = ("topics", "sources", "sinks", "pools", "operators", "api")
 _TABLE_TYPES: dict[str, Any] = {
     "topics": TopicConfig,
     "pools": PoolConfig,
@@ -413,7 +415,7 @@ def config_from_dict(doc: dict[str, Any], *, path: str = "<config>", base_dir: s
             problems.append(f"{where(path, 'api', key)}: {msg}")
 
     decoded: dict[str, dict[str, Any]] = {}
-    for table in ("topics", "sources", "pools", "operators"):
+    for table in ("topics", "sources", "sinks", "pools", "operators"):
         entries = doc.get(table, {})
         decoded[table] = {}
         if not isinstance(entries, dict):
@@ -424,7 +426,7 @@ def config_from_dict(doc: dict[str, Any], *, path: str = "<config>", base_dir: s
             if not isinstance(body, dict):
                 problems.append(f"{where(path, label, '')}: expected a table")
                 continue
-            if table == "sources":
+            if table in ("sources", "sinks"):  # their plugins' options: checked by the graph
                 decoded[table][name] = body
                 continue
             try:
@@ -445,6 +447,7 @@ def config_from_dict(doc: dict[str, Any], *, path: str = "<config>", base_dir: s
         api=api,
         topics=decoded["topics"],
         sources=decoded["sources"],
+        sinks=decoded["sinks"],
         pools=decoded["pools"],
         operators=decoded["operators"],
         path=path,

@@ -43,6 +43,8 @@ from .logs import start_lines, summary_line
 from .message import Message, new_message
 from .pool import PoolCounters, WorkerPool
 from .registry import load_plugin
+from .sink import SINK_KEYS, SinkStats
+from .sink_runner import SinkRunner, sink_settings
 from .source import Source
 from .stopping import Deadline
 from .store import ItemStatus, StateStore
@@ -83,6 +85,7 @@ class RuntimeStatus(msgspec.Struct, kw_only=True):
     pools: list[PoolCounters]
     operators: dict[str, Any] = {}
     items: dict[str, dict[str, int]] = {}
+    sinks: list[SinkStats] = []
 
 
 def default_node_name() -> str:
@@ -104,6 +107,7 @@ class Runtime:
         self.pools: dict[str, WorkerPool] = {}
         self.operators: dict[str, Any] = {}
         self.sources: dict[str, tuple[Source, str]] = {}
+        self.sinks: dict[str, SinkRunner] = {}
         self.ready = anyio.Event()
         self._stop = anyio.Event()
         self.deadline = Deadline()
@@ -194,6 +198,12 @@ class Runtime:
                 await op.prepare(self.topics)
                 op.deadline = self.deadline
                 self.operators[name] = op
+        for name, spec in cfg.sinks.items():
+            settings = sink_settings(spec)
+            sink = self._build_plugin("sink", f"sinks.{name}", "", spec, SINK_KEYS, settings.topic)
+            runner = SinkRunner(name, settings, sink, self.broker, node=self.node)
+            await runner.prepare(topics[settings.topic].visibility_timeout)
+            self.sinks[name] = runner
         for name, spec in cfg.sources.items():
             topic = str(spec["topic"])
             source = self._build_plugin("source", f"sources.{name}", "", spec, ("topic",), topic)
@@ -225,6 +235,8 @@ class Runtime:
             names.update([*inputs, *outputs, name + DEAD_SUFFIX])
         for spec in cfg.sources.values():
             names.add(str(spec["topic"]))
+        for name, spec in cfg.sinks.items():
+            names.update({str(spec["topic"]), name + DEAD_SUFFIX})
         return {n: cfg.topics.get(n, TopicConfig()) for n in names}
 
     # -- running -------------------------------------------------------------
@@ -303,6 +315,8 @@ class Runtime:
             async with anyio.create_task_group() as tg:
                 for op in self.operators.values():
                     tg.start_soon(op.run, stop)
+                for sink in self.sinks.values():  # sinks move messages like operators
+                    tg.start_soon(sink.run, stop)
 
     def stop(self) -> None:
         """Begin a graceful shutdown (safe to call more than once)."""
@@ -322,6 +336,8 @@ class Runtime:
             await _quietly(pool.executor.aclose(), f"closing pool {pool.name}'s executor")
         for name, (source, _) in self.sources.items():
             await _quietly(source.aclose(), f"closing source {name}")
+        for name, runner in self.sinks.items():
+            await _quietly(runner.sink.aclose(), f"closing sink {name}")
         if self.store is not None:
             await _quietly(self.store.aclose(), "closing the state store")
         await _quietly(self.broker.aclose(), "closing the broker")
@@ -353,6 +369,8 @@ class Runtime:
                 async with anyio.create_task_group() as tg:
                     for event in events:
                         tg.start_soon(_set_then_cancel, event, tg)
+                    if not events:  # no pools (sinks only): nothing announces, so wait here
+                        await anyio.sleep(0.1)
 
     async def _is_idle(self) -> bool:
         if any(pool.counters.in_flight for pool in self.pools.values()):
@@ -421,6 +439,7 @@ class Runtime:
             pools=[p.counters for p in self.pools.values()],
             operators=operators,
             items=items,
+            sinks=[s.stats() for s in self.sinks.values()],
         )
 
     # -- embedding as an async context manager ---------------------------------------
