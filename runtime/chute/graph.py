@@ -98,9 +98,14 @@ def problems_of(config: Config) -> list[str]:
         needed.append(("state", settings.state, "store"))
     for key, url, kind in needed:
         try:
-            load_plugin(kind, scheme_of(url))
+            cls = load_plugin(kind, scheme_of(url))
         except PluginNotFound as exc:
             problems.append(f"{path}: {key}: {exc}")
+            continue
+        # A plugin may check its own URL (the local broker's options, for one).
+        url_problems = getattr(cls, "url_problems", None)
+        if url_problems is not None:
+            problems.extend(f"{path}: {key}: {p}" for p in url_problems(url))
     if not _is_loopback(config.api.host) and config.api.enabled and not config.api.token:
         add("api", "token", f"required to listen on {config.api.host!r} (not loopback)")
     if not 0 <= config.api.port <= 65535:
@@ -200,6 +205,46 @@ def problems_of(config: Config) -> list[str]:
         add(first, key, f"nothing reads topic {topic!r} (declare it under [topics.{topic}] "
             "if it is read from outside)")  # fmt: skip
     return problems
+
+
+def _unreplayable_feeds(config: Config) -> dict[str, list[str]]:
+    """Topic -> what publishes to it and cannot offer those messages again after a loss."""
+    feeds: dict[str, list[str]] = defaultdict(list)
+    for name, spec in config.sources.items():
+        kind = spec.get("type")
+        try:
+            replays = getattr(load_plugin("source", str(kind)), "replays", False)
+        except PluginNotFound:
+            continue  # reported by problems_of
+        if not replays:
+            feeds[str(spec.get("topic"))].append(f"source {name} ({kind})")
+    for name, pool in config.pools.items():
+        if pool.output:
+            feeds[pool.output].append(f"pool {name}'s output")
+    for name, op in config.operators.items():
+        for topic in operator_topics(op)[1]:
+            feeds[topic].append(f"operator {name}")
+    return feeds
+
+
+def warnings_of(config: Config) -> list[str]:
+    """What may lose work without being wrong: memory topics fed by what cannot replay."""
+    if scheme_of(config.settings.broker) != "memory":
+        return []
+    path = config.path
+    out = [
+        f"{path}: broker: warning: memory topic {topic!r} is fed by {', '.join(sorted(set(who)))}, "
+        "which cannot offer its messages again: what waits there is lost at exit or on a "
+        "crash (the default broker, local, keeps it)"
+        for topic, who in sorted(_unreplayable_feeds(config).items())
+    ]
+    if config.api.enabled:
+        out.append(
+            f"{path}: broker: warning: messages published through the API into memory topics "
+            "are lost at exit or on a crash until they are processed (the default broker, "
+            "local, keeps them)"
+        )
+    return out
 
 
 def validate(config: Config) -> None:

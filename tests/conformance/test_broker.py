@@ -215,4 +215,3 @@ async def test_a_new_group_starts_at_the_retained_start_by_default(broker: Broke
     await broker.ensure_group("t", "g", visibility_timeout=30)
     got = await broker.read("t", "g", "c", count=10, block=None)
     assert [m.id for m in got] == ids
-

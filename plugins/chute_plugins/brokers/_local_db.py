@@ -114,6 +114,7 @@ class LocalUrl:
 
 def lock_exclusively(path: Path) -> IO[bytes]:
     """Hold ``<db>.lock`` until closed; one line naming the holder when another runtime has it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     lock = open(f"{path}.lock", "a+b")  # noqa: SIM115 - held until the broker closes
     try:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

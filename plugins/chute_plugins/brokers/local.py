@@ -127,6 +127,9 @@ def _wake(waiters: list[asyncio.Future[None]]) -> None:
 class LocalBroker:
     """Topics in one SQLite file: as fast to read as memory, and kept across restarts."""
 
+    uses_workdir = True
+    """Built with the runtime's working folder, where its file lives by default."""
+
     def __init__(self, url: str = "local", *, workdir: Path | None = None,
                  default_capacity: int = 100_000) -> None:  # fmt: skip
         self.url = url

@@ -27,6 +27,8 @@ class GenerateOptions(Strict):
 
 class GenerateSource:
     Options: ClassVar[type[Strict]] = GenerateOptions
+    replays = True
+    """Offers unfinished items again after a restart (it generates the same items again)."""
 
     def __init__(self, options: GenerateOptions, ctx: PluginContext) -> None:
         self.options = options
