@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import sqlite3
 import time
 from collections.abc import Sequence
 from itertools import repeat
@@ -171,7 +172,7 @@ class LocalBroker:
         self._journal = ldb.Journal(db, asyncio.get_running_loop())
         self._closed = False
 
-    def _load(self, db: ldb.sqlite3.Connection) -> None:
+    def _load(self, db: sqlite3.Connection) -> None:
         """Read back the last run's topics; its pending deliveries are due again now."""
         now = time.time()
         for tid, name, next_seq, last_ms in db.execute("SELECT id, name, next_seq, last_ms FROM topics"):  # fmt: skip
