@@ -33,8 +33,9 @@ DEAD_SUFFIX = ".dead"
 
 
 def scheme_of(url: str) -> str:
-    """``redis://host`` -> ``redis``; ``sqlite:///x.db`` -> ``sqlite``; ``memory`` -> ``memory``."""
-    return url.split(":", 1)[0] if ":" in url else url
+    """``redis://host`` -> ``redis``; ``sqlite:///x.db`` -> ``sqlite``; ``memory`` -> ``memory``;
+    ``local?durability=power`` -> ``local``."""
+    return url.split("?", 1)[0].split(":", 1)[0]
 
 
 def plugin_options(kind: str, spec: dict[str, Any], runtime_keys: tuple[str, ...]) -> Any:
