@@ -43,6 +43,9 @@ T = TypeVar("T")
 OnFinal = Callable[["WorkerPool", Message, ItemStatus, Any], Awaitable[None]]
 """Called once an item is done or dead (result, or the error text)."""
 
+_TWICE_RETRY = 1.0
+"""Seconds before a second message for an item still running here is looked at again."""
+
 _OUTPUT_TAIL = 4000
 """Characters of an executor's output kept in a dead letter."""
 
@@ -152,6 +155,8 @@ class WorkerPool:
         self._quiet: asyncio.Future[None] | None = None
         """Resolved when the pool runs out of work while the flusher waits for more outcomes."""
         self._buffer: list[tuple[Message, Claim]] = []
+        self._busy: set[str] = set()
+        """Keys claimed here whose outcome is not recorded yet."""
         self._read_lock = anyio.Lock()
         self._stopping = False
         self._intake_scopes: set[anyio.CancelScope] = set()
@@ -288,16 +293,31 @@ class WorkerPool:
         """Claim a fetched batch at once; settle at once those that may not run."""
         if self.store is None:
             return [(m, Claim(granted=True)) for m in messages]
-        keys = [m.key or m.id for m in messages]
+        # A second message for an item this pool holds (a replaying source offered it
+        # again after a restart, or a stage upstream ran it twice) waits until the
+        # first one's outcome is recorded; then its claim finds the item done.
+        busy = self._busy
+        twice: list[str] = []
+        fresh: list[Message] = []
+        for message in messages:
+            key = message.key or message.id
+            if key in busy:
+                twice.append(message.id)
+            else:
+                busy.add(key)
+                fresh.append(message)
+        keys = [m.key or m.id for m in fresh]
         claims = await self.store.claim_many(
             self.name, keys, owner=self.consumer, lease=self._lease
         )
         granted: list[tuple[Message, Claim]] = []
         elsewhere: list[str] = []
-        for message, claim in zip(messages, claims, strict=True):
+        for message, claim in zip(fresh, claims, strict=True):
             if claim.granted:
                 granted.append((message, claim))
-            elif claim.status in (ItemStatus.DONE, ItemStatus.DEAD):
+                continue
+            busy.discard(message.key or message.id)
+            if claim.status in (ItemStatus.DONE, ItemStatus.DEAD):
                 # Done before (a restart, or a duplicate). Tell the source
                 # again: a crash may have come between the outcome and the
                 # source filing the item away.
@@ -307,6 +327,8 @@ class WorkerPool:
                 elsewhere.append(message.id)
         if elsewhere:
             await self.broker.nack(self.topic, self.group, elsewhere, delay=5.0)
+        if twice:
+            await self.broker.nack(self.topic, self.group, twice, delay=_TWICE_RETRY)
         return granted
 
     async def _return_buffer(self) -> None:
@@ -317,6 +339,7 @@ class WorkerPool:
             if self.store is not None:
                 unrun = [Finish(m.key or m.id, ItemStatus.PENDING, c.token) for m, c in taken]
                 await self.store.finish_many(self.name, unrun)
+                self._busy.difference_update(f.key for f in unrun)
 
     # -- one item ------------------------------------------------------------
 
@@ -382,6 +405,7 @@ class WorkerPool:
                 if self.store is not None:
                     failed = Finish(key, ItemStatus.FAILED, claim.token, exc.reason)
                     self._warn_fenced([failed], await self.store.finish_many(self.name, [failed]))
+                    self._busy.discard(key)
                 await self.broker.nack(self.topic, self.group, [message.id], delay=delay)
                 return
             why = "permanent failure" if exc.permanent else f"failed {message.attempt} times"
@@ -419,6 +443,7 @@ class WorkerPool:
         if finishes:
             assert self.store is not None
             self._warn_fenced(finishes, await self.store.finish_many(self.name, finishes))
+            self._busy.difference_update(f.key for f in finishes)
         if acks:
             await self.broker.ack(self.topic, self.group, acks)
         for message, status, result in finals:

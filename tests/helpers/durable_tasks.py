@@ -41,3 +41,22 @@ def ran(log: str | os.PathLike[str], stage: str) -> list[str]:
     except FileNotFoundError:
         return []
     return [line.split(" ", 1)[1] for line in lines if line.startswith(stage + " ")]
+
+
+async def _stage(stage: str, data: Any) -> Any:
+    name = str(data.get("name") or data.get("id"))
+    _log(stage, name)
+    await anyio.sleep(0.02)
+    return {"name": name}
+
+
+async def s1(data: Any) -> Any:
+    return await _stage("s1", data)
+
+
+async def s2(data: Any) -> Any:
+    return await _stage("s2", data)
+
+
+async def s3(data: Any) -> Any:
+    return await _stage("s3", data)
