@@ -33,7 +33,7 @@ async def test_a_second_message_for_a_running_item_does_not_run_it_again(
                     "type": "python",
                     "function": "tests.helpers.tasks:record",
                     "thread": True,
-                },  # fmt: skip
+                },
             }
         },
     }

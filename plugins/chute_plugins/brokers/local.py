@@ -169,7 +169,8 @@ class LocalBroker:
             self._lock.close()
             self._lock = None
             raise
-        self._journal = ldb.Journal(db, asyncio.get_running_loop())
+        threaded = self.where.durability == "power"
+        self._journal = ldb.Journal(db, asyncio.get_running_loop(), threaded=threaded)
         self._closed = False
 
     def _load(self, db: sqlite3.Connection) -> None:
