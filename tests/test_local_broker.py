@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from chute.errors import BrokerUnavailable, ConfigError
+from chute.errors import BrokerUnavailable, ConfigError, InvalidMessage
 from chute.message import Message
 from chute_plugins.brokers.local import LocalBroker
 
@@ -187,3 +187,39 @@ def test_a_second_runtime_on_the_same_workdir_stops_with_one_line(tmp_path: Path
     lines = second.stderr.strip().splitlines()
     assert len(lines) == 1 and "in use by another chute process" in lines[0], second.stderr
     assert lines[0].startswith("chute: ")
+
+
+async def test_a_group_no_run_reads_any_more_does_not_hold_publishers_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = LocalBroker("local", workdir=tmp_path)
+    await first.start()
+    await first.declare_topic("t", capacity=5)
+    await first.ensure_group("t", "renamed-pool", visibility_timeout=30)
+    await first.publish("t", msgs(5))
+    await first.aclose()
+    broker = LocalBroker("local", workdir=tmp_path)
+    await broker.start()
+    try:
+        await broker.declare_topic("t", capacity=5)
+        await broker.ensure_group("t", "g", visibility_timeout=30, start="latest")
+        ids = await asyncio.wait_for(broker.publish("t", msgs(5, 5)), 5)
+        got = await broker.read("t", "g", "c", count=10, block=None)
+        assert [m.id for m in got] == ids
+    finally:
+        await broker.aclose()
+    assert "consumer group renamed-pool was created by an earlier run" in caplog.text
+
+
+async def test_a_message_that_cannot_be_stored_is_refused_and_leaves_no_trace(
+    tmp_path: Path,
+) -> None:
+    broker = await opened(tmp_path)
+    try:
+        with pytest.raises(InvalidMessage, match="not JSON-like data"):
+            await broker.publish("t", [Message(data={"n": 1}), Message(data=object())])
+        ids = await broker.publish("t", msgs(1))
+        got = await broker.read("t", "g", "c", count=10, block=None)
+        assert [m.id for m in got] == ids
+    finally:
+        await broker.aclose()

@@ -257,7 +257,7 @@ class Journal:
         if ops or marks:
             try:
                 self._write(ops, marks)
-            except sqlite3.Error as exc:
+            except Exception as exc:  # every waiter must hear of it, whatever it is
                 error = self.failed = BrokerUnavailable(f"the local broker cannot write: {exc}")
         if not waiters:
             return

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -46,83 +47,20 @@ from typing import IO
 
 import msgspec
 from chute.broker import GroupStats, TopicStats
-from chute.errors import ClosedError, ConfigError
+from chute.errors import ClosedError, ConfigError, InvalidMessage
 from chute.message import Message
-from chute.meters import RateMeter
 from msgspec.structs import replace
 
 from . import _local_db as ldb
+from ._local_state import Delivery, Group, Topic, load_topics, park, seq_of, wait_on, wake
+
+log = logging.getLogger("chute.brokers.local")
 
 _TRIM_EVERY = 8192
 """Acks between drops of a multi-group topic's acknowledged head from memory."""
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(Message).decode
-
-
-class _Delivery:
-    """Bookkeeping shared by the messages handed out in one read."""
-
-    __slots__ = ("at", "attempt", "consumer")
-
-    def __init__(self, consumer: str, at: float, attempt: int) -> None:
-        self.consumer = consumer
-        self.at = at
-        self.attempt = attempt
-
-
-class _Group:
-    __slots__ = ("acked", "bit", "cursor", "due", "last_seen", "meter", "name", "parked",
-                 "pending", "visibility_timeout")  # fmt: skip
-
-    def __init__(self, name: str, bit: int, cursor: int, visibility_timeout: float) -> None:
-        self.name = name
-        self.bit = bit
-        self.cursor = cursor
-        self.visibility_timeout = visibility_timeout
-        # id -> _Delivery, in delivery order (the oldest first).
-        self.pending: dict[str, _Delivery] = {}
-        # id -> (seq, attempt) for deliveries waiting out a delay.
-        self.parked: dict[str, tuple[int, int]] = {}
-        # (due time, seq, id) for parked deliveries.
-        self.due: list[tuple[float, int, str]] = []
-        self.last_seen: dict[str, float] = {}
-        self.acked = 0
-        self.meter = RateMeter()
-
-
-class _Topic:
-    __slots__ = ("acks_since_trim", "base", "capacity", "end", "groups", "last_ms", "meter",
-                 "msgs", "name", "readers", "writers")  # fmt: skip
-
-    def __init__(self, name: str, tid: int, capacity: int) -> None:
-        self.name = name
-        self.base = tid << ldb.SEQ_BITS
-        self.capacity = capacity
-        self.msgs: dict[int, Message] = {}
-        """seq -> message, in order: everything some group still needs, or retained."""
-        self.end = 0
-        self.last_ms = 0
-        self.groups: dict[str, _Group] = {}
-        self.readers: list[asyncio.Future[None]] = []
-        self.writers: list[asyncio.Future[None]] = []
-        self.meter = RateMeter()
-        self.acks_since_trim = 0
-
-    @property
-    def head(self) -> int:
-        return next(iter(self.msgs), self.end)
-
-
-def _seq(message_id: str) -> int:
-    return int(message_id.rpartition("-")[2])
-
-
-def _wake(waiters: list[asyncio.Future[None]]) -> None:
-    for waiter in waiters:
-        if not waiter.done():
-            waiter.set_result(None)
-    waiters.clear()
 
 
 class LocalBroker:
@@ -141,11 +79,10 @@ class LocalBroker:
         self.path = self.where.path
         self.default_capacity = default_capacity
         self.healthy = True
-        self._topics: dict[str, _Topic] = {}
+        self._topics: dict[str, Topic] = {}
         self._journal: ldb.Journal | None = None
         self._lock: IO[bytes] | None = None
         self._closed = True
-        self._due_seq = 0
 
     @staticmethod
     def url_problems(url: str) -> list[str]:
@@ -175,42 +112,13 @@ class LocalBroker:
 
     def _load(self, db: sqlite3.Connection) -> None:
         """Read back the last run's topics; its pending deliveries are due again now."""
-        now = time.time()
-        for tid, name, next_seq, last_ms in db.execute("SELECT id, name, next_seq, last_ms FROM topics"):  # fmt: skip
-            t = _Topic(name, tid, self.default_capacity)
-            t.end, t.last_ms = next_seq, last_ms
-            self._topics[name] = t
-            hi = t.base + (1 << ldb.SEQ_BITS)
-            rows = db.execute("SELECT id, need, body FROM messages WHERE id >= ? AND id < ? "
-                              "ORDER BY id", (t.base, hi))  # fmt: skip
-            needs: dict[int, int] = {}
-            for row_id, need, body in rows:
-                seq = row_id - t.base
-                t.msgs[seq] = _decode(body)
-                needs[seq] = need
-            retries = {
-                (row_id - t.base, bit): (attempt, due)
-                for row_id, bit, attempt, due in db.execute(
-                    "SELECT id, bit, attempt, due FROM redeliveries WHERE id >= ? AND id < ?",
-                    (t.base, hi),
-                )
-            }
-            for gname, bit, cursor in db.execute(
-                "SELECT name, bit, cursor FROM groups WHERE topic = ?", (tid,)
-            ):
-                g = t.groups[gname] = _Group(gname, bit, cursor, 300.0)
-                for seq, need in needs.items():
-                    if seq >= cursor:
-                        break
-                    if need & bit:  # delivered by the last run, never acknowledged
-                        attempt, due = retries.get((seq, bit), (1, 0.0))
-                        self._park(g, seq, t.msgs[seq].id, attempt, max(due, now))
+        self._topics = load_topics(db, self.default_capacity)
 
     async def aclose(self) -> None:
         self._closed = True
         for topic in self._topics.values():
-            _wake(topic.readers)
-            _wake(topic.writers)
+            wake(topic.readers)
+            wake(topic.writers)
         journal, self._journal = self._journal, None
         if journal is not None:
             await journal.close()
@@ -236,12 +144,12 @@ class LocalBroker:
 
     # -- topics and groups -------------------------------------------------------
 
-    def _topic(self, name: str) -> _Topic:
+    def _topic(self, name: str) -> Topic:
         topic = self._topics.get(name)
         if topic is None:
             journal = self._check_open()
             tid = 1 + max((t.base >> ldb.SEQ_BITS for t in self._topics.values()), default=0)
-            topic = self._topics[name] = _Topic(name, tid, self.default_capacity)
+            topic = self._topics[name] = Topic(name, tid, self.default_capacity)
             journal.add(ldb.TOPIC, [(tid, name)])
         return topic
 
@@ -257,6 +165,7 @@ class LocalBroker:
         existing = t.groups.get(group)
         if existing is not None:
             existing.visibility_timeout = visibility_timeout
+            existing.active = True
             return
         if start not in ("earliest", "latest"):
             raise ValueError(f"start must be 'earliest' or 'latest', got {start!r}")
@@ -265,7 +174,7 @@ class LocalBroker:
         if not bit:
             raise ConfigError([f"topic {topic!r}: more than {ldb.MAX_GROUPS} consumer groups"])
         cursor = t.head if start == "earliest" else t.end
-        t.groups[group] = _Group(group, bit, cursor, visibility_timeout)
+        t.groups[group] = Group(group, bit, cursor, visibility_timeout)
         journal.add(ldb.GROUP, [(t.base >> ldb.SEQ_BITS, group, bit, cursor)])
         if cursor < t.end:
             journal.add(ldb.NEED_ALL, [(bit, t.base + cursor, t.base + t.end)])
@@ -281,25 +190,43 @@ class LocalBroker:
         while start < len(messages):
             room = t.capacity - self._unacked(t) if t.groups else len(messages)
             if room <= 0:
-                await self._wait(t.writers, None)
+                await wait_on(t.writers, None)
                 self._check_open()
                 continue
             chunk = messages[start : start + room]
+            if not t.checked:
+                self._check_groups(t)
             ids.extend(self._append(t, chunk))
             start += len(chunk)
         await self._commit()
         return ids
 
     @staticmethod
-    def _unacked(t: _Topic) -> int:
-        """Entries some group has not acknowledged yet: what capacity bounds."""
+    def _check_groups(t: Topic) -> None:
+        """Once per topic: name the groups an earlier run left that nothing reads now."""
+        t.checked = True
+        left = [g for g in t.groups.values() if not g.active]
+        if left and len(left) < len(t.groups):
+            for g in left:
+                backlog = sum(1 for seq in range(g.cursor, t.end) if seq in t.msgs)
+                log.warning(
+                    "topic %s: consumer group %s was created by an earlier run and nothing "
+                    "reads it now; it no longer holds publishers back, but the %d messages "
+                    "it has not acknowledged stay in %s", t.name, g.name,
+                    backlog + len(g.pending) + len(g.parked), "the broker file",
+                )  # fmt: skip
+
+    @staticmethod
+    def _unacked(t: Topic) -> int:
+        """Entries some group of this run has not acknowledged yet: what capacity bounds."""
         end = t.end
         most = 0
         for g in t.groups.values():
-            most = max(most, end - g.cursor + len(g.pending) + len(g.parked))
+            if g.active:
+                most = max(most, end - g.cursor + len(g.pending) + len(g.parked))
         return most
 
-    def _append(self, t: _Topic, messages: Sequence[Message]) -> list[str]:
+    def _append(self, t: Topic, messages: Sequence[Message]) -> list[str]:
         journal = self._check_open()
         now = time.time()
         ms = max(int(now * 1000), t.last_ms)
@@ -310,9 +237,9 @@ class LocalBroker:
         need = 0
         for g in t.groups.values():
             need |= g.bit
-        msgs = t.msgs
-        rows = []
         base = t.base
+        accepted: list[Message] = []
+        rows = []
         seq = first
         for message, message_id in zip(messages, ids, strict=True):
             if message.id:  # already on a topic: republish a copy, never rename the original
@@ -321,9 +248,18 @@ class LocalBroker:
                 message.id = message_id
                 if not message.created_at:
                     message.created_at = now
-            msgs[seq] = message
-            rows.append((base + seq, ms, need, _encode(message)))
+            try:
+                body = _encode(message)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise InvalidMessage(
+                    f"cannot publish to topic {t.name!r}: the message is not JSON-like data ({exc})"
+                ) from None
+            accepted.append(message)
+            rows.append((base + seq, ms, need, body))
             seq += 1
+        # Only once every message could be encoded: a refused batch leaves no trace.
+        t.msgs.update(zip(range(first, seq), accepted, strict=True))
+        msgs = t.msgs
         t.end = seq
         journal.add(ldb.INSERT, rows)
         journal.mark(ldb.TOPIC_END, base, 0, (seq, ms, base >> ldb.SEQ_BITS))
@@ -331,11 +267,11 @@ class LocalBroker:
             self._retain(t, journal)
         t.meter.mark(len(ids), now)
         if t.readers:
-            _wake(t.readers)
+            wake(t.readers)
         return ids
 
     @staticmethod
-    def _retain(t: _Topic, journal: ldb.Journal) -> None:
+    def _retain(t: Topic, journal: ldb.Journal) -> None:
         """A topic without groups keeps its newest ``capacity`` messages."""
         msgs = t.msgs
         cut = t.end - t.capacity
@@ -369,11 +305,11 @@ class LocalBroker:
             next_due = self._next_due(g)
             if next_due is not None:
                 remaining = min(remaining, max(0.0, next_due - now) + 0.001)
-            await self._wait(t.readers, remaining)
+            await wait_on(t.readers, remaining)
             self._check_open()
 
     @staticmethod
-    def _next_due(g: _Group) -> float | None:
+    def _next_due(g: Group) -> float | None:
         candidates = []
         if g.due:
             candidates.append(g.due[0][0])
@@ -382,7 +318,7 @@ class LocalBroker:
             candidates.append(oldest.at + g.visibility_timeout)
         return min(candidates) if candidates else None
 
-    def _take(self, t: _Topic, g: _Group, consumer: str, count: int, now: float) -> list[Message]:
+    def _take(self, t: Topic, g: Group, consumer: str, count: int, now: float) -> list[Message]:
         batch: list[Message] = []
         if g.due or g.pending:
             batch = self._redeliver(t, g, consumer, count, now)
@@ -391,7 +327,7 @@ class LocalBroker:
             return batch
         fresh = self._fresh(t, g, count)
         if fresh:
-            record = _Delivery(consumer, now, 1)
+            record = Delivery(consumer, now, 1)
             g.pending.update(zip([m.id for m in fresh], repeat(record)))
             journal = self._check_open()
             journal.mark(ldb.CURSOR, t.base, g.bit, (g.cursor, t.base >> ldb.SEQ_BITS, g.bit))
@@ -402,7 +338,7 @@ class LocalBroker:
         return batch
 
     @staticmethod
-    def _fresh(t: _Topic, g: _Group, count: int) -> list[Message]:
+    def _fresh(t: Topic, g: Group, count: int) -> list[Message]:
         """Up to ``count`` messages from the group's cursor on; moves the cursor."""
         msgs = t.msgs
         stop = min(t.end, g.cursor + count)
@@ -420,13 +356,8 @@ class LocalBroker:
         g.cursor = stop
         return fresh
 
-    def _park(self, g: _Group, seq: int, message_id: str, attempt: int, due: float) -> None:
-        g.parked[message_id] = (seq, attempt)
-        self._due_seq += 1
-        heapq.heappush(g.due, (due, self._due_seq, message_id))
-
     def _redeliver(
-        self, t: _Topic, g: _Group, consumer: str, count: int, now: float
+        self, t: Topic, g: Group, consumer: str, count: int, now: float
     ) -> list[Message]:
         """Deliveries due again: parked ones past their delay, then stale ones."""
         out: list[Message] = []
@@ -436,7 +367,7 @@ class LocalBroker:
             parked = g.parked.pop(message_id, None)
             if parked is not None:  # else acked meanwhile
                 seq, attempt = parked
-                g.pending[message_id] = _Delivery(consumer, now, attempt + 1)
+                g.pending[message_id] = Delivery(consumer, now, attempt + 1)
                 out.append(replace(t.msgs[seq], attempt=attempt + 1))
                 again.append((t.base + seq, g.bit, attempt + 1, 0.0))
         if len(out) < count and g.pending:
@@ -448,8 +379,8 @@ class LocalBroker:
                 stale.append((message_id, delivery.attempt))
             for message_id, attempt in stale:
                 del g.pending[message_id]  # re-inserted last: the dict stays in delivery order
-                g.pending[message_id] = _Delivery(consumer, now, attempt + 1)
-                seq = _seq(message_id)
+                g.pending[message_id] = Delivery(consumer, now, attempt + 1)
+                seq = seq_of(message_id)
                 out.append(replace(t.msgs[seq], attempt=attempt + 1))
                 again.append((t.base + seq, g.bit, attempt + 1, 0.0))
         if again:
@@ -470,7 +401,7 @@ class LocalBroker:
         for message_id in ids:
             delivery = pending.pop(message_id, None)
             if delivery is not None:
-                seq = _seq(message_id)
+                seq = seq_of(message_id)
                 done.append(seq)
                 if delivery.attempt > 1:
                     retried.append((t.base + seq, g.bit))
@@ -499,7 +430,7 @@ class LocalBroker:
         g.acked += len(done)
         g.meter.mark(len(done), time.time())
         if t.writers:
-            _wake(t.writers)
+            wake(t.writers)
         await self._commit()
 
     async def nack(self, topic: str, group: str, ids: Sequence[str], *, delay: float = 0.0) -> None:
@@ -514,14 +445,14 @@ class LocalBroker:
             delivery = g.pending.pop(message_id, None)
             if delivery is None:
                 continue
-            seq = _seq(message_id)
-            self._park(g, seq, message_id, delivery.attempt, due)
+            seq = seq_of(message_id)
+            park(g, seq, message_id, delivery.attempt, due)
             rows.append((t.base + seq, g.bit, delivery.attempt, due))
         if not rows:
             return
         journal.add(ldb.REDELIVERED, rows)
         if t.readers:
-            _wake(t.readers)
+            wake(t.readers)
         await self._commit()
 
     async def extend(self, topic: str, group: str, ids: Sequence[str]) -> None:
@@ -533,16 +464,16 @@ class LocalBroker:
         for message_id in ids:
             delivery = g.pending.pop(message_id, None)
             if delivery is not None:  # re-inserted last: the dict stays in delivery order
-                g.pending[message_id] = _Delivery(delivery.consumer, now, delivery.attempt)
+                g.pending[message_id] = Delivery(delivery.consumer, now, delivery.attempt)
 
-    def _trim(self, t: _Topic) -> None:
+    def _trim(self, t: Topic) -> None:
         """Drop from memory the head that every group has acknowledged (already off disk)."""
         t.acks_since_trim = 0
         floor = t.end
         for g in t.groups.values():
             floor = min(floor, g.cursor)
             if g.pending:
-                floor = min(floor, min(map(_seq, g.pending)))
+                floor = min(floor, min(map(seq_of, g.pending)))
             if g.parked:
                 floor = min(floor, min(seq for seq, _ in g.parked.values()))
         msgs = t.msgs
@@ -553,22 +484,6 @@ class LocalBroker:
             del msgs[seq]
 
     # -- waiting and statistics -------------------------------------------
-
-    async def _wait(self, waiters: list[asyncio.Future[None]], limit: float | None) -> None:
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters.append(waiter)
-        try:
-            if limit is None:
-                await waiter
-            else:
-                await asyncio.wait_for(waiter, limit)
-        except TimeoutError:
-            pass
-        finally:
-            if not waiter.done():
-                waiter.cancel()
-            if waiter in waiters:
-                waiters.remove(waiter)
 
     async def stats(self, topic: str) -> TopicStats:
         t = self._topics.get(topic)
