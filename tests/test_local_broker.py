@@ -206,6 +206,9 @@ async def test_a_group_no_run_reads_any_more_does_not_hold_publishers_back(
         ids = await asyncio.wait_for(broker.publish("t", msgs(5, 5)), 5)
         got = await broker.read("t", "g", "c", count=10, block=None)
         assert [m.id for m in got] == ids
+        await broker.ack("t", "g", ids)
+        stats = await broker.stats("t")
+        assert [g.name for g in stats.groups] == ["g"], "--until-idle would wait for it"
     finally:
         await broker.aclose()
     assert "consumer group renamed-pool was created by an earlier run" in caplog.text

@@ -492,6 +492,8 @@ class LocalBroker:
         now = time.time()
         groups = []
         for g in t.groups.values():
+            if not g.active:  # left by an earlier run: not this run's work (logged once)
+                continue
             oldest = 0.0
             if g.pending:
                 oldest = max(0.0, now - next(iter(g.pending.values())).at)
