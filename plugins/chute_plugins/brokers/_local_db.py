@@ -113,8 +113,13 @@ class LocalUrl:
 
 def lock_exclusively(path: Path) -> IO[bytes]:
     """Hold ``<db>.lock`` until closed; one line naming the holder when another runtime has it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = open(f"{path}.lock", "a+b")  # noqa: SIM115 - held until the broker closes
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(f"{path}.lock", "a+b")  # noqa: SIM115 - held until the broker closes
+    except OSError as exc:
+        raise BrokerUnavailable(
+            f"cannot open the local broker file {path}: {exc.strerror}"
+        ) from None
     try:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -133,8 +138,10 @@ def lock_exclusively(path: Path) -> IO[bytes]:
 
 
 def connect(path: Path, durability: str) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    try:
+        db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise BrokerUnavailable(f"cannot open the local broker file {path}: {exc}") from None
     try:
         db.execute("PRAGMA busy_timeout = 5000")
         db.execute("PRAGMA journal_mode = WAL")
