@@ -317,6 +317,53 @@ def test_cold_start_uses_the_age_of_running_items() -> None:
     assert scaler.tick(5.0) == 16
 
 
+def test_cold_start_with_a_steady_rate_asks_for_what_the_rate_needs_not_max() -> None:
+    # The reproduction on a fake clock: a source publishing 5 items a
+    # second, items of 0.3 s, a pool in [1, 16] ticking every second. The
+    # need is ceil(5 * 0.3 / 0.9) = 2; the first tick used to ask for 16
+    # (λ = 5e+03/s: five arrivals counted over the 1 ms floor of a new window).
+    scaler = Scaler("cold", CFG)
+    free = [0.0]  # when each worker is free next
+    events: list[tuple[float, int]] = []  # (time, +1 started / -1 finished)
+    published = finished = 0
+    targets = []
+    scaler.observe(TopicStats(topic="jobs"), "cold", 0.0)  # Scaler.run's baseline look
+    for tick in range(1, 11):
+        for i in range(5):  # five arrivals in the second before the tick
+            at = tick - 1 + i / 5
+            published += 1
+            worker = min(range(len(free)), key=free.__getitem__)
+            begin = max(at, free[worker])
+            free[worker] = begin + 0.3
+            heapq.heappush(events, (begin, 1))
+            heapq.heappush(events, (begin + 0.3, -1))
+        now = float(tick)
+        while events and events[0][0] <= now:
+            at, kind = heapq.heappop(events)
+            if kind == 1:
+                scaler.started(at)
+            else:
+                scaler.finished(0.3, at)
+                finished += 1
+        group = GroupStats(name="cold", pending=published - finished)
+        backlog = scaler.observe(TopicStats(topic="jobs", published=published, groups=[group]),
+                                 "cold", now)  # fmt: skip
+        targets.append(scaler.tick(now, backlog=backlog))
+        free += [free[0]] * (scaler.concurrency - len(free))
+    assert max(targets) <= 3, targets  # never near max: at most one worker of slack
+    assert targets[-1] == 2, targets
+
+
+def test_arrivals_at_the_very_start_are_not_a_rate_over_no_time() -> None:
+    # Without a broker to look at, the first arrivals start the clock: a
+    # batch of 20 at once is 20 over a tick, not 20 per millisecond.
+    scaler = Scaler("first", CFG)
+    scaler.arrived(20, 0.0)
+    scaler.started(0.0)
+    scaler.finished(0.1, 0.1)
+    assert scaler.stats(0.1).arrival_rate == pytest.approx(20.0, rel=0.05)
+
+
 def poisson_counts(
     rng: random.Random, rate: Callable[[float], float], start: float, end: float, step: float
 ) -> list[tuple[float, int]]:

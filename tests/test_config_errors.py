@@ -61,6 +61,10 @@ CASES = [
      .replace('type = "python"', 'type = "python"') + 'group = "work"\n',
      "[pools.other] group: 'work' already reads 'jobs'"),
     ("not toml", "this is = = not toml", "not valid TOML"),
+    ("a timeout on a python function in a thread",
+     GOOD.replace('function = "json:dumps"', 'function = "json:dumps", thread = true')
+     .replace('topic = "jobs"', 'topic = "jobs"\ntimeout = "5s"'),
+     "[pools.work] timeout: cannot stop a python function running in a thread"),
     ("retry attempts zero", GOOD.replace('topic = "jobs"', 'topic = "jobs"\nretry = { attempts = 0 }'),
      "[pools.work] retry.attempts: must be at least 1"),
 ]  # fmt: skip

@@ -19,7 +19,7 @@ def test_demo_runs_until_idle_and_a_restart_redoes_nothing(tmp_path: Path) -> No
     lines = first.stdout.splitlines()
     assert len(lines) == 20 and all(line.startswith("item") for line in lines)
     assert sorted(int(line.split()[1].rstrip(":")) for line in lines) == list(range(20))
-    assert (tmp_path / ".chute" / "state.db").exists()
+    assert (tmp_path / ".chute" / "demo" / "state.db").exists()
 
     # Same items again: the state store remembers them, so nothing runs twice.
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
@@ -32,3 +32,24 @@ def test_demo_runs_until_idle_and_a_restart_redoes_nothing(tmp_path: Path) -> No
     )  # fmt: skip
     assert status.returncode == 0, status.stderr
     assert "pool summarize: done 20" in status.stdout
+
+
+def test_configs_in_one_folder_keep_their_own_state(tmp_path: Path) -> None:
+    for name in ("demo.toml", "demo_tasks.py"):
+        shutil.copy(REPO / "configs" / name, tmp_path / name)
+    other = tmp_path / "other.toml"
+    other.write_text(
+        '[sources.n]\ntype = "generate"\ntopic = "t"\ncount = 1\n'
+        '[pools.other]\ntopic = "t"\n'
+        'executor = { type = "python", function = "demo_tasks:summarize", path = ["."] }\n'
+    )
+    chute = [sys.executable, "-m", "chute"]
+    for config in ("demo.toml", "other.toml"):
+        run = subprocess.run([*chute, "run", str(tmp_path / config), "--until-idle"],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+    status = subprocess.run([*chute, "status", str(other)], capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    assert "pool other: done 1" in status.stdout
+    assert "summarize" not in status.stdout

@@ -196,3 +196,46 @@ async def test_items_fetched_but_not_started_at_shutdown_go_back_pending(tmp_pat
     assert {(records[f"item-{n}"].status, records[f"item-{n}"].attempts) for n in range(1, 5)} == {
         (ItemStatus.PENDING, 0)
     }
+
+
+@pytest.mark.parametrize(
+    ("function", "thread"), [("exits", False), ("exits", True), ("exits_async", False)]
+)
+async def test_sys_exit_or_keyboard_interrupt_in_a_python_function_fails_only_that_item(
+    tmp_path: Path, function: str, thread: bool
+) -> None:
+    work = pool(function, retry={"attempts": 1})
+    work["executor"]["thread"] = thread
+    async with Runtime(make_config(tmp_path, work=work)) as rt:
+        await rt.publish("jobs", {"exit": "exit"}, key="exit")
+        await rt.publish("jobs", {"exit": "interrupt"}, key="interrupt")
+        await rt.publish("jobs", {"n": 1}, key="fine")
+        with anyio.fail_after(10):
+            outcomes = {k: await rt.wait_for("work", k) for k in ("exit", "interrupt", "fine")}
+    assert outcomes["fine"].status is ItemStatus.DONE
+    assert outcomes["exit"].status is ItemStatus.DEAD
+    assert "SystemExit: 3" in outcomes["exit"].result
+    assert outcomes["interrupt"].status is ItemStatus.DEAD
+    assert "KeyboardInterrupt: bad item" in outcomes["interrupt"].result
+
+
+async def test_a_consumer_changing_its_message_changes_no_other_delivery(tmp_path: Path) -> None:
+    # Pool a changes the data it is given in place and fails; pool b reads the
+    # same topic, a's retry and a's dead letter must all see the data as published.
+    tasks.seen.clear()
+    config = make_config(
+        tmp_path,
+        a=pool("mutate_then_fail", retry={"attempts": 2, "backoff": "10ms", "jitter": 0}),
+        b=pool("look"),
+    )
+    config.settings.broker = "memory"
+    async with Runtime(config) as rt:
+        await rt.broker.ensure_group("a.dead", "reader", visibility_timeout=30)
+        await rt.publish("jobs", {"n": 1}, key="k")
+        with anyio.fail_after(10):
+            dead = await rt.wait_for("a", "k")
+            await rt.wait_for("b", "k")
+        letters = await rt.broker.read("a.dead", "reader", "me", count=10, block=None)
+    assert dead.status is ItemStatus.DEAD
+    assert sorted(tasks.seen, key=str) == [("a", {"n": 1}), ("a", {"n": 1}), ("b", {"n": 1})]
+    assert [m.data for m in letters] == [{"n": 1}]

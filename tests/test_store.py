@@ -107,14 +107,38 @@ async def test_a_late_finisher_whose_lease_was_taken_over_is_not_recorded(
     assert (record.status, record.last_error, record.attempts) == (ItemStatus.DEAD, "bad", 2)
 
 
-async def test_the_owner_of_a_live_lease_may_claim_its_item_again(store: StateStore) -> None:
-    # A redelivery to the same pool on the same node: not refused until the lease runs out.
+async def test_a_live_lease_refuses_a_second_claim_even_from_its_owner(
+    store: StateStore,
+) -> None:
+    # A redelivery of an item still running, to the same pool on the same node,
+    # must not start it a second time beside the first run.
     first = await store.claim("p", "a", owner="n1:p", lease=30)
     again = await store.claim("p", "a", owner="n1:p", lease=30)
-    assert again.granted and again.token > first.token
-    assert not await store.finish("p", "a", ItemStatus.DONE, token=first.token)
-    assert await store.finish("p", "a", ItemStatus.DONE, token=again.token)
-    assert (await store.counts())["p"] == {"done": 1}
+    assert (again.granted, again.status) == (False, ItemStatus.RUNNING)
+    twice = await store.claim_many("p", ["b", "b"], owner="n1:p", lease=30)
+    assert [c.granted for c in twice] == [True, False]
+    assert await store.finish("p", "a", ItemStatus.DONE, token=first.token)
+    assert (await store.counts())["p"] == {"done": 1, "running": 1}
+
+
+async def test_extending_a_lease_keeps_other_claims_out_until_it_lapses(
+    store: StateStore,
+) -> None:
+    held = await store.claim("p", "a", owner="n1:p", lease=0.3)
+    for _ in range(3):  # three heartbeats carry it past its first lease
+        await asyncio.sleep(0.15)
+        assert await store.extend("p", [("a", held.token)], owner="n1:p", lease=0.3) == [True]
+        assert not (await store.claim("p", "a", owner="n2:p", lease=30)).granted
+    await asyncio.sleep(0.4)  # no heartbeat: the holder looks dead, another may take it
+    taken = await store.claim("p", "a", owner="n2:p", lease=30)
+    assert taken.granted
+    # The old holder's lease is gone for good: compare-and-extend refuses it.
+    assert await store.extend("p", [("a", held.token)], owner="n1:p", lease=30) == [False]
+    assert await store.extend("p", [("a", taken.token)], owner="n1:p", lease=30) == [False]
+    assert not await store.finish("p", "a", ItemStatus.DONE, token=held.token)
+    assert await store.finish("p", "a", ItemStatus.DONE, token=taken.token)
+    assert await store.extend("p", [("a", taken.token)], owner="n2:p", lease=30) == [False]
+    assert await store.extend("p", [], owner="n2:p", lease=30) == []
 
 
 async def test_a_lease_of_no_time_is_free_at_once(store: StateStore) -> None:
@@ -283,11 +307,11 @@ async def test_a_batch_of_odd_or_repeated_keys_is_claimed_as_one_by_one(store: S
     finishes = [Finish(k, ItemStatus.DONE, c.token) for k, c in zip(odd, claims, strict=True)]
     assert await store.finish_many("p", finishes) == [True] * len(odd)
     assert await statuses(store, "p", odd) == dict.fromkeys(odd, ItemStatus.DONE)
-    # A key delivered twice in one batch: the second claim fences the first.
+    # A key delivered twice in one batch: the second claim is refused, so the
+    # two never run side by side.
     first, second = await store.claim_many("p", ["twice", "twice"], owner="n1:p", lease=30)
-    assert second.token > first.token
-    assert not await store.finish("p", "twice", ItemStatus.DONE, token=first.token)
-    assert await store.finish("p", "twice", ItemStatus.DONE, token=second.token)
+    assert first.granted and (second.granted, second.status) == (False, ItemStatus.RUNNING)
+    assert await store.finish("p", "twice", ItemStatus.DONE, token=first.token)
 
 
 # -- the SQLite file ------------------------------------------------------------

@@ -136,5 +136,5 @@ async def serve_api(
         task_status.started(port)
         await anyio.sleep_forever()
     finally:
-        with anyio.CancelScope(shield=True):
+        with anyio.move_on_after(2.0, shield=True):  # open connections never hold a stop
             await runner.cleanup()

@@ -228,7 +228,10 @@ class Scaler:
         self.in_flight = 0
         self.finished_total = 0
         half_life = float(config.half_life)
-        self._rate = ChangeRate(half_life)
+        # A rate is not trusted over less than a tick: the first arrivals
+        # would otherwise make a rate over almost no time, and send a cold
+        # pool straight to max.
+        self._rate = ChangeRate(half_life, min_window=float(config.interval))
         self._service = Ewma(half_life)
         self._service_sum = 0.0
         self._service_count = 0
@@ -243,6 +246,7 @@ class Scaler:
         self._last: float | None = None
         self._folded_at: float | None = None
         self._published: int | None = None
+        self._looked_at: float | None = None
 
     @property
     def arrived_total(self) -> int:
@@ -258,8 +262,9 @@ class Scaler:
             self._worker_seconds += self.concurrency * dt
             self._last = now
 
-    def arrived(self, n: int, now: float) -> None:
-        self._rate.mark(n, now)
+    def arrived(self, n: int, now: float, since: float | None = None) -> None:
+        """``n`` items arrived by ``now`` (during the interval from ``since``, when known)."""
+        self._rate.mark(n, now, since)
 
     def started(self, now: float) -> None:
         self._account(now)
@@ -346,12 +351,14 @@ class Scaler:
         Arrivals are what was published on the topic since the last look: the
         pool's own reads follow its capacity, so under overload they would
         hide the very load the controller must see. The first look only sets
-        the baseline (what was there before is backlog, not arrival rate).
+        the baseline (what was there before is backlog, not arrival rate), and
+        starts the clock: what the next look finds arrived since this one.
         """
         published = topic.published
         if self._published is not None and published > self._published:
-            self.arrived(published - self._published, now)
+            self.arrived(published - self._published, now, since=self._looked_at)
         self._published = published
+        self._looked_at = now
         return topic.backlog(group)
 
     async def run(

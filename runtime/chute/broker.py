@@ -11,8 +11,16 @@ Semantics shared by every backend (proven by ``tests/conformance``):
   deliveries that are due again (nacked and past their delay, or pending longer
   than the group's visibility timeout), then new messages, each with
   ``attempt`` set to its delivery count in that group.
+- A topic that no consumer group reads (dead letters, an output read from
+  outside) has nobody to acknowledge it: there ``capacity`` is a retention
+  limit instead, the oldest entries beyond it are dropped and counted
+  (``TopicStats.dropped``), and publishing never waits.
 - A delivery stays pending until ``ack``; ``nack`` makes it due again after
   ``delay`` seconds. Nothing unacknowledged is ever trimmed.
+- ``extend`` restarts a pending delivery's visibility clock: a pool calls it
+  for the items it is running (a heartbeat at a fraction of the visibility
+  timeout), so an item that runs longer than the timeout is not redelivered
+  while it runs.
 """
 
 from __future__ import annotations
@@ -42,8 +50,10 @@ class GroupStats(msgspec.Struct, kw_only=True):
 class TopicStats(msgspec.Struct, kw_only=True):
     topic: str
     length: int = 0
-    """Entries the topic still holds (unacknowledged by some group)."""
+    """Entries the topic still holds (unacknowledged by some group; all, with no group)."""
     capacity: int = 0
+    dropped: int = 0
+    """Entries dropped unread because no group reads the topic and it held ``capacity``."""
     published: int = 0
     publish_rate: float = 0.0
     groups: list[GroupStats] = []

@@ -1,7 +1,9 @@
 """``chute``: run, check, publish, status, serve-items.
 
 Exit codes: 0 success; 1 a runtime failure; 2 a usage or config error (the
-problems are printed one per line, never as a traceback); 130 interrupted.
+problems are printed one per line, never as a traceback); ``run`` stopped by
+a signal exits 128 + its number: 130 SIGINT, 143 SIGTERM (a second signal
+stops at once, with the code of the first).
 """
 
 from __future__ import annotations
@@ -10,12 +12,12 @@ import json
 import logging
 import signal
 import sys
-from pathlib import Path
 from typing import Any, NoReturn
 
 import anyio
 import click
 import msgspec
+from anyio.abc import TaskStatus
 
 from .autoscale import describe_scale
 from .config import Config, load_config
@@ -78,35 +80,45 @@ def run(ctx: click.Context, config: str, until_idle: bool) -> None:
     _setup_logging(ctx.obj["log_level"] or cfg.settings.log_level)
     from .engine import Runtime
 
+    stopped_by: list[int] = []
+
     async def main_task() -> None:
         runtime = Runtime(cfg, until_idle=until_idle)
-        await runtime.build()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_stop_on_signals, runtime, tg.cancel_scope)
+            # Listening before the build: a signal while connecting stops at once.
+            await tg.start(_stop_on_signals, runtime, tg.cancel_scope, stopped_by)
+            await runtime.build()
             await runtime.run()
             tg.cancel_scope.cancel()
 
     try:
         anyio.run(main_task)
+    except KeyboardInterrupt:  # before the signal handlers were installed
+        sys.exit(128 + signal.SIGINT)
     except ConfigError as exc:
         _fail_config(exc)
     except ChuteError as exc:
         click.echo(f"chute: {exc}", err=True)
         sys.exit(1)
+    if stopped_by:
+        sys.exit(128 + stopped_by[0])
 
 
-async def _stop_on_signals(runtime: Any, scope: anyio.CancelScope) -> None:
-    """First signal: graceful stop. Second: cancel at once."""
+async def _stop_on_signals(runtime: Any, scope: anyio.CancelScope, stopped_by: list[int],
+                           *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:  # fmt: skip
+    """First signal: drain for the grace period. Second (or one before running): stop now."""
+    log = logging.getLogger("chute")
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        count = 0
+        task_status.started()
         async for signum in signals:
-            count += 1
-            if count == 1:
-                logging.getLogger("chute").info(
-                    "%s: draining (send again to stop at once)", signal.Signals(signum).name
-                )
+            stopped_by.append(signum)
+            name = signal.Signals(signum).name
+            if len(stopped_by) == 1 and runtime.ready.is_set():
+                log.info("%s: draining (send again to stop at once)", name)
                 runtime.stop()
             else:
+                log.warning("%s: stopping now; items in flight stay pending", name)
+                runtime.stop_now()
                 scope.cancel()
                 return
 
@@ -272,6 +284,11 @@ def status(config: str, url: str | None, token: str | None, as_json: bool) -> No
             if pool.get("scale"):
                 click.echo(f"  scaling: {describe_scale(pool['scale'])}")
         for topic in live["topics"]:
+            if not topic["groups"]:
+                click.echo(
+                    f"live topic {topic['topic']}: no consumer group; holds {topic['length']} "
+                    f"of {topic['capacity']}, dropped {topic.get('dropped', 0)}"
+                )
             for g in topic["groups"]:
                 click.echo(
                     f"live topic {topic['topic']} group {g['name']}: lag {g['lag']}, "
@@ -285,7 +302,7 @@ async def _status(cfg: Config, url: str | None, token: str | None) -> dict[str, 
     from .registry import load_plugin
 
     report: dict[str, Any] = {"items": {}, "failures": [], "live": None}
-    workdir = (Path(cfg.base_dir) / cfg.settings.workdir).resolve()
+    workdir = cfg.workdir()
     store = load_plugin("store", scheme_of(cfg.settings.state))(cfg.settings.state, workdir)
     await store.open()
     try:
@@ -333,6 +350,22 @@ def serve_items(ctx: click.Context, directory: str, glob: str, host: str, port: 
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+@main.command()
+def schema() -> None:
+    """Print a JSON Schema of the config (for editors that check TOML and YAML)."""
+    from .reference import config_schema
+
+    click.echo(json.dumps(config_schema(), indent=2))
+
+
+@main.command()
+def reference() -> None:
+    """Print the config reference (every table and key, with defaults) as Markdown."""
+    from .reference import reference_markdown
+
+    click.echo(reference_markdown(), nl=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

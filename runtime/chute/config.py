@@ -80,6 +80,8 @@ class Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class TopicConfig(Strict):
+    """Optional: declare a topic fed or read from outside, or change its limits."""
+
     capacity: int = 100_000
     """Unacknowledged entries the topic holds before publishers wait."""
     visibility_timeout: Duration = Duration(300.0)
@@ -87,17 +89,25 @@ class TopicConfig(Strict):
 
 
 class RetryConfig(Strict):
+    """How a failing item is retried before it is dead-lettered to ``<pool>.dead``."""
+
     attempts: int = 3
     """Deliveries before an item is dead-lettered (1 = no retry)."""
     backoff: Duration = Duration(1.0)
+    """Delay before the first retry; doubles with each further attempt."""
     max_backoff: Duration = Duration(300.0)
+    """The longest delay between two attempts."""
     jitter: float = 0.2
     """Random fraction added to each backoff, so retries of a burst spread out."""
 
 
 class ScaleConfig(Strict):
+    """Autoscaling: c = ceil(λ·S / utilization) plus enough to drain the backlog."""
+
     min: int = 1
+    """Fewest workers the autoscaler keeps."""
     max: int = 1
+    """Most workers the autoscaler starts."""
     utilization: float = 0.9
     """Target fraction of time workers are busy, in (0, 1]."""
     cooldown: Duration = Duration(30.0)
@@ -111,17 +121,22 @@ class ScaleConfig(Strict):
 
 
 class PoolConfig(Strict):
+    """A worker pool: consumes a topic and runs its executor on each message."""
+
     topic: str
+    """The topic the pool consumes (with its own consumer group)."""
     executor: dict[str, Any]
     """``{ type = "command" | "python" | "chain" | "module:Class", ...options }``."""
     concurrency: int | None = None
     """A fixed pool size; shorthand for ``scale = { min = N, max = N }``."""
     scale: ScaleConfig | None = None
+    """Autoscaling bounds and tuning (``[pools.NAME.scale]``); instead of ``concurrency``."""
     output: str = ""
     """Topic that receives each item's result (a pipeline's next stage)."""
     group: str = ""
     """Consumer group name; defaults to the pool's name."""
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    """Attempts and backoff (``[pools.NAME.retry]``)."""
     timeout: Duration | None = None
     """Per-attempt time limit."""
     track: bool = True
@@ -137,27 +152,39 @@ class PoolConfig(Strict):
 
 
 class ShardHealth(Strict):
+    """When a shard counts as unhealthy."""
+
     error_rate: float = 0.5
     """A shard whose pool fails more than this fraction of items is unhealthy."""
     stall: Duration = Duration(60.0)
     """A shard whose oldest pending delivery is older than this is unhealthy."""
     interval: Duration = Duration(1.0)
+    """How often shard health is evaluated."""
 
 
 class OperatorBase(Strict, tag_field="type", kw_only=True):
     group: str = ""
     """Consumer group name on the input topic(s); defaults to the operator's name."""
     batch: int = 512
+    """Most messages read from an input at once."""
 
 
 class CopyOperator(OperatorBase, tag="copy", kw_only=True):
+    """Every message of ``input`` to every topic in ``outputs``."""
+
     input: str
+    """The topic read."""
     outputs: list[str]
+    """The topics each message is published to."""
 
 
 class FilterOperator(OperatorBase, tag="filter", kw_only=True):
+    """Messages of ``input`` that match ``where`` go to ``output``."""
+
     input: str
+    """The topic read."""
     output: str
+    """The topic matching messages go to."""
     where: str
     """JMESPath over the message; a truthy result keeps it."""
     rejected: str = ""
@@ -165,14 +192,23 @@ class FilterOperator(OperatorBase, tag="filter", kw_only=True):
 
 
 class Route(Strict):
+    """One route of a split operator."""
+
     when: str
+    """JMESPath over the message; a truthy result selects this route."""
     output: str
+    """The topic the route's messages go to."""
 
 
 class SplitOperator(OperatorBase, tag="split", kw_only=True):
+    """Route each message of ``input`` by predicates."""
+
     input: str
+    """The topic read."""
     routes: list[Route]
+    """Predicates and their topics (``[[operators.NAME.routes]]``), tried in order."""
     mode: Literal["first", "all"] = "first"
+    """``first``: the first matching route only; ``all``: every matching route."""
     default: str = ""
     """Topic for messages matching no route; without it they are counted and dropped."""
     dead_letter_unmatched: bool = False
@@ -180,14 +216,21 @@ class SplitOperator(OperatorBase, tag="split", kw_only=True):
 
 
 class ShardOperator(OperatorBase, tag="shard", kw_only=True):
+    """A stable hash of the key picks one of N shard topics; an unhealthy shard's keys
+    move to healthy shards (as few as possible) and back when it recovers."""
+
     input: str
+    """The topic read."""
     outputs: list[str] = []
     """Shard topics; or give ``shards`` and ``prefix`` for ``prefix-0 .. prefix-N-1``."""
     shards: int = 0
+    """Number of shard topics named ``<prefix>-0`` .. ``<prefix>-<N-1>``."""
     prefix: str = ""
+    """Name prefix of the shard topics when ``shards`` is given."""
     key: str = ""
     """JMESPath for the shard key; defaults to the message key."""
     health: ShardHealth = msgspec.field(default_factory=ShardHealth)
+    """When a shard counts as unhealthy (``[operators.NAME.health]``)."""
 
     def shard_topics(self) -> list[str]:
         if self.outputs:
@@ -196,18 +239,28 @@ class ShardOperator(OperatorBase, tag="shard", kw_only=True):
 
 
 class MergeOperator(OperatorBase, tag="merge", kw_only=True):
+    """Many input topics into one, fairly."""
+
     inputs: list[str]
+    """Topics merged, read fairly (round robin)."""
     output: str
+    """The topic every message goes to."""
 
 
 OperatorConfig = CopyOperator | FilterOperator | SplitOperator | ShardOperator | MergeOperator
 
 
 class ApiConfig(Strict):
+    """The HTTP API: the book's ``/v1/items``, publishing, status."""
+
     enabled: bool = False
+    """Serve the HTTP API (items, publish, status, shards) while running."""
     host: str = "127.0.0.1"
+    """Address to listen on; anything but loopback requires ``token``."""
     port: int = 8765
+    """TCP port of the API."""
     token: str = ""
+    """Bearer token the API requires (``Authorization: Bearer <token>``)."""
 
 
 class Settings(Strict):
@@ -219,12 +272,14 @@ class Settings(Strict):
     ``redis://127.0.0.1:6379/0``."""
     state: str = "sqlite"
     """``sqlite`` (file under ``workdir``), ``sqlite:///path.db``, ``redis://...`` or ``memory``."""
-    workdir: str = ".chute"
-    """Folder for the broker and state databases and executors' private folders (relative
-    to the config)."""
+    workdir: str = ""
+    """Folder for the broker and state databases and executors' private folders, relative
+    to the config's folder; default ``.chute/<config file name without suffix>``, so two
+    configs in one folder never share state."""
     node: str = ""
     """This node's name in consumer names and leases; defaults to host and pid."""
     log_level: str = "info"
+    """debug, info, warning or error; ``--log-level`` overrides it."""
     shutdown_grace: Duration = Duration(30.0)
     """How long in-flight items may finish after SIGINT/SIGTERM."""
 
@@ -240,6 +295,14 @@ class Config(msgspec.Struct, kw_only=True):
     operators: dict[str, OperatorConfig] = {}
     path: str = "<config>"
     base_dir: str = "."
+
+    def workdir(self) -> Path:
+        """The working folder, absolute: ``settings.workdir`` or ``.chute/<config name>``."""
+        relative = self.settings.workdir
+        if not relative:
+            stem = Path(self.path).stem if self.path != "<config>" else ""
+            relative = f".chute/{stem}" if stem else ".chute"
+        return (Path(self.base_dir) / relative).resolve()
 
 
 _TABLES = ("topics", "sources", "pools", "operators", "api")

@@ -5,7 +5,11 @@ topics and consumer groups, pools and operators, then sources, so nothing is
 published before its readers exist. Shutdown runs the same way back: stop
 the sources (intake), let pools drain their in-flight items for the grace
 period, cancel what is left (deliveries stay pending and come back), flush
-the final acks under a shield, then close executors, store and broker.
+the final acks under a shield, then close executors, store and broker. Every
+shielded step gives up at the stop deadline (``stopping.py``), the final
+flush and the closing each a moment later, so a stop takes at most the grace
+period plus a few seconds whatever the broker or the store do; ``stop_now``
+(a second signal) gives up at once.
 
 Embedding::
 
@@ -45,9 +49,13 @@ from .message import Message, new_message
 from .pool import PoolCounters, WorkerPool
 from .registry import load_plugin
 from .source import Source
+from .stopping import Deadline
 from .store import ItemStatus, StateStore
 
 log = logging.getLogger("chute")
+
+_CLOSE_WITHIN = 2.0
+"""Seconds closing executors, sources, store and broker may take, in all."""
 
 _OUTCOMES_KEPT = 10_000
 """Recent final outcomes remembered for ``wait_for`` callers that ask late."""
@@ -89,7 +97,7 @@ class Runtime:
         self.node = settings.node or default_node_name()
         self.until_idle = until_idle
         self.base_dir = Path(self.config.base_dir)
-        self.workdir = (self.base_dir / settings.workdir).resolve()
+        self.workdir = self.config.workdir()
         self.topics: dict[str, TopicConfig] = self._all_topics()
         self.broker: Broker = self._build_broker()
         self.store: StateStore | None = None
@@ -98,6 +106,8 @@ class Runtime:
         self.sources: dict[str, tuple[Source, str]] = {}
         self.ready = anyio.Event()
         self._stop = anyio.Event()
+        self.deadline = Deadline()
+        """When shielded steps give up once a stop began: the grace period after it."""
         self._outcomes: OrderedDict[tuple[str, str], Outcome] = OrderedDict()
         self._waiters: dict[tuple[str, str], list[anyio.Event]] = {}
         self._task_group: TaskGroup | None = None
@@ -166,7 +176,7 @@ class Runtime:
             )
             pool = WorkerPool(
                 name, pool_cfg, broker=self.broker, executor=executor, store=self.store,
-                node=self.node, on_final=self._on_final,
+                node=self.node, on_final=self._on_final, deadline=self.deadline,
             )  # fmt: skip
             await pool.prepare(topics[pool_cfg.topic].visibility_timeout)
             self.pools[name] = pool
@@ -179,6 +189,7 @@ class Runtime:
                     name, op_cfg, self.broker, node=self.node, error_rate=error_rate
                 )
                 await op.prepare(self.topics)
+                op.deadline = self.deadline
                 self.operators[name] = op
         for name, spec in cfg.sources.items():
             topic = str(spec["topic"])
@@ -219,8 +230,11 @@ class Runtime:
                 await self._run_graph(grace, task_status)
                 services.cancel_scope.cancel()
         finally:
-            with anyio.CancelScope(shield=True):
+            with self.deadline.shield(extra=_CLOSE_WITHIN) as closing:
+                closing.deadline = min(closing.deadline, anyio.current_time() + _CLOSE_WITHIN)
                 await self._close()
+            if closing.cancelled_caught:
+                log.warning("closing took longer than %gs: abandoned", _CLOSE_WITHIN)
 
     async def _run_graph(self, grace: float, task_status: TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
@@ -235,6 +249,7 @@ class Runtime:
             task_status.started()
             await self._stop.wait()
             log.info("stopping: sources first, then %gs for items in flight", grace)
+            self.deadline.set(anyio.current_time() + grace)
             sources_scope.cancel()
             pools_stop.set()
             # Operators move messages quickly; give them the same deadline.
@@ -263,6 +278,15 @@ class Runtime:
     def stop(self) -> None:
         """Begin a graceful shutdown (safe to call more than once)."""
         self._stop.set()
+
+    def stop_now(self) -> None:
+        """Give up on everything in hand (a second signal): shielded steps end now.
+
+        The caller cancels the task running ``run``; what did not finish stays
+        pending and is delivered again.
+        """
+        self._stop.set()
+        self.deadline.expire()
 
     async def _close(self) -> None:
         for pool in self.pools.values():
@@ -369,7 +393,7 @@ class Runtime:
         try:
             await self.build()
         except BaseException:
-            with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(_CLOSE_WITHIN, shield=True):
                 await self._close()
             raise
         self._task_group = anyio.create_task_group()

@@ -26,9 +26,19 @@ class Executor(Protocol):
     ``chute.errors.ItemFailed`` on failure, with ``permanent=True`` when a
     retry cannot help (the item goes straight to the dead letters). Any other
     exception counts as a retryable failure.
+
+    ``item.data`` and ``item.message`` may be the very objects other consumer
+    groups, this item's retry and its dead letter see (the memory broker hands
+    one object to all): read them, never change them. An executor that hands
+    the data to someone else's code gives it a copy (``message.private_copy``),
+    as the python executor does.
     """
 
     Options: ClassVar[type[msgspec.Struct]]
+
+    # Optional: ``pool_problems(options, pool: PoolConfig) -> list[tuple[str, str]]``,
+    # a static method naming pool settings this executor cannot honour, as
+    # (key in the pool's table, why); ``chute check`` reports them.
 
     async def run(self, item: WorkItem) -> Any: ...
 

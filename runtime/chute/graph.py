@@ -149,9 +149,14 @@ def problems_of(config: Config) -> list[str]:
             )
         groups[group_key] = label
         try:
-            plugin_options("executor", pool.executor, ())
+            executor_cls, options = plugin_options("executor", pool.executor, ())
         except ConfigError as exc:
             problems.extend(f"{where(path, label, 'executor.' + p)}" for p in exc.problems)
+        else:
+            # An executor may refuse pool settings it cannot honour (see executor.py).
+            refuse = getattr(executor_cls, "pool_problems", None)
+            for key, msg in refuse(options, pool) if refuse is not None else []:
+                add(label, key, msg)
         if pool.concurrency is not None and pool.scale is not None:
             add(label, "concurrency", "give either concurrency or scale, not both")
         if pool.concurrency is not None and pool.concurrency < 1:

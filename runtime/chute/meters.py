@@ -42,10 +42,13 @@ class RateMeter:
     ``mark(n, now)`` is O(1) and meant to be called once per batch.
     """
 
-    __slots__ = ("_decay_per_s", "_last", "_start", "_sum", "half_life", "total")
+    __slots__ = ("_decay_per_s", "_last", "_start", "_sum", "half_life", "min_window", "total")
 
-    def __init__(self, half_life: float = 10.0) -> None:
+    def __init__(self, half_life: float = 10.0, min_window: float = 1e-3) -> None:
         self.half_life = half_life
+        self.min_window = min_window
+        """Shortest time a rate is taken over: events seen at the very start are not a
+        rate over no time (5 arrivals over 1 ms would be 5,000/s)."""
         self._decay_per_s = math.log(2) / max(half_life, 1e-9)
         self._sum = 0.0
         self._last: float | None = None
@@ -81,7 +84,7 @@ class RateMeter:
         self._decay_to(now)
         # The decayed sum approximates rate / decay; before it converges, the
         # exact window weight is (1 - e^-kt) / k.
-        elapsed = max(now - self._start, 1e-3)
+        elapsed = max(now - self._start, self.min_window)
         window = (1.0 - math.exp(-self._decay_per_s * elapsed)) / self._decay_per_s
         return self._sum / window
 
@@ -102,8 +105,10 @@ class ChangeRate:
 
     __slots__ = ("_down", "_last", "_pending", "_up", "changes", "meter", "threshold")
 
-    def __init__(self, half_life: float = 10.0, threshold: float = 10.0) -> None:
-        self.meter = RateMeter(half_life)
+    def __init__(
+        self, half_life: float = 10.0, threshold: float = 10.0, min_window: float = 1e-3
+    ) -> None:
+        self.meter = RateMeter(half_life, min_window)
         self.threshold = threshold
         self._pending = 0
         self._last: float | None = None
@@ -115,10 +120,12 @@ class ChangeRate:
     def total(self) -> int:
         return self.meter.total + self._pending
 
-    def mark(self, n: int, now: float) -> None:
-        if self._last is None:  # the clock starts at the first event, not the first fold
-            self._last = now
-            self.meter.mark(0, now)
+    def mark(self, n: int, now: float, since: float | None = None) -> None:
+        """``n`` events by ``now``; ``since``: when the interval they arrived in began."""
+        if self._last is None:  # the clock starts at the first events, not the first fold
+            start = now if since is None else min(since, now)
+            self._last = start
+            self.meter.mark(0, start)
         self._pending += n
 
     def fold(self, now: float) -> None:

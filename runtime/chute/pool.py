@@ -13,6 +13,13 @@ last pass, then acknowledges them (group commit: while other items are
 still running, a pass waits up to ``_FLUSH_EVERY`` for their outcomes to join
 it, so under load a pass carries many items; the outcome of the last running
 item is written at once).
+
+While items run (or wait in the buffer), a heartbeat (``heartbeat.py``)
+extends their deliveries and their leases, so an item that runs longer than
+the visibility timeout is never redelivered, nor claimed by anyone, while it
+runs. Two messages with one key never run at once: the store refuses the
+second claim while the first one's lease lives (without a store, the pool
+holds back keys it runs).
 """
 
 from __future__ import annotations
@@ -34,7 +41,9 @@ from .broker import Broker
 from .config import PoolConfig
 from .errors import ItemFailed
 from .executor import Executor, WorkItem
+from .heartbeat import Heartbeat
 from .message import Message
+from .stopping import Deadline
 from .store import Claim, Finish, ItemStatus, StateStore
 
 log = logging.getLogger("chute.pool")
@@ -43,11 +52,17 @@ T = TypeVar("T")
 OnFinal = Callable[["WorkerPool", Message, ItemStatus, Any], Awaitable[None]]
 """Called once an item is done or dead (result, or the error text)."""
 
-_TWICE_RETRY = 1.0
-"""Seconds before a second message for an item still running here is looked at again."""
-
 _OUTPUT_TAIL = 4000
 """Characters of an executor's output kept in a dead letter."""
+
+_BUSY_KEY_DELAY = 5.0
+"""Seconds before a delivery whose key is running elsewhere is looked at again."""
+
+FINAL_FLUSH = 1.5
+"""Seconds after the stop deadline for the last outcomes to be recorded and acknowledged.
+
+Items that finished within the grace period are recorded if the store and
+the broker answer within this; otherwise they stay pending (and run again)."""
 
 _FLUSH_EVERY = 0.02
 """Seconds an outcome waits for others to join its pass (the group-commit window).
@@ -129,6 +144,7 @@ class WorkerPool:
         store: StateStore | None,
         node: str,
         on_final: OnFinal | None = None,
+        deadline: Deadline | None = None,
     ) -> None:
         self.name = name
         self.cfg = cfg
@@ -141,6 +157,8 @@ class WorkerPool:
         self.executor = executor
         self.store = store if cfg.track else None
         self.on_final = on_final
+        self.deadline = deadline or Deadline()
+        """When shielded steps give up once a stop began (the runtime shares one)."""
         scale = cfg.scale_or_fixed()
         self.slots = Slots(max(1, scale.min))
         self.scaler = Scaler(name, scale)
@@ -155,14 +173,14 @@ class WorkerPool:
         self._quiet: asyncio.Future[None] | None = None
         """Resolved when the pool runs out of work while the flusher waits for more outcomes."""
         self._buffer: list[tuple[Message, Claim]] = []
-        self._busy: set[str] = set()
-        """Keys claimed here whose outcome is not recorded yet."""
         self._read_lock = anyio.Lock()
         self._stopping = False
         self._intake_scopes: set[anyio.CancelScope] = set()
         self._service_time = 1.0
         """Seconds per item, smoothed over about the last 20 items (sizes prefetch)."""
         self._lease = 300.0
+        self._heartbeat = Heartbeat(name, broker, self.topic, self.group, self.store,
+                                    self.consumer)  # fmt: skip
 
     @property
     def changed(self) -> anyio.Event:
@@ -203,6 +221,7 @@ class WorkerPool:
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._flush_forever)
             outer.start_soon(self._autoscale)
+            outer.start_soon(self._heartbeat.run, self._lease, self._buffered)
             async with anyio.create_task_group() as workers:
                 for _ in range(self.cfg.scale_or_fixed().max):
                     workers.start_soon(self._worker)
@@ -213,9 +232,13 @@ class WorkerPool:
                 # Drain: running items get the grace period, then are cancelled
                 # (their deliveries stay pending and come back later).
                 workers.cancel_scope.deadline = anyio.current_time() + grace
-            with anyio.CancelScope(shield=True):
+                self.deadline.set(workers.cancel_scope.deadline)
+            with self.deadline.shield(extra=FINAL_FLUSH) as final:
                 await self._return_buffer()
                 await self._flush()
+            if final.cancelled_caught:
+                log.warning("pool %s: the broker or store did not answer in time: the last "
+                            "outcomes stay pending and run again", self.name)  # fmt: skip
             outer.cancel_scope.cancel()
 
     async def _autoscale(self) -> None:
@@ -228,6 +251,9 @@ class WorkerPool:
             group=self.group,
             report=report,
         )
+
+    def _buffered(self) -> list[tuple[str, tuple[str, int]]]:
+        return [(m.id, (m.key or m.id, c.token)) for m, c in self._buffer]
 
     async def _worker(self) -> None:
         while not self._stopping:
@@ -282,8 +308,10 @@ class WorkerPool:
             )
             if got:
                 # Shielded: a shutdown arriving mid-claim must still find the
-                # batch in the buffer, to give deliveries and claims back.
-                with anyio.CancelScope(shield=True):
+                # batch in the buffer, to give deliveries and claims back
+                # (past the stop deadline they stay pending instead).
+                claimed: list[tuple[Message, Claim]] = []
+                with self.deadline.shield():
                     claimed = await self._claim(got)
                 claimed.reverse()  # pop() from the end keeps delivery order
                 self._buffer = claimed
@@ -292,32 +320,17 @@ class WorkerPool:
     async def _claim(self, messages: list[Message]) -> list[tuple[Message, Claim]]:
         """Claim a fetched batch at once; settle at once those that may not run."""
         if self.store is None:
-            return [(m, Claim(granted=True)) for m in messages]
-        # A second message for an item this pool holds (a replaying source offered it
-        # again after a restart, or a stage upstream ran it twice) waits until the
-        # first one's outcome is recorded; then its claim finds the item done.
-        busy = self._busy
-        twice: list[str] = []
-        fresh: list[Message] = []
-        for message in messages:
-            key = message.key or message.id
-            if key in busy:
-                twice.append(message.id)
-            else:
-                busy.add(key)
-                fresh.append(message)
-        keys = [m.key or m.id for m in fresh]
+            return await self._claim_untracked(messages)
+        keys = [m.key or m.id for m in messages]
         claims = await self.store.claim_many(
             self.name, keys, owner=self.consumer, lease=self._lease
         )
         granted: list[tuple[Message, Claim]] = []
         elsewhere: list[str] = []
-        for message, claim in zip(fresh, claims, strict=True):
+        for message, claim in zip(messages, claims, strict=True):
             if claim.granted:
                 granted.append((message, claim))
-                continue
-            busy.discard(message.key or message.id)
-            if claim.status in (ItemStatus.DONE, ItemStatus.DEAD):
+            elif claim.status in (ItemStatus.DONE, ItemStatus.DEAD):
                 # Done before (a restart, or a duplicate). Tell the source
                 # again: a crash may have come between the outcome and the
                 # source filing the item away.
@@ -326,9 +339,23 @@ class WorkerPool:
             else:  # another node holds a live lease on it: look again later
                 elsewhere.append(message.id)
         if elsewhere:
-            await self.broker.nack(self.topic, self.group, elsewhere, delay=5.0)
-        if twice:
-            await self.broker.nack(self.topic, self.group, twice, delay=_TWICE_RETRY)
+            await self.broker.nack(self.topic, self.group, elsewhere, delay=_BUSY_KEY_DELAY)
+        return granted
+
+    async def _claim_untracked(self, messages: list[Message]) -> list[tuple[Message, Claim]]:
+        """Without a store: hold back a message whose key this pool runs, or took just before."""
+        granted: list[tuple[Message, Claim]] = []
+        busy: list[str] = []
+        keys = self._heartbeat.keys()
+        for message in messages:
+            key = message.key or message.id
+            if key in keys:
+                busy.append(message.id)
+            else:
+                keys.add(key)
+                granted.append((message, Claim(granted=True)))
+        if busy:
+            await self.broker.nack(self.topic, self.group, busy, delay=_BUSY_KEY_DELAY)
         return granted
 
     async def _return_buffer(self) -> None:
@@ -339,18 +366,21 @@ class WorkerPool:
             if self.store is not None:
                 unrun = [Finish(m.key or m.id, ItemStatus.PENDING, c.token) for m, c in taken]
                 await self.store.finish_many(self.name, unrun)
-                self._busy.difference_update(f.key for f in unrun)
 
     # -- one item ------------------------------------------------------------
 
     async def _process(self, message: Message, claim: Claim) -> None:
         counters = self.counters
         counters.in_flight += 1
+        key = message.key or message.id
+        running = self._heartbeat.running
+        running[message.id] = (key, claim.token)
         started = time.monotonic()
         self.scaler.started(started)
         try:
             await self._settle(message, claim)
         finally:
+            running.pop(message.id, None)
             counters.in_flight -= 1
             ended = time.monotonic()
             elapsed = ended - started
@@ -382,11 +412,14 @@ class WorkerPool:
     async def _succeeded(self, message: Message, claim: Claim, result: Any) -> None:
         if self.cfg.output:
             # Shielded: once the executor succeeded, a shutdown must not
-            # stop its result from going downstream.
-            with anyio.CancelScope(shield=True):
+            # stop its result from going downstream; past the stop deadline
+            # (a full topic, a broker away) the item stays pending instead.
+            with self.deadline.shield() as publishing:
                 headers = {**message.headers, "chute-from": self.name}
                 out = Message(key=message.key, data=result, headers=headers)
                 await self.broker.publish(self.cfg.output, [out])
+            if publishing.cancelled_caught:
+                return
         self.counters.succeeded += 1
         self._settle_later(message, claim, ItemStatus.DONE, result)
 
@@ -395,7 +428,7 @@ class WorkerPool:
         self.counters.failed += 1
         self.counters.last_error = exc.reason
         last = exc.permanent or message.attempt >= self.cfg.retry.attempts
-        with anyio.CancelScope(shield=True):
+        with self.deadline.shield():
             if not last:
                 delay = retry_delay(self.cfg, message.attempt)
                 log.warning(
@@ -405,7 +438,6 @@ class WorkerPool:
                 if self.store is not None:
                     failed = Finish(key, ItemStatus.FAILED, claim.token, exc.reason)
                     self._warn_fenced([failed], await self.store.finish_many(self.name, [failed]))
-                    self._busy.discard(key)
                 await self.broker.nack(self.topic, self.group, [message.id], delay=delay)
                 return
             why = "permanent failure" if exc.permanent else f"failed {message.attempt} times"
@@ -443,7 +475,6 @@ class WorkerPool:
         if finishes:
             assert self.store is not None
             self._warn_fenced(finishes, await self.store.finish_many(self.name, finishes))
-            self._busy.difference_update(f.key for f in finishes)
         if acks:
             await self.broker.ack(self.topic, self.group, acks)
         for message, status, result in finals:
@@ -474,7 +505,7 @@ class WorkerPool:
                 finally:
                     timer.cancel()
                     self._quiet = None
-            with anyio.CancelScope(shield=True):
+            with self.deadline.shield():
                 await self._flush()
 
 

@@ -6,6 +6,10 @@ done or dead, and items another owner holds a live lease on, and returns a
 fencing token so a late finisher whose lease was taken over cannot record the
 completion.
 
+The lease is refused to everyone while it lives, its own holder included (a
+redelivery of an item still running must not start it beside itself); the
+pool renews the leases of the items it runs with ``extend`` (the heartbeat).
+
 The pool claims a whole fetched batch with ``claim_many`` and records
 outcomes with ``finish_many`` just before it acknowledges them: one
 transaction (SQLite) or one round trip (Redis) for many items, where a call
@@ -80,6 +84,16 @@ class StateStore(Protocol):
 
     async def finish_many(self, pool: str, outcomes: Sequence[Finish]) -> list[bool]:
         """``finish`` for each outcome (in order), in one transaction or round trip."""
+
+    async def extend(
+        self, pool: str, held: Sequence[tuple[str, int]], *, owner: str, lease: float
+    ) -> list[bool]:
+        """Renew for ``lease`` seconds the leases of running items, given as (key, token).
+
+        Compare-and-extend: only where ``token`` is still the item's current
+        claim and the item is running for ``owner``; False where the lease was
+        lost (fenced by a later claim or by ``recover``).
+        """
 
     async def mark_pending(self, pool: str, keys: list[str]) -> None:
         """Record items as known and waiting (no-op for items already known)."""

@@ -6,6 +6,7 @@ import asyncio
 import re
 import time
 
+import anyio
 import pytest
 from chute.broker import Broker
 from chute.message import Message
@@ -111,6 +112,36 @@ async def test_stale_delivery_goes_to_another_consumer(broker: Broker) -> None:
     assert [m.data for m in sorted(again, key=lambda m: stream_id(m.id))] == [
         {"n": i} for i in range(3)
     ]
+
+
+async def test_extended_deliveries_are_not_redelivered_while_they_run(broker: Broker) -> None:
+    await setup(broker, "g", vt=VT)
+    ids = await broker.publish("t", msgs(2))
+    running = await broker.read("t", "g", "worker", count=10, block=None)
+    assert [m.id for m in running] == ids
+    await broker.ack("t", "g", [ids[1]])
+    deadline = time.monotonic() + VT * 4
+    while time.monotonic() < deadline:  # the heartbeat of a long item, at a third of VT
+        await broker.extend("t", "g", [m.id for m in running])  # ids[1] is acked: ignored
+        assert await broker.read("t", "g", "other", count=10, block=VT / 3) == []
+    # The heartbeat stops (the worker died): the delivery comes back, one attempt later.
+    [again] = await broker.read("t", "g", "other", count=10, block=VT * 4)
+    assert (again.id, again.attempt) == (ids[0], 2)
+    assert (await broker.stats("t")).group("g").pending == 1
+    await broker.extend("t", "g", ["0-1"])  # never delivered: ignored
+
+
+async def test_a_topic_no_group_reads_keeps_its_last_capacity_entries(broker: Broker) -> None:
+    # Dead letters, or an output read from outside: nobody acknowledges, so
+    # capacity is a retention limit there, never back-pressure (a pool must not
+    # stall on its dead letters) nor unbounded growth.
+    await setup(broker, capacity=16)
+    for start in range(0, 200, 10):
+        with anyio.fail_after(5):
+            await broker.publish("t", msgs(10, start))
+    stats = await broker.stats("t")
+    assert 16 <= stats.length <= 16 + 16 // 8 + 10  # one publish's worth of slack
+    assert stats.dropped == 200 - stats.length
 
 
 async def test_nack_redelivers_after_the_delay(broker: Broker) -> None:

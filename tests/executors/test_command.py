@@ -270,6 +270,18 @@ async def test_a_reused_folder_gives_each_item_only_its_own_data(tmp_path: Path)
     await ex.aclose()
 
 
+async def test_doubled_braces_are_literal_with_or_without_fields(tmp_path: Path) -> None:
+    # A shell one-liner writing JSON: the braces must reach sh as single braces
+    # whether or not another argument holds a {field}.
+    write = 'printf \'{{"ok": %s}}\' "$1" > "$WORK_RESULT_FILE"'
+    fixed = executor(tmp_path, argv=["sh", "-c", write, "sh", "1"])
+    templated = executor(tmp_path, argv=["sh", "-c", write, "sh", "{n}"])
+    assert await fixed.run(item({})) == {"ok": 1}
+    assert await templated.run(item({"n": 2})) == {"ok": 2}
+    await fixed.aclose()
+    await templated.aclose()
+
+
 async def test_a_bad_result_file_is_a_failure(tmp_path: Path) -> None:
     bad = script(tmp_path, "import os; open(os.environ['WORK_RESULT_FILE'], 'w').write('{nope')\n")
     with pytest.raises(ItemFailed, match="WORK_RESULT_FILE is not valid JSON"):

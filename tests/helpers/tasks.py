@@ -48,3 +48,31 @@ def record(data: Any) -> Any:
     with open(data["log"], "a", encoding="utf-8") as f:
         f.write(f"{data['n']}\n")
     return data
+
+
+def exits(data: Any) -> Any:
+    """A library that calls sys.exit(), or raises KeyboardInterrupt, on a bad item."""
+    if data.get("exit") == "interrupt":
+        raise KeyboardInterrupt("bad item")
+    if data.get("exit") == "exit":
+        raise SystemExit(3)
+    return data
+
+
+async def exits_async(data: Any) -> Any:
+    return exits(data)
+
+
+seen: list[tuple[str, Any]] = []
+
+
+def mutate_then_fail(data: Any) -> Any:
+    """Records what it was given, changes it in place, and fails."""
+    seen.append(("a", dict(data)))
+    data["n"] += 100
+    raise RuntimeError("changed my input, then failed")
+
+
+def look(data: Any) -> Any:
+    seen.append(("b", dict(data)))
+    return data

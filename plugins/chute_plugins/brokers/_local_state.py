@@ -55,8 +55,8 @@ class Group:
 
 
 class Topic:
-    __slots__ = ("acks_since_trim", "base", "capacity", "checked", "end", "groups", "last_ms",
-                 "meter", "msgs", "name", "readers", "writers")  # fmt: skip
+    __slots__ = ("acks_since_trim", "base", "capacity", "checked", "dropped", "end", "groups",
+                 "last_ms", "meter", "msgs", "name", "readers", "writers")  # fmt: skip
 
     def __init__(self, name: str, tid: int, capacity: int) -> None:
         self.name = name
@@ -72,6 +72,8 @@ class Topic:
         self.meter = RateMeter()
         self.acks_since_trim = 0
         self.checked = False
+        self.dropped = 0
+        """Entries dropped unread by retention since this process started."""
 
     @property
     def head(self) -> int:

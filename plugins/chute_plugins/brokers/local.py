@@ -280,6 +280,7 @@ class LocalBroker:
             if seq >= cut:
                 break
             del msgs[seq]
+            t.dropped += 1
         journal.add(ldb.DELETE_RANGE, [(t.base, t.base + cut)])
 
     # -- reading ----------------------------------------------------------
@@ -512,6 +513,7 @@ class LocalBroker:
             topic=t.name,
             length=self._unacked(t) if t.groups else len(t.msgs),
             capacity=t.capacity,
+            dropped=t.dropped,
             published=t.meter.total,
             publish_rate=t.meter.rate(now),
             groups=groups,

@@ -2,7 +2,11 @@
 
 Built for the hot path. A topic is one list of Message objects shared by all
 groups (the same object is handed to every group on its first delivery, so
-nothing is copied or encoded). Each group keeps a cursor into that list and a
+nothing is copied or encoded here). Consumers treat deliveries as read-only:
+operators build new messages, and executors that run someone else's code on
+the data hand it a private copy (``chute.message.private_copy``), so what one
+consumer does with its item never reaches another group, a retry or a dead
+letter. Each group keeps a cursor into that list and a
 dict of pending deliveries keyed by message id, in delivery order: the oldest
 pending delivery is always the dict's first entry, so finding stale
 deliveries never scans. Batches share one bookkeeping record, so a read or an
@@ -79,6 +83,7 @@ class _Topic:
         "acks_since_trim",
         "base",
         "capacity",
+        "dropped",
         "groups",
         "last_ms",
         "log",
@@ -99,6 +104,7 @@ class _Topic:
         self.meter = RateMeter()
         self.last_ms = 0
         self.acks_since_trim = 0
+        self.dropped = 0
 
     @property
     def end(self) -> int:
@@ -210,6 +216,12 @@ class MemoryBroker:
                     message.created_at = now
             log.append(message)
         t.meter.mark(len(ids), now)
+        if not t.groups and len(log) > t.capacity:
+            # Nobody reads it, so nobody acknowledges: keep the newest entries.
+            excess = len(log) - t.capacity
+            del log[:excess]
+            t.base += excess
+            t.dropped += excess
         if t.readers:
             _wake(t.readers)
         return ids
@@ -336,6 +348,24 @@ class MemoryBroker:
         if t.readers:
             _wake(t.readers)
 
+    async def extend(self, topic: str, group: str, ids: Sequence[str]) -> None:
+        g = self._topic(topic).groups.get(group)
+        if g is None:
+            return
+        record: _Delivery | None = None
+        now = time.time()
+        for message_id in ids:
+            delivery = g.pending.pop(message_id, None)
+            if delivery is None:
+                continue  # acked, or nacked and parked
+            if record is None or (record.attempt, record.consumer) != (
+                delivery.attempt,
+                delivery.consumer,
+            ):
+                record = _Delivery(delivery.consumer, now, delivery.attempt)
+            # Re-inserted last: the dict stays in delivery order, oldest first.
+            g.pending[message_id] = record
+
     def _floor(self, t: _Topic) -> int:
         """The lowest offset some group still needs."""
         floor = t.end
@@ -395,8 +425,9 @@ class MemoryBroker:
             )
         return TopicStats(
             topic=t.name,
-            length=self._unacked(t),
+            length=self._unacked(t) if t.groups else len(t.log),
             capacity=t.capacity,
+            dropped=t.dropped,
             published=t.meter.total,
             publish_rate=t.meter.rate(now),
             groups=groups,

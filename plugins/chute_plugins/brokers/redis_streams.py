@@ -107,6 +107,7 @@ class _Topic:
         "acks_since_trim",
         "capacity",
         "credit",
+        "dropped",
         "groups",
         "key",
         "meter",
@@ -123,6 +124,7 @@ class _Topic:
         self.writers: list[asyncio.Future[None]] = []
         self.meter = RateMeter()
         self.acks_since_trim = 0
+        self.dropped = 0
 
 
 class RedisBroker:
@@ -275,6 +277,9 @@ class RedisBroker:
     async def _room(self, t: _Topic) -> int:
         """Capacity minus unacknowledged entries, capped so nodes re-measure often."""
         unacked = await upkeep.unacked(self.redis, t.key)
+        if unacked is None:  # no group reads it: capacity is a retention limit (broker.py)
+            t.dropped += int(await self._cmd("XTRIM", t.key, "MAXLEN", t.capacity))
+            unacked = 0
         return min(t.capacity - unacked, max(1, t.capacity // 8))
 
     async def _xadd(self, t: _Topic, messages: Sequence[Message]) -> list[str]:
@@ -504,6 +509,14 @@ class RedisBroker:
         await self._conn.call(partial(self._cmd, *args))
         g.next_check = min(g.next_check, now + min(delay, g.vt / 2))
 
+    async def extend(self, topic: str, group: str, ids: Sequence[str]) -> None:
+        # XCLAIM with min-idle 0 resets the idle time (JUSTID: no delivery is
+        # counted); Redis skips ids that are no longer pending.
+        g = self._topic(topic).groups.get(group)
+        if g is not None and ids:
+            args = ("XCLAIM", self._topic(topic).key, g.name, self.node, 0, *ids, "JUSTID")
+            await self._conn.call(partial(self._cmd, *args))
+
     async def _trim(self, t: _Topic) -> None:
         await upkeep.trim(self.redis, t.key)
         for g in t.groups.values():
@@ -532,10 +545,12 @@ class RedisBroker:
                     ack_rate=local.meter.rate(now) if local else 0.0,
                 )
             )
+        length = max((g.lag + g.pending for g in out), default=0)
         return TopicStats(
             topic=t.name,
-            length=max((g.lag + g.pending for g in out), default=0),
+            length=length if out else int(await self.redis.xlen(t.key)),
             capacity=t.capacity,
+            dropped=t.dropped,
             published=added,
             publish_rate=t.meter.rate(now),
             groups=out,

@@ -45,10 +45,13 @@ async def _lag(redis: aioredis.Redis, key: str, info: dict[str, Any]) -> int:
     return int(lag)
 
 
-async def unacked(redis: aioredis.Redis, key: str) -> int:
-    """Entries some group has not acknowledged: what a topic's capacity bounds."""
+async def unacked(redis: aioredis.Redis, key: str) -> int | None:
+    """Entries some group has not acknowledged: what a topic's capacity bounds (None: no group)."""
+    groups = await _groups(redis, key)
+    if not groups:
+        return None
     most = 0
-    for info in await _groups(redis, key):
+    for info in groups:
         most = max(most, await _lag(redis, key, info) + int(info.get("pending", 0)))
     return most
 
@@ -62,7 +65,10 @@ async def snapshot(redis: aioredis.Redis, key: str) -> tuple[int, list[GroupSnap
     """
     groups = await _groups(redis, key)
     if not groups:
-        return 0, []
+        try:
+            return int((await redis.xinfo_stream(key)).get("entries-added", 0)), []
+        except ResponseError:  # no stream yet
+            return 0, []
     added = int((await redis.xinfo_stream(key)).get("entries-added", 0))
     pipe = redis.pipeline(transaction=False)
     for info in groups:

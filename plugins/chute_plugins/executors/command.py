@@ -196,7 +196,7 @@ class CommandExecutor:
         if problems:
             raise ConfigError(problems)
         if not self.argv[0].fields:
-            self._check_program(options.argv[0], env.get("PATH", os.defpath))
+            self._check_program(self.argv[0].render(None), env.get("PATH", os.defpath))
         self.options = options
         self.pool = ctx.name
         # Encoded once, not for every item.
@@ -206,7 +206,7 @@ class CommandExecutor:
         # Without fields, argv is the same for every item: encoded once.
         self._fixed_argv: tuple[bytes, ...] | None = None
         if not any(t.fields for t in self.argv):
-            self._fixed_argv = tuple(os.fsencode(text) for text in options.argv)
+            self._fixed_argv = tuple(os.fsencode(t.render(None)) for t in self.argv)
         self._path = env.get("PATH", os.defpath)
         self._devnull: int | None = None
         self._spawner: Spawner | None = None

@@ -19,10 +19,15 @@ from chute.store import ItemStatus
 
 class GenerateOptions(Strict):
     count: int = 10
+    """Items to emit; 0 emits for ever."""
     rate: float = 0.0
+    """Items per second; 0 emits as fast as the topic takes them."""
     batch: int = 100
+    """Most messages per publish."""
     prefix: str = "item"
+    """Item ``i`` has key ``<prefix>-<i>``."""
     data: dict[str, Any] = {}
+    """Extra fields merged into each item's data ``{"n": i}``."""
 
 
 class GenerateSource:

@@ -50,11 +50,13 @@ class HttpOptions(Strict):
     backoff: Duration = Duration(1.0)
     """First retry delay after a failure; doubles per consecutive failure."""
     max_backoff: Duration = Duration(300.0)
+    """The longest delay between two retries."""
     concurrency: int = 8
     """Item fetches in flight at once."""
     max_body: Size = Size(16 * 1024 * 1024)
     """A larger response is refused (a server gone wrong must not fill our memory)."""
     batch: int = 256
+    """Most messages per publish."""
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):

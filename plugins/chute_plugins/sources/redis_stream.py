@@ -52,13 +52,17 @@ class RedisStreamOptions(Strict):
     stream: str
     """The stream's key, exactly as its writers name it."""
     url: str = "redis://127.0.0.1:6379/0"
+    """The Redis server holding the stream."""
     group: str = ""
     """Consumer group on the stream; defaults to ``chute-<source name>``."""
     start: str = "0"
     """Where a new group starts: ``0`` takes the entries already there, ``$`` only new ones."""
     batch: int = 100
+    """Most entries read at once."""
     key_field: str = ""
+    """Field whose value becomes the item key; default the entry id."""
     data_field: str = ""
+    """Field holding the item's data as JSON; default all fields as strings."""
     claim_after: Duration = Duration(60.0)
     """Take over entries another consumer of the group left unacknowledged this long."""
     dead_stream: str = ""

@@ -79,23 +79,30 @@ class WatchOptions(Strict):
     glob: str = "*"
     """Matched against the file name, or the relative path when it contains ``/``."""
     recursive: bool = False
+    """Watch sub-folders too (matched by ``glob`` on the relative path)."""
     ignore: list[str] = []
     """More name patterns to ignore, on top of the defaults (``.*``, ``*.tmp``, ``*.part``,
     ``*~``, ``#*#``). A pattern matching a folder's name ignores the whole folder."""
     ignore_defaults: bool = True
+    """Apply the default ignore patterns; ``false`` keeps only ``ignore``."""
     skip_empty: bool = True
     """Zero-byte files are not items (logged once): most are placeholders about to be
     written, and their close-write makes them items when they are."""
     on_done: Disposal = "keep"
+    """What happens to a file whose item is done: ``keep``, ``move`` (to ``done_dir``) or ``delete``."""
     done_dir: str = ""
+    """Folder for ``on_done = "move"`` (relative to the config file)."""
     on_dead: Disposal = "keep"
+    """What happens to a file whose item is dead-lettered: ``keep``, ``move`` (to ``dead_dir``) or ``delete``."""
     dead_dir: str = ""
+    """Folder for ``on_dead = "move"`` (relative to the config file)."""
     rescan: Duration = Duration(60.0)
     """Full rescan period (0 = only at start and after an inotify overflow)."""
     polling: bool = False
     """List the folder every ``poll_interval`` instead of waiting for events (network file
     systems); files then settle before emission."""
     poll_interval: Duration = Duration(1.0)
+    """How often the folder is listed in ``polling`` mode."""
     settle: Duration = Duration(0.5)
     """Polling mode and non-Linux: how long size and mtime must hold still."""
     batch: int = 512

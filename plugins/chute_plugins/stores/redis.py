@@ -3,8 +3,9 @@
 Per item (pool, key) a hash ``<prefix>item:<pool>:<key>`` holds status,
 attempts, last error, times, and the owner and fencing token of the latest
 claim. A claim takes a lease, ``<prefix>lease:<pool>:<key>``, with ``SET NX
-PX`` (the owner renews its own), so while the lease lives no other node runs
-the item; every claim draws a new token from one counter (``INCR``), and
+PX``, so while the lease lives nobody else (the holder included) runs the
+item, and the holder renews it while the item runs (``extend``, compare-and-
+extend under the claim's token); every claim draws a new token from one counter (``INCR``), and
 ``finish`` records only under the current token, so a late finisher whose
 lease expired and was taken over is not recorded as the completion. Each
 transition is one Lua script, so status, counts and lease change together.
@@ -23,6 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from chute.errors import BrokerUnavailable
 from chute.store import Claim, Finish, ItemRecord, ItemStatus, OneItemCalls
 
 from ..redis_conn import Reconnecting, RedisUrl, as_str
@@ -38,15 +40,11 @@ redis.call('SADD', KEYS[6], ARGV[5])
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'done' or status == 'dead' then return {0, 0, status} end
 local ms = tonumber(ARGV[2])
+-- A live lease refuses everyone, its holder too: the item is running.
 if ms > 0 then
-  if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ms) then
-    if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {0, 0, 'running'} end
-    redis.call('SET', KEYS[2], ARGV[1], 'PX', ms)
-  end
-else  -- a lease of no time: held by nobody once this call returns
-  local holder = redis.call('GET', KEYS[2])
-  if holder and holder ~= ARGV[1] then return {0, 0, 'running'} end
-  redis.call('DEL', KEYS[2])
+  if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ms) then return {0, 0, 'running'} end
+elseif redis.call('EXISTS', KEYS[2]) == 1 then  -- a lease of no time is held by nobody after
+  return {0, 0, 'running'}
 end
 local token = redis.call('INCR', KEYS[3])
 if status then
@@ -87,6 +85,17 @@ if ARGV[1] == 'failed' or ARGV[1] == 'dead' then
 else
   redis.call('ZREM', KEYS[5], ARGV[5])
 end
+return 1
+"""
+
+# KEYS: item, lease. ARGV: owner, token, lease ms.
+# Compare-and-extend: only the current claim of a running item renews its lease.
+_EXTEND = """
+local item = redis.call('HMGET', KEYS[1], 'token', 'status', 'owner')
+if item[1] ~= ARGV[2] or item[2] ~= 'running' or item[3] ~= ARGV[1] then return 0 end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
 return 1
 """
 
@@ -156,6 +165,7 @@ class RedisStore(OneItemCalls):
         self._finish = self._redis.register_script(_FINISH)
         self._mark_pending = self._redis.register_script(_MARK_PENDING)
         self._recover = self._redis.register_script(_RECOVER)
+        self._extend = self._redis.register_script(_EXTEND)
 
     @property
     def healthy(self) -> bool:
@@ -195,9 +205,15 @@ class RedisStore(OneItemCalls):
 
     # -- the protocol ------------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, connect_timeout: float = 10.0) -> None:
         self._conn.closed = False
-        await self._conn.call(self._redis.ping)
+        # A deadline: a runtime starting while Redis is away says so and exits.
+        try:
+            await self._conn.call(self._redis.ping, deadline=time.monotonic() + connect_timeout)
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"cannot reach redis at {self._url.safe} (the state store)"
+            ) from None
 
     async def aclose(self) -> None:
         self._conn.closed = True
@@ -241,6 +257,21 @@ class RedisStore(OneItemCalls):
 
         recorded = [bool(r) for r in await self._conn.call(run)] if outcomes else []
         return recorded
+
+    async def extend(
+        self, pool: str, held: Sequence[tuple[str, int]], *, owner: str, lease: float
+    ) -> list[bool]:
+        lease_ms = max(1, int(lease * 1000))
+
+        async def run() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key, token in held:
+                    script_keys = [self._item(pool, key), self._lease(pool, key)]
+                    args: list[Arg] = [_b(owner), token, lease_ms]
+                    await self._extend(script_keys, args, client=pipe)
+                return await pipe.execute()
+
+        return [bool(r) for r in await self._conn.call(run)] if held else []
 
     async def mark_pending(self, pool: str, keys: list[str]) -> None:
         if not keys:

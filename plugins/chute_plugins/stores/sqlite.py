@@ -57,13 +57,14 @@ DROP INDEX IF EXISTS items_by_status;
 CREATE INDEX IF NOT EXISTS items_failed ON items (updated_at) WHERE status IN ('failed', 'dead');
 """
 
-# Granted unless final, or running under a live lease held by someone else.
+# Granted unless final, or running under a live lease (whoever holds it: a
+# second run of a running item is what the lease prevents).
 _CLAIMED = """
 ON CONFLICT (pool, key) DO UPDATE SET
     status = 'running', attempts = attempts + 1, updated_at = ?3, owner = ?4,
     token = token + 1, lease_until = ?5
 WHERE status NOT IN ('done', 'dead')
-  AND (status != 'running' OR owner = ?4 OR lease_until <= ?3)
+  AND (status != 'running' OR lease_until <= ?3)
 RETURNING key, token
 """
 _INSERT = "INSERT INTO items (pool, key, status, attempts, created_at, updated_at, owner, token, lease_until)"
@@ -80,6 +81,11 @@ _FINISH = """
 UPDATE items SET status = ?1, last_error = ?2, updated_at = ?3, owner = '', lease_until = 0,
     attempts = attempts - (?1 = 'pending')
 WHERE pool = ?4 AND key = ?5 AND token = ?6 AND status = 'running'
+"""
+
+_EXTEND = """
+UPDATE items SET lease_until = ?1
+WHERE pool = ?2 AND key = ?3 AND token = ?4 AND owner = ?5 AND status = 'running'
 """
 
 _COLUMNS = "pool, key, status, attempts, last_error, created_at, updated_at"
@@ -216,6 +222,16 @@ class SqliteStore(OneItemCalls):
                 args = (o.status.value, _b(o.error), now, pool, _b(o.key), o.token)
                 recorded.append(db.execute(_FINISH, args).rowcount == 1)
         return recorded
+
+    async def extend(
+        self, pool: str, held: Sequence[tuple[str, int]], *, owner: str, lease: float
+    ) -> list[bool]:
+        until = time.time() + max(0.0, lease)
+        with self._transaction() as db:
+            return [
+                db.execute(_EXTEND, (until, pool, _b(key), token, owner)).rowcount == 1
+                for key, token in held
+            ]
 
     async def mark_pending(self, pool: str, keys: list[str]) -> None:
         now = time.time()

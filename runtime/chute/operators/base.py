@@ -5,7 +5,9 @@ to every output it goes to, and only then acknowledged on the input. A crash
 before the ack leaves the batch pending, so it is delivered again after the
 input's visibility timeout: outputs may see a message twice, never zero times.
 The ack itself is shielded from cancellation: once the outputs accepted a
-batch, a shutdown must not turn it into duplicates.
+batch, a shutdown must not turn it into duplicates; but only until the
+runtime's stop deadline (``stopping.py``), so a broker that stops answering
+cannot hold the process: the batch then stays pending (at-least-once).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..broker import Broker
 from ..config import OperatorBase, TopicConfig
 from ..errors import BrokerUnavailable
 from ..message import Message
+from ..stopping import Deadline
 
 log = logging.getLogger("chute.operators")
 
@@ -78,6 +81,8 @@ class Operator:
         self._stats = OperatorStats(name=name, type=self.kind)
         self._stopping = False
         self._waiting: set[anyio.CancelScope] = set()
+        self.deadline = Deadline()
+        """When the shielded ack gives up once a stop began (the runtime shares its own)."""
 
     def stats(self) -> OperatorStats:
         return replace(
@@ -173,9 +178,10 @@ class Operator:
                 counts[output] = counts.get(output, 0) + len(batch)
                 self._stats.published += len(batch)
         ids = [m.id for m in messages]
-        with anyio.CancelScope(shield=True):
+        with self.deadline.shield() as acking:
             await self._retrying(f"ack {topic!r}", lambda: self.broker.ack(topic, self.group, ids))
-        self._stats.received += len(messages)
+        if not acking.cancelled_caught:
+            self._stats.received += len(messages)
 
     def dead(self, message: Message, reason: str, bucket: list[Message]) -> None:
         """Queue a message for the dead-letter topic, with the reason in its headers."""
