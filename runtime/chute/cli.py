@@ -92,7 +92,10 @@ def run(ctx: click.Context, config: str, until_idle: bool) -> None:
             tg.cancel_scope.cancel()
 
     try:
-        anyio.run(main_task)
+        try:
+            anyio.run(main_task)
+        except BaseExceptionGroup as group:  # the task group wraps what build() raised
+            raise _sole(group) from None
     except KeyboardInterrupt:  # before the signal handlers were installed
         sys.exit(128 + signal.SIGINT)
     except ConfigError as exc:
@@ -102,6 +105,14 @@ def run(ctx: click.Context, config: str, until_idle: bool) -> None:
         sys.exit(1)
     if stopped_by:
         sys.exit(128 + stopped_by[0])
+
+
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error inside nested groups, or the group itself when there are several."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 async def _stop_on_signals(runtime: Any, scope: anyio.CancelScope, stopped_by: list[int],
