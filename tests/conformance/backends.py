@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import fakeredis
@@ -31,14 +32,14 @@ async def memory_broker() -> AsyncIterator[Broker]:
 
 
 @asynccontextmanager
-async def local_broker() -> AsyncIterator[Broker]:
+async def local_broker(url: str = "local") -> AsyncIterator[Broker]:
     """The durable local broker on a fresh file, reopened once so the suite also runs
     over state read back from disk."""
     with tempfile.TemporaryDirectory(prefix="chute-local-") as work:
-        first = LocalBroker("local", workdir=Path(work))
+        first = LocalBroker(url, workdir=Path(work))
         await first.start()
         await first.aclose()
-        broker = LocalBroker("local", workdir=Path(work))
+        broker = LocalBroker(url, workdir=Path(work))
         await broker.start()
         try:
             yield broker
@@ -76,6 +77,7 @@ async def redis_broker() -> AsyncIterator[Broker]:
 BACKENDS: dict[str, Callable[[], AbstractAsyncContextManager[Broker]]] = {
     "memory": memory_broker,
     "local": local_broker,
+    "local-power": partial(local_broker, "local?durability=power"),
     "fakeredis": fakeredis_broker,
     "redis": redis_broker,
 }

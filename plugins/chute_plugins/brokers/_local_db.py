@@ -29,10 +29,10 @@ from chute.errors import BrokerUnavailable
 
 DURABILITY = ("process", "power")
 """``process``: a commit survives the process dying (kill -9, OOM, a crash);
-the last commits before a power cut or kernel panic may be lost
-(``synchronous=NORMAL``: no fsync per commit). ``power``: a publish returns
-only once its commit is on stable storage (``synchronous=FULL``: one fsync
-per commit, shared by everything in that commit)."""
+the last commits before a power cut or kernel panic may be lost (WAL with
+``synchronous=NORMAL``: no fsync per commit). ``power``: a publish returns
+only once its commit is on stable storage (an fsync of the WAL after the
+commit, shared by every commit made while the previous fsync ran)."""
 
 SEQ_BITS = 40
 """A message's row id is ``topic id << SEQ_BITS | seq``: one integer key, the
@@ -137,7 +137,7 @@ def lock_exclusively(path: Path) -> IO[bytes]:
     return lock
 
 
-def connect(path: Path, durability: str) -> sqlite3.Connection:
+def connect(path: Path) -> sqlite3.Connection:
     try:
         db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
@@ -145,7 +145,9 @@ def connect(path: Path, durability: str) -> sqlite3.Connection:
     try:
         db.execute("PRAGMA busy_timeout = 5000")
         db.execute("PRAGMA journal_mode = WAL")
-        db.execute(f"PRAGMA synchronous = {'FULL' if durability == 'power' else 'NORMAL'}")
+        # At durability=power the journal fsyncs the WAL after each commit itself (what
+        # FULL would do inside COMMIT), off the event loop.
+        db.execute("PRAGMA synchronous = NORMAL")
         # After a checkpoint, cut the WAL back: a burst must not leave a big file behind.
         db.execute("PRAGMA journal_size_limit = 16777216")
         db.executescript(SCHEMA)
@@ -168,111 +170,75 @@ def _settle(waiters: list[asyncio.Future[None]], error: BaseException | None) ->
 class Journal:
     """Changes waiting for the next commit, and what commits them.
 
-    ``durability=process``: on the event loop, once per turn of the loop, so
-    every caller that became ready in that turn shares the commit. A commit
-    without fsync costs tens of microseconds, less than a hop to a thread and
-    back (the state store runs on the loop for the same reason).
+    Commits run on the event loop, once per turn of the loop, so every caller
+    that became ready in that turn shares one. A commit without fsync costs
+    tens of microseconds, less than a hop to a thread and back (the state
+    store runs on the loop for the same reason).
 
-    ``durability=power``: in a thread, since each commit waits for an fsync
-    (milliseconds); while it waits, the next group gathers and the loop runs on.
+    ``durability=power`` adds an fsync of the WAL after each commit (what
+    SQLite's ``synchronous=FULL`` does in WAL mode), made by a thread: the
+    callers of a commit are answered once the fsync that followed it is done,
+    and while the disk syncs, the loop runs on and the next commits gather
+    behind it, to be covered by one fsync together.
     """
 
     def __init__(self, db: sqlite3.Connection, loop: asyncio.AbstractEventLoop,
-                 *, threaded: bool) -> None:  # fmt: skip
+                 *, wal: Path | None) -> None:  # fmt: skip
         self.db = db
         self.loop = loop
         self.failed: BaseException | None = None
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
         self._ops: list[tuple[str, Sequence[tuple[Any, ...]]]] = []
         self._marks: dict[tuple[str, int, int], tuple[Any, ...]] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._closing = False
         self._due = False
-        self._closed: asyncio.Future[None] = loop.create_future()
-        self._thread: threading.Thread | None = None
-        if threaded:
-            self._thread = threading.Thread(target=self._run, name="chute-local-broker",
-                                            daemon=True)  # fmt: skip
-            self._thread.start()
+        self._syncer = None if wal is None else _Syncer(wal, loop)
 
     def add(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
         """Run ``sql`` for each row in the next commit, after everything added before."""
-        with self._lock:
-            self._ops.append((sql, rows))
+        self._ops.append((sql, rows))
 
     def mark(self, sql: str, a: int, b: int, args: tuple[Any, ...]) -> None:
         """Like ``add``, but only the last ``args`` for (sql, a, b) are written."""
-        with self._lock:
-            self._marks[(sql, a, b)] = args
+        self._marks[(sql, a, b)] = args
 
     def commit(self) -> asyncio.Future[None]:
-        """A future resolved once everything added so far is committed."""
+        """A future resolved once everything added so far is committed (and synced)."""
+        if self._closing:
+            raise BrokerUnavailable("the local broker is closing")
         waiter = self.loop.create_future()
-        with self._lock:
-            if self._closing:
-                raise BrokerUnavailable("the local broker is closing")
-            self._waiters.append(waiter)
+        self._waiters.append(waiter)
         if not self._due:
             # Once the callers ready in this turn of the loop have all asked.
             self._due = True
-            self.loop.call_soon(self._kick)
+            self.loop.call_soon(self._pass)
         return waiter
 
-    def _kick(self) -> None:
-        self._due = False
-        if self._thread is None:
-            self._pass()
-            return
-        with self._lock:
-            self._wake.notify()
-
     async def close(self) -> None:
-        """Commit what is left, then stop the thread (if any) and close the file."""
-        with self._lock:
-            self._closing = True
-            self._wake.notify()
-        if self._thread is None:
-            try:
-                self._pass()
-            finally:
-                self.db.close()
-            return
-        await asyncio.shield(self._closed)
-
-    def _run(self) -> None:
+        """Commit what is left, wait for its fsync, close the file."""
+        self._closing = True
         try:
-            while True:
-                with self._lock:
-                    while not self._waiters and not self._closing:
-                        self._wake.wait()
-                    last = self._closing
-                self._pass()
-                if last:
-                    break
+            self._pass()
+            if self._syncer is not None:
+                await self._syncer.close()
         finally:
             self.db.close()
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
-                self.loop.call_soon_threadsafe(_settle, [self._closed], None)
 
     def _pass(self) -> None:
-        with self._lock:
-            ops, self._ops = self._ops, []
-            marks, self._marks = self._marks, {}
-            waiters, self._waiters = self._waiters, []
+        self._due = False
+        ops, self._ops = self._ops, []
+        marks, self._marks = self._marks, {}
+        waiters, self._waiters = self._waiters, []
         error: BaseException | None = None
         if ops or marks:
             try:
                 self._write(ops, marks)
             except Exception as exc:  # every waiter must hear of it, whatever it is
                 error = self.failed = BrokerUnavailable(f"the local broker cannot write: {exc}")
-        if not waiters:
-            return
-        if self._thread is None:
+        if self._syncer is None or error is not None:
             _settle(waiters, error)
-            return
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(_settle, waiters, error)
+        elif waiters:
+            self._syncer.after_next_sync(waiters)
 
     def _write(self, ops: list[tuple[str, Sequence[tuple[Any, ...]]]],
                marks: dict[tuple[str, int, int], tuple[Any, ...]]) -> None:  # fmt: skip
@@ -287,3 +253,52 @@ class Journal:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+
+class _Syncer:
+    """A thread that fsyncs the WAL, then answers the callers of the commits before it."""
+
+    def __init__(self, wal: Path, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._fd = os.open(wal, os.O_RDONLY | os.O_CREAT, 0o600)
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._waiting: list[asyncio.Future[None]] = []
+        self._closing = False
+        self._closed: asyncio.Future[None] = loop.create_future()
+        self._thread = threading.Thread(target=self._run, name="chute-local-fsync", daemon=True)
+        self._thread.start()
+
+    def after_next_sync(self, waiters: list[asyncio.Future[None]]) -> None:
+        with self._lock:
+            self._waiting.extend(waiters)
+            self._wake.notify()
+
+    async def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            self._wake.notify()
+        await asyncio.shield(self._closed)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    while not self._waiting and not self._closing:
+                        self._wake.wait()
+                    waiting, self._waiting = self._waiting, []
+                    last = self._closing
+                error: BaseException | None = None
+                try:
+                    os.fsync(self._fd)
+                except OSError as exc:
+                    error = BrokerUnavailable(f"the local broker cannot sync: {exc.strerror}")
+                if waiting:
+                    with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                        self.loop.call_soon_threadsafe(_settle, waiting, error)
+                if last:
+                    break
+        finally:
+            os.close(self._fd)
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(_settle, [self._closed], None)

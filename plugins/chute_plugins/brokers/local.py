@@ -96,7 +96,7 @@ class LocalBroker:
             return
         self._lock = ldb.lock_exclusively(self.path) if self._lock is None else self._lock
         try:
-            db = ldb.connect(self.path, self.where.durability)
+            db = ldb.connect(self.path)
             try:
                 self._load(db)
             except BaseException:
@@ -106,8 +106,8 @@ class LocalBroker:
             self._lock.close()
             self._lock = None
             raise
-        threaded = self.where.durability == "power"
-        self._journal = ldb.Journal(db, asyncio.get_running_loop(), threaded=threaded)
+        wal = Path(f"{self.path}-wal") if self.where.durability == "power" else None
+        self._journal = ldb.Journal(db, asyncio.get_running_loop(), wal=wal)
         self._closed = False
 
     def _load(self, db: sqlite3.Connection) -> None:
