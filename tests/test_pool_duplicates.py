@@ -3,6 +3,8 @@
 A durable topic makes this common: after a restart a watched folder offers
 every unfinished file again while its first message is still queued, and a
 stage that ran an item twice (in flight at a crash) publishes two results.
+(On the code this branch started from the item ran three times: the store
+granted the same owner a second claim of a running item.)
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ async def test_a_second_message_for_a_running_item_does_not_run_it_again(
         await rt.publish_many("jobs", [new_message(item, key="x"), new_message(item, key="x")])
         await anyio.sleep(0.1)
         await rt.publish("jobs", item, key="x")
-        with anyio.fail_after(10):
+        with anyio.fail_after(30):  # the second copies are looked at again after 5 s
             await rt.wait_for("work", "x")
             await rt.wait_idle()
     assert log.read_text().split() == ["1"]
