@@ -10,8 +10,8 @@ What it keeps where:
 - The working state lives in memory, as in the memory broker (messages by
   sequence number, each group's cursor and pending deliveries), so reads and
   statistics never touch the disk. Every change is also handed to the
-  journal (``_local_db.py``), whose thread commits what gathered since its
-  last commit in one transaction: a batch publish is one commit, publishes
+  journal (``_local_db.py``), which commits what gathered in one turn of the
+  event loop in one transaction: a batch publish is one commit, publishes
   arriving together share one, an ack of a pool's flush pass is one.
 - ``publish``, ``ack``, ``nack`` and ``ensure_group`` return once their change
   is committed: a publish that returned survives kill -9 (and, with
@@ -60,7 +60,6 @@ _TRIM_EVERY = 8192
 """Acks between drops of a multi-group topic's acknowledged head from memory."""
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(Message).decode
 
 
 class LocalBroker:
