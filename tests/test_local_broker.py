@@ -164,7 +164,8 @@ def test_check_validates_the_local_url_and_warns_about_memory_topics_that_cannot
     config.write_text('broker = "memory"\n[topics.jobs]\n[api]\nenabled = true\n' + POOL)
     memory = _chute("check", str(config), cwd=tmp_path)
     assert memory.returncode == 0
-    assert "warning: memory topic 'done' is fed by pool work's output" in memory.stderr
+    assert "c.toml: broker: memory topic 'done' is fed by pool work's output" in memory.stderr
+    assert all(line.startswith("warning: ") for line in memory.stderr.splitlines())
     assert "published through the API into memory topics" in memory.stderr
 
 

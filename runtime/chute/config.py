@@ -7,6 +7,7 @@ silent default). Each problem is one line: ``FILE: [TABLE] KEY: what is wrong``.
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from pathlib import Path
@@ -279,7 +280,11 @@ class Settings(Strict):
     node: str = ""
     """This node's name in consumer names and leases; defaults to host and pid."""
     log_level: str = "info"
-    """debug, info, warning or error; ``--log-level`` overrides it."""
+    """debug, info, warning, error or critical; ``--log-level`` overrides it."""
+    log_format: str = "text"
+    """``text`` or ``json`` (one object per line); ``--log-format`` overrides it."""
+    summary_every: Duration = Duration(60.0)
+    """How often a running graph logs its summary line (0: only at exit)."""
     shutdown_grace: Duration = Duration(30.0)
     """How long in-flight items may finish after SIGINT/SIGTERM."""
 
@@ -318,8 +323,28 @@ def where(path: str, table: str, key: str) -> str:
     return f"{path}: [{table}] {key}".rstrip()
 
 
-def describe_validation_error(err: msgspec.ValidationError) -> tuple[str, str]:
-    """Split msgspec's ``msg - at `$.a.b` `` into (key path, message)."""
+def _field_names(tp: Any) -> set[str]:
+    """Every key any table nested in ``tp`` accepts (for "did you mean")."""
+    names: set[str] = set()
+    todo = [msgspec.inspect.type_info(tp)]
+    while todo:
+        info = todo.pop()
+        if isinstance(info, msgspec.inspect.StructType):
+            names.update(f.encode_name for f in info.fields)
+            todo.extend(f.type for f in info.fields)
+        elif isinstance(info, msgspec.inspect.UnionType):
+            todo.extend(info.types)
+        elif isinstance(info, msgspec.inspect.ListType | msgspec.inspect.DictType):
+            todo.append(info.value_type if isinstance(info, msgspec.inspect.DictType)
+                        else info.item_type)  # fmt: skip
+    return names
+
+
+def describe_validation_error(err: msgspec.ValidationError, within: Any = None) -> tuple[str, str]:
+    """Split msgspec's ``msg - at `$.a.b` `` into (key path, message).
+
+    ``within``: the type decoded, so an unknown key gets "did you mean" its nearest neighbour.
+    """
     text = str(err)
     m = re.match(r"^(.*) - at `\$\.?(.*)`$", text, re.S)
     if m:
@@ -331,6 +356,10 @@ def describe_validation_error(err: msgspec.ValidationError) -> tuple[str, str]:
     if unknown:
         key = f"{key}.{unknown.group(1)}" if key else unknown.group(1)
         msg = "unknown key (check the spelling; see the docs for this table)"
+        if within is not None:
+            near = difflib.get_close_matches(unknown.group(1), sorted(_field_names(within)), n=1)
+            if near:
+                msg = f"unknown key; did you mean {near[0]!r}?"
     elif missing:
         key = f"{key}.{missing.group(1)}" if key else missing.group(1)
         msg = "missing: this key is required"
@@ -374,7 +403,7 @@ def config_from_dict(doc: dict[str, Any], *, path: str = "<config>", base_dir: s
     try:
         settings = msgspec.convert(top, Settings, dec_hook=dec_hook)
     except msgspec.ValidationError as err:
-        key, msg = describe_validation_error(err)
+        key, msg = describe_validation_error(err, Settings)
         problems.append(f"{path}: {key}: {msg}")
 
     api = ApiConfig()
@@ -382,7 +411,7 @@ def config_from_dict(doc: dict[str, Any], *, path: str = "<config>", base_dir: s
         try:
             api = msgspec.convert(doc["api"], ApiConfig, dec_hook=dec_hook)
         except msgspec.ValidationError as err:
-            key, msg = describe_validation_error(err)
+            key, msg = describe_validation_error(err, ApiConfig)
             problems.append(f"{where(path, 'api', key)}: {msg}")
 
     decoded: dict[str, dict[str, Any]] = {}
@@ -403,7 +432,7 @@ def config_from_dict(doc: dict[str, Any], *, path: str = "<config>", base_dir: s
             try:
                 decoded[table][name] = msgspec.convert(body, _TABLE_TYPES[table], dec_hook=dec_hook)
             except msgspec.ValidationError as err:
-                key, msg = describe_validation_error(err)
+                key, msg = describe_validation_error(err, _TABLE_TYPES[table])
                 if table == "operators" and "type" not in body:
                     key, msg = "type", "missing: one of copy, filter, split, shard, merge"
                 elif table == "operators" and key == "type":

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +46,7 @@ from .graph import (
     validate,
     warnings_of,
 )
+from .logs import start_lines, summary_line
 from .message import Message, new_message
 from .pool import PoolCounters, WorkerPool
 from .registry import load_plugin
@@ -59,12 +61,25 @@ _CLOSE_WITHIN = 2.0
 
 _OUTCOMES_KEPT = 10_000
 """Recent final outcomes remembered for ``wait_for`` callers that ask late."""
+_DEAD_KEPT = 1_000
+"""Recent dead items whose messages the runtime keeps for ``chute dead requeue``."""
 
 
 class Outcome(msgspec.Struct, frozen=True):
     status: ItemStatus
     result: Any = None
     """The executor's result when done; the error text when dead."""
+
+
+class DeadLetter(msgspec.Struct, kw_only=True):
+    """A recent dead item, kept so ``chute dead requeue`` can publish it again."""
+
+    pool: str
+    key: str
+    error: str
+    at: float
+    attempts: int
+    message: Message
 
 
 class RuntimeStatus(msgspec.Struct, kw_only=True):
@@ -109,6 +124,8 @@ class Runtime:
         self.deadline = Deadline()
         """When shielded steps give up once a stop began: the grace period after it."""
         self._outcomes: OrderedDict[tuple[str, str], Outcome] = OrderedDict()
+        self.dead_letters: OrderedDict[tuple[str, str], DeadLetter] = OrderedDict()
+        """The most recent dead items of this run (requeue and the dashboard read them)."""
         self._waiters: dict[tuple[str, str], list[anyio.Event]] = {}
         self._task_group: TaskGroup | None = None
         self.api_port: int | None = None
@@ -196,6 +213,19 @@ class Runtime:
             source = self._build_plugin("source", f"sources.{name}", "", spec, ("topic",), topic)
             self.sources[name] = (source, topic)
 
+    def unready_reasons(self) -> list[str]:
+        """Why the runtime should not get traffic now (empty when ready): ``/readyz``."""
+        reasons = []
+        if not self.ready.is_set():
+            reasons.append("starting: sources and pools are not all running yet")
+        if self._stop.is_set():
+            reasons.append("stopping")
+        if not getattr(self.broker, "healthy", True):
+            reasons.append(f"the broker {self.config.settings.broker} is unreachable")
+        if self.store is not None and not getattr(self.store, "healthy", True):
+            reasons.append(f"the state store {self.config.settings.state} is unreachable")
+        return reasons
+
     def known_topics(self) -> set[str]:
         return set(self.topics)
 
@@ -218,6 +248,8 @@ class Runtime:
         grace = float(self.config.settings.shutdown_grace)
         try:
             await self.build()
+            for line in start_lines(self.config):
+                log.info("%s", line)
             # Services (the API, the idle watcher) outlive the drain and end
             # once the pools, operators and sources have.
             async with anyio.create_task_group() as services:
@@ -227,14 +259,25 @@ class Runtime:
                     await services.start(serve_api, self)
                 if self.until_idle:
                     services.start_soon(self._stop_when_idle)
+                if self.config.settings.summary_every > 0:
+                    services.start_soon(
+                        self._log_summaries, float(self.config.settings.summary_every)
+                    )
                 await self._run_graph(grace, task_status)
                 services.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):  # summary_line bounds itself
+                log.info("finished: %s", await summary_line(self))
         finally:
             with self.deadline.shield(extra=_CLOSE_WITHIN) as closing:
                 closing.deadline = min(closing.deadline, anyio.current_time() + _CLOSE_WITHIN)
                 await self._close()
             if closing.cancelled_caught:
                 log.warning("closing took longer than %gs: abandoned", _CLOSE_WITHIN)
+
+    async def _log_summaries(self, every: float) -> None:
+        while True:
+            await anyio.sleep(every)
+            log.info("%s", await summary_line(self))
 
     async def _run_graph(self, grace: float, task_status: TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
@@ -344,6 +387,13 @@ class Runtime:
             self._outcomes.popitem(last=False)
         for event in self._waiters.pop(key, []):
             event.set()
+        if status is ItemStatus.DEAD:
+            self.dead_letters[key] = DeadLetter(
+                pool=pool.name, key=key[1], error=str(result), at=time.time(),
+                attempts=message.attempt, message=message,
+            )  # fmt: skip
+            if len(self.dead_letters) > _DEAD_KEPT:
+                self.dead_letters.popitem(last=False)
         for name, (source, topic) in self.sources.items():
             if topic == pool.topic:
                 await _quietly(

@@ -23,7 +23,14 @@ class ClosedError(ChuteError):
     """The broker, store or runtime was closed by us; the operation cannot proceed."""
 
 
-class BrokerUnavailable(ChuteError):
+class Unavailable(ChuteError):
+    """Something chute needs from outside is not there: a port in use, a service down.
+
+    The CLI prints it as one line and exits 3.
+    """
+
+
+class BrokerUnavailable(Unavailable):
     """The broker's backing service cannot be reached; the caller retries with backoff."""
 
 

@@ -43,6 +43,7 @@ from .errors import ItemFailed
 from .executor import Executor, WorkItem
 from .heartbeat import Heartbeat
 from .message import Message
+from .meters import SECONDS_BUCKETS, Histogram
 from .stopping import Deadline
 from .store import Claim, Finish, ItemStatus, StateStore
 
@@ -163,6 +164,10 @@ class WorkerPool:
         self.slots = Slots(max(1, scale.min))
         self.scaler = Scaler(name, scale)
         self.counters = PoolCounters(name=name, topic=self.topic, concurrency=scale.min)
+        self.durations = Histogram(SECONDS_BUCKETS)
+        """Seconds each attempt spent in the executor (``/metrics``)."""
+        self.queue_waits = Histogram(SECONDS_BUCKETS)
+        """Seconds from publishing to the start of each attempt (retries include their backoff)."""
         self._changed: anyio.Event | None = None
         # Settled since the flusher's last pass: outcomes to record, then
         # deliveries to acknowledge, then items to report final.
@@ -377,6 +382,13 @@ class WorkerPool:
         running[message.id] = (key, claim.token)
         started = time.monotonic()
         self.scaler.started(started)
+        if message.created_at:
+            self.queue_waits.observe(max(0.0, time.time() - message.created_at))
+        debug = log.isEnabledFor(logging.DEBUG)
+        if debug:
+            item = {"pool": self.name, "key": key, "attempt": message.attempt}
+            log.debug("pool %s: start %r (attempt %d)", self.name, item["key"], message.attempt,
+                      extra=item)  # fmt: skip
         try:
             await self._settle(message, claim)
         finally:
@@ -386,6 +398,10 @@ class WorkerPool:
             elapsed = ended - started
             self._service_time += (elapsed - self._service_time) * 0.05
             self.scaler.finished(elapsed, ended)
+            self.durations.observe(elapsed)
+            if debug:
+                log.debug("pool %s: finish %r (attempt %d) in %.3fs", self.name, item["key"],
+                          message.attempt, elapsed, extra={**item, "duration": elapsed})  # fmt: skip
 
     async def _settle(self, message: Message, claim: Claim) -> None:
         key = message.key or message.id

@@ -72,7 +72,7 @@ from ..redis_conn import (
 from ..redis_conn import as_str as _str
 from . import redis_upkeep as upkeep
 
-log = logging.getLogger("chute.broker.redis")
+log = logging.getLogger("chute.brokers.redis")
 
 FIELD = b"m"
 """The one stream field holding a message (msgspec JSON)."""

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import logging
 import os
 import re
@@ -94,6 +95,16 @@ class CommandOptions(Strict):
     """After SIGTERM, how long the process group has before SIGKILL."""
     max_output: Size = Size(1024 * 1024)
     """Bytes of stdout, and of stderr, kept per item (the last ones)."""
+
+
+def _near(program: str, path: str) -> str:
+    """A "did you mean" hint naming a program on PATH with a similar name, or ""."""
+    names: set[str] = set()
+    for folder in path.split(os.pathsep):
+        with contextlib.suppress(OSError):
+            names.update(os.listdir(folder or "."))
+    near = difflib.get_close_matches(program, sorted(names), n=1, cutoff=0.75)
+    return f"; did you mean {near[0]!r}?" if near else ""
 
 
 class Template:
@@ -216,13 +227,20 @@ class CommandExecutor:
         self._free_pipes: list[_Pipes] = []
         self._watcher: _Watcher | None = None
 
+    def item_fields(self) -> set[str]:
+        """The item fields argv uses (the first name of each ``{a.b}``): ``chute check`` warns
+        when the source feeding the pool does not emit one."""
+        return {field.split(".")[0] for t in self.argv for field in t.fields}
+
     def _check_program(self, program: str, path: str) -> None:
         """Look the program up as exec will: on the child's PATH, or relative to ``cwd``."""
         if "/" in program:
             if not os.access(self.cwd / program, os.X_OK):
                 raise ConfigError([f"argv[0]: program {program!r} not found in {self.cwd}"])
         elif shutil.which(program, path=path) is None:
-            raise ConfigError([f"argv[0]: program {program!r} not found on PATH"])
+            raise ConfigError(
+                [f"argv[0]: program {program!r} not found on PATH{_near(program, path)}"]
+            )
 
     @staticmethod
     def _base_env(options: CommandOptions) -> dict[str, str]:

@@ -35,6 +35,11 @@ class GenerateSource:
     replays = True
     """Offers unfinished items again after a restart (it generates the same items again)."""
 
+    @staticmethod
+    def fields(options: GenerateOptions) -> set[str]:
+        """The fields of every item's data (``chute check`` compares a command's argv with them)."""
+        return {"n", *options.data}
+
     def __init__(self, options: GenerateOptions, ctx: PluginContext) -> None:
         self.options = options
         self._done = anyio.Event()

@@ -243,6 +243,11 @@ class WatchSource:
             await self._emit(batch)
             self.stats.emitted += len(batch)
 
+    @staticmethod
+    def fields(options: WatchOptions) -> set[str]:
+        """The fields of every item's data (``chute check`` compares a command's argv with them)."""
+        return {"path", "relpath", "name", "size", "mtime"}
+
     def _data(self, item: FileItem) -> dict[str, object]:
         path = item.path
         if not is_utf8(path):

@@ -35,7 +35,7 @@ import msgspec
 from chute.errors import ClosedError, ConfigError
 from chute.store import Claim, Finish, ItemRecord, ItemStatus, OneItemCalls
 
-log = logging.getLogger("chute.store.sqlite")
+log = logging.getLogger("chute.stores.sqlite")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -313,6 +313,15 @@ class SqliteStore(OneItemCalls):
         for pool, status, n in rows:
             out.setdefault(pool, {})[status] = n
         return out
+
+    async def forget_dead(self, pool: str, keys: Sequence[str]) -> list[str]:
+        forgotten = []
+        with self._transaction() as db:
+            for key in keys:
+                sql = "DELETE FROM items WHERE pool = ? AND key = ? AND status = 'dead'"
+                if db.execute(sql, (pool, _b(key))).rowcount == 1:
+                    forgotten.append(key)
+        return forgotten
 
     async def failures(self, limit: int = 20) -> list[ItemRecord]:
         rows = self.db.execute(
