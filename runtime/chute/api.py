@@ -139,6 +139,7 @@ def build_app(rt: Runtime, *, token: str) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         """Liveness: the process answers. The broker's health is ``/readyz``'s business."""
         healthy = bool(getattr(rt.broker, "healthy", True))
+        healthy = healthy and all(p.counters.healthy for p in rt.pools.values())
         return web.json_response({"ok": healthy}, status=200 if healthy else 503)
 
     async def readyz(_: web.Request) -> web.Response:
