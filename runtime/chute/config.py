@@ -267,13 +267,15 @@ class ApiConfig(Strict):
 class Settings(Strict):
     """Top-level keys."""
 
-    broker: str = "memory"
-    """``memory`` or a URL such as ``redis://127.0.0.1:6379/0``."""
+    broker: str = "local"
+    """``local`` (durable, ``WORKDIR/broker.db``; ``local?durability=power`` survives a
+    power cut too), ``memory`` (fast, lost at exit) or a URL such as
+    ``redis://127.0.0.1:6379/0``."""
     state: str = "sqlite"
     """``sqlite`` (file under ``workdir``), ``sqlite:///path.db``, ``redis://...`` or ``memory``."""
     workdir: str = ""
-    """Folder for the state database and executors' private folders, relative to the
-    config's folder; default ``.chute/<config file name without suffix>``, so two
+    """Folder for the broker and state databases and executors' private folders, relative
+    to the config's folder; default ``.chute/<config file name without suffix>``, so two
     configs in one folder never share state."""
     node: str = ""
     """This node's name in consumer names and leases; defaults to host and pid."""

@@ -38,7 +38,14 @@ from .broker import Broker, TopicStats
 from .config import Config, TopicConfig, load_config, where
 from .context import PluginContext
 from .errors import ConfigError
-from .graph import DEAD_SUFFIX, operator_topics, plugin_options, scheme_of, validate
+from .graph import (
+    DEAD_SUFFIX,
+    operator_topics,
+    plugin_options,
+    scheme_of,
+    validate,
+    warnings_of,
+)
 from .logs import start_lines, summary_line
 from .message import Message, new_message
 from .pool import PoolCounters, WorkerPool
@@ -88,6 +95,14 @@ class RuntimeStatus(msgspec.Struct, kw_only=True):
     sinks: list[SinkStats] = []
 
 
+def build_broker(url: str, workdir: Path) -> Broker:
+    """The broker plugin for ``url``. One that keeps files (``uses_workdir = True`` on
+    its class) is also given the working folder."""
+    cls = load_plugin("broker", scheme_of(url))
+    broker: Broker = cls(url, workdir=workdir) if getattr(cls, "uses_workdir", False) else cls(url)
+    return broker
+
+
 def default_node_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -123,10 +138,7 @@ class Runtime:
     # -- building ------------------------------------------------------------
 
     def _build_broker(self) -> Broker:
-        url = self.config.settings.broker
-        cls = load_plugin("broker", scheme_of(url))
-        broker: Broker = cls(url)
-        return broker
+        return build_broker(self.config.settings.broker, self.workdir)
 
     def _context(self, name: str, topic: str) -> PluginContext:
         return PluginContext(
@@ -171,6 +183,8 @@ class Runtime:
             return
         self._built = True
         cfg = self.config
+        for warning in warnings_of(cfg):
+            log.warning("%s", warning)
         await self.broker.start()
         await self._open_store()
         topics = self.topics

@@ -39,8 +39,9 @@ DEAD_SUFFIX = ".dead"
 
 
 def scheme_of(url: str) -> str:
-    """``redis://host`` -> ``redis``; ``sqlite:///x.db`` -> ``sqlite``; ``memory`` -> ``memory``."""
-    return url.split(":", 1)[0] if ":" in url else url
+    """``redis://host`` -> ``redis``; ``sqlite:///x.db`` -> ``sqlite``; ``memory`` -> ``memory``;
+    ``local?durability=power`` -> ``local``."""
+    return url.split("?", 1)[0].split(":", 1)[0]
 
 
 def plugin_options(kind: str, spec: dict[str, Any], runtime_keys: tuple[str, ...]) -> Any:
@@ -153,9 +154,15 @@ def _plugins_installed(config: Config, _: Wiring) -> Iterator[Problem]:
         needed.append(("state", settings.state, "store"))
     for key, url, kind in needed:
         try:
-            load_plugin(kind, scheme_of(url))
+            cls = load_plugin(kind, scheme_of(url))
         except PluginNotFound as exc:
             yield "", key, str(exc)
+            continue
+        # A plugin may check its own URL (the local broker's options, for one).
+        url_problems = getattr(cls, "url_problems", None)
+        if url_problems is not None:
+            for problem in url_problems(url):
+                yield "", key, problem
 
 
 def _api_settings(config: Config, _: Wiring) -> Iterator[Problem]:
@@ -315,6 +322,46 @@ def problems_of(config: Config) -> list[str]:
             prefix = where(config.path, table, key) if table else f"{config.path}: {key}"
             problems.append(f"{prefix}: {msg}")
     return problems
+
+
+def _unreplayable_feeds(config: Config) -> dict[str, list[str]]:
+    """Topic -> what publishes to it and cannot offer those messages again after a loss."""
+    feeds: dict[str, list[str]] = defaultdict(list)
+    for name, spec in config.sources.items():
+        kind = spec.get("type")
+        try:
+            replays = getattr(load_plugin("source", str(kind)), "replays", False)
+        except PluginNotFound:
+            continue  # reported by problems_of
+        if not replays:
+            feeds[str(spec.get("topic"))].append(f"source {name} ({kind})")
+    for name, pool in config.pools.items():
+        if pool.output:
+            feeds[pool.output].append(f"pool {name}'s output")
+    for name, op in config.operators.items():
+        for topic in operator_topics(op)[1]:
+            feeds[topic].append(f"operator {name}")
+    return feeds
+
+
+def warnings_of(config: Config) -> list[str]:
+    """What may lose work without being wrong: memory topics fed by what cannot replay."""
+    if scheme_of(config.settings.broker) != "memory":
+        return []
+    path = config.path
+    out = [
+        f"{path}: broker: memory topic {topic!r} is fed by {', '.join(sorted(set(who)))}, "
+        "which cannot offer its messages again: what waits there is lost at exit or on a "
+        "crash (the default broker, local, keeps it)"
+        for topic, who in sorted(_unreplayable_feeds(config).items())
+    ]
+    if config.api.enabled:
+        out.append(
+            f"{path}: broker: messages published through the API into memory topics "
+            "are lost at exit or on a crash until they are processed (the default broker, "
+            "local, keeps them)"
+        )
+    return out
 
 
 def validate(config: Config) -> None:

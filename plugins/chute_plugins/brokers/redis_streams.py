@@ -219,9 +219,12 @@ class RedisBroker:
         t.capacity = max(1, capacity)
         t.credit = 0
 
-    async def ensure_group(self, topic: str, group: str, *, visibility_timeout: float) -> None:
+    async def ensure_group(
+        self, topic: str, group: str, *, visibility_timeout: float, start: str = "earliest"
+    ) -> None:
         t = self._topic(topic)
-        await self._conn.call(lambda: self._create_group(t.key, group))
+        first = "0" if start == "earliest" else "$"
+        await self._conn.call(lambda: self._create_group(t.key, group, first))
         existing = t.groups.get(group)
         if existing is None:
             t.groups[group] = _Group(group, visibility_timeout)

@@ -141,6 +141,8 @@ class WatchStats(msgspec.Struct, kw_only=True):
 
 class WatchSource:
     Options = WatchOptions
+    replays = True
+    """Offers unfinished items again after a restart (the files stay in the folder until done)."""
 
     def __init__(self, options: WatchOptions, ctx: PluginContext) -> None:
         self.options = options
