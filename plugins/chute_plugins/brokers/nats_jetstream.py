@@ -268,7 +268,7 @@ class JetStreamBroker:
         )
 
     async def ensure_group(
-        self, topic: str, group: str, *, visibility_timeout: float, start: str = "latest"
+        self, topic: str, group: str, *, visibility_timeout: float, start: str = "earliest"
     ) -> None:
         t = self._topic(topic)
         if not await self._stream_exists(t):
