@@ -76,16 +76,25 @@ def wait_for_api(port: int, proc: subprocess.Popen[str]) -> None:
 def test_publish_through_the_api_and_stop_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "ran.log"
-    proc = start(write_config(tmp_path, port))
+    config = write_config(tmp_path, port)
+    proc = start(config)
     try:
         wait_for_api(port, proc)
         url = f"http://127.0.0.1:{port}"
-        one = chute("publish", "--url", url, "jobs", json.dumps({"n": 1, "log": str(log)}))
+        one = chute(
+            "publish",
+            "--config",
+            str(config),
+            "--url",
+            url,
+            "jobs",
+            json.dumps({"n": 1, "log": str(log)}),
+        )
         assert one.returncode == 0, one.stderr
         lines = "\n".join(
             json.dumps({"data": {"n": n, "log": str(log)}, "key": f"k{n}"}) for n in (2, 3)
         )
-        many = chute("publish", "--url", url, "jobs", input=lines)
+        many = chute("publish", "--config", str(config), "--url", url, "jobs", input=lines)
         assert many.returncode == 0, many.stderr
         assert len(many.stdout.split()) == 2
         deadline = time.monotonic() + 20
@@ -104,14 +113,13 @@ def test_publish_through_the_api_and_stop_on_sigterm(tmp_path: Path) -> None:
 def test_sigterm_lets_running_items_finish(tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "ran.log"
-    proc = start(write_config(tmp_path, port))
+    config = write_config(tmp_path, port)
+    proc = start(config)
     try:
         wait_for_api(port, proc)
         body = "\n".join(json.dumps({"n": n, "log": str(log), "sleep": 1.0}) for n in (1, 2))
-        assert (
-            chute("publish", "--url", f"http://127.0.0.1:{port}", "jobs", input=body).returncode
-            == 0
-        )
+        published = chute("publish", "--config", str(config), "jobs", input=body)
+        assert published.returncode == 0, published.stderr
         time.sleep(0.4)  # both items are running now (concurrency 2)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -122,7 +130,7 @@ def test_sigterm_lets_running_items_finish(tmp_path: Path) -> None:
 
 def test_publish_without_a_runtime_says_what_to_do(tmp_path: Path) -> None:
     result = chute("publish", "--url", f"http://127.0.0.1:{free_port()}", "jobs", '{"n": 1}')
-    assert result.returncode == 1
+    assert result.returncode == 3
     assert "is `chute run` running with its API enabled?" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -136,10 +144,11 @@ def test_publish_rejects_malformed_json(tmp_path: Path) -> None:
 @pytest.mark.skipif(not hasattr(os, "getpgid"), reason="POSIX only")
 def test_publish_to_an_unknown_topic_is_refused(tmp_path: Path) -> None:
     port = free_port()
-    proc = start(write_config(tmp_path, port))
+    config = write_config(tmp_path, port)
+    proc = start(config)
     try:
         wait_for_api(port, proc)
-        result = chute("publish", "--url", f"http://127.0.0.1:{port}", "nope", '{"n": 1}')
+        result = chute("publish", "--config", str(config), "nope", '{"n": 1}')
         assert result.returncode == 1
         assert "unknown topic 'nope'" in result.stderr
     finally:
@@ -169,7 +178,8 @@ executor = {{ type = "python", function = "tests.helpers.tasks:rejects", path = 
         wait_for_api(port, proc)
         url = f"http://127.0.0.1:{port}"
         lines = "\n".join(json.dumps({"data": {"n": n}, "key": f"k{n}"}) for n in range(20))
-        assert chute("publish", "--url", url, "jobs", input=lines).returncode == 0
+        published = chute("publish", "--config", str(config), "jobs", input=lines)
+        assert published.returncode == 0, published.stderr
         deadline = time.monotonic() + 20
         while True:
             shown = chute("status", str(config), "--url", url)

@@ -54,6 +54,19 @@ async def statuses(store: StateStore, pool: str, keys: list[str]) -> dict[str, I
 # -- the contract, on every backend ---------------------------------------------
 
 
+async def test_forgetting_dead_items_lets_them_run_again_and_leaves_others_alone(
+    store: StateStore,
+) -> None:
+    for key, status in (("dead", ItemStatus.DEAD), ("done", ItemStatus.DONE)):
+        claim = await store.claim("p", key, owner="n1:p", lease=30)
+        await store.finish("p", key, status, token=claim.token, error="boom")
+    assert await store.forget_dead("p", ["dead", "done", "unknown"]) == ["dead"]
+    assert (await store.counts())["p"].get("dead", 0) == 0
+    assert [r.key for r in await store.failures()] == []
+    assert (await store.claim("p", "dead", owner="n1:p", lease=30)).granted
+    assert not (await store.claim("p", "done", owner="n1:p", lease=30)).granted
+
+
 async def test_an_item_runs_once_and_done_or_dead_items_are_never_claimed_again(
     store: StateStore,
 ) -> None:

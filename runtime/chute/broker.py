@@ -86,8 +86,11 @@ class Broker(Protocol):
     async def declare_topic(self, topic: str, *, capacity: int) -> None:
         """Create the topic if needed and set its capacity (entries not yet acked)."""
 
-    async def ensure_group(self, topic: str, group: str, *, visibility_timeout: float) -> None:
-        """Create the group if needed; a new group starts at the topic's current end."""
+    async def ensure_group(
+        self, topic: str, group: str, *, visibility_timeout: float, start: str = "earliest"
+    ) -> None:
+        """Create the group if needed. ``start``: "earliest" = the start of the retained
+        topic, "latest" = only messages published from now on."""
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> list[str]:
         """Append messages in order; return their ids. Waits while the topic is full."""

@@ -1,9 +1,10 @@
 """``chute``: run, check, publish, status, serve-items.
 
 Exit codes: 0 success; 1 a runtime failure; 2 a usage or config error (the
-problems are printed one per line, never as a traceback); ``run`` stopped by
-a signal exits 128 + its number: 130 SIGINT, 143 SIGTERM (a second signal
-stops at once, with the code of the first).
+problems are printed one per line, never as a traceback); 3 an operational
+failure (port in use, broker or store unreachable: one line ``chute: ...``);
+``run`` stopped by a signal exits 128 + its number: 130 SIGINT, 143 SIGTERM
+(a second signal stops at once, with the code of the first).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 import anyio
@@ -19,12 +21,13 @@ import click
 import msgspec
 from anyio.abc import TaskStatus
 
-from .autoscale import describe_scale
 from .config import Config, load_config
-from .errors import ChuteError, ConfigError, InvalidMessage
-from .graph import describe, scheme_of, validate
+from .errors import BrokerUnavailable, ChuteError, ConfigError, InvalidMessage, Unavailable
+from .graph import describe, scheme_of, validate, warnings_of
+from .logs import FORMATS, LEVELS, choice_problem, setup_logging, show_progress
 
 EXIT_CONFIG = 2
+EXIT_OPERATIONAL = 3
 
 
 def _load(path: str) -> Config:
@@ -49,22 +52,64 @@ def _fail_config(exc: ConfigError) -> NoReturn:
     sys.exit(EXIT_CONFIG)
 
 
+class Operational(click.ClickException):
+    """Something outside is not there (a port, a service): one line, exit 3."""
+
+    exit_code = EXIT_OPERATIONAL
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"chute: {self.message}", err=True)
+
+
+def _chute_error(exc: BaseException) -> ChuteError | None:
+    """The ChuteError an exception is, or the first one inside an exception group."""
+    if isinstance(exc, ChuteError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _chute_error(inner)) is not None:
+                return found
+    return None
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    """Config errors exit 2, operational ones 3, other chute errors 1: one line each."""
+    error = _chute_error(exc)
+    if error is None:
+        raise exc
+    if isinstance(error, ConfigError):
+        _fail_config(error)
+    click.echo(f"chute: {error}", err=True)
+    sys.exit(EXIT_OPERATIONAL if isinstance(error, Unavailable) else 1)
+
+
+def _check_choice(choices: tuple[str, ...], what: str) -> Any:
+    def check(_: click.Context, __: click.Parameter, value: str | None) -> str | None:
+        if value is not None and (problem := choice_problem(what, value, choices)) is not None:
+            raise click.BadParameter(problem)
+        return value.lower() if value else None
+
+    return check
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="chute", prog_name="chute")
-@click.option("--log-level", default=None, help="debug, info, warning or error.")
+@click.option("--log-level", default=None, callback=_check_choice(LEVELS, "log level"),
+              help="debug, info, warning, error or critical (default: the config's).")  # fmt: skip
+@click.option("--log-format", default=None, callback=_check_choice(FORMATS, "log format"),
+              help="text or json (default: the config's).")  # fmt: skip
 @click.pass_context
-def main(ctx: click.Context, log_level: str | None) -> None:
+def main(ctx: click.Context, log_level: str | None, log_format: str | None) -> None:
     """chute: topics, sources, operators and worker pools in one process."""
     ctx.ensure_object(dict)
     ctx.obj["log_level"] = log_level
+    ctx.obj["log_format"] = log_format
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(ctx: click.Context, cfg: Config | None = None) -> None:
+    level = ctx.obj["log_level"] or (cfg.settings.log_level if cfg else "info")
+    fmt = ctx.obj["log_format"] or (cfg.settings.log_format if cfg else "text")
+    setup_logging(level, fmt)
 
 
 @main.command()
@@ -77,7 +122,7 @@ def run(ctx: click.Context, config: str, until_idle: bool) -> None:
         cfg = _load(config)
     except ConfigError as exc:
         _fail_config(exc)
-    _setup_logging(ctx.obj["log_level"] or cfg.settings.log_level)
+    _setup_logging(ctx, cfg)
     from .engine import Runtime
 
     stopped_by: list[int] = []
@@ -88,6 +133,8 @@ def run(ctx: click.Context, config: str, until_idle: bool) -> None:
             # Listening before the build: a signal while connecting stops at once.
             await tg.start(_stop_on_signals, runtime, tg.cancel_scope, stopped_by)
             await runtime.build()
+            if until_idle and sys.stderr.isatty():
+                tg.start_soon(show_progress, runtime, sys.stderr)
             await runtime.run()
             tg.cancel_scope.cancel()
 
@@ -95,11 +142,8 @@ def run(ctx: click.Context, config: str, until_idle: bool) -> None:
         anyio.run(main_task)
     except KeyboardInterrupt:  # before the signal handlers were installed
         sys.exit(128 + signal.SIGINT)
-    except ConfigError as exc:
-        _fail_config(exc)
-    except ChuteError as exc:
-        click.echo(f"chute: {exc}", err=True)
-        sys.exit(1)
+    except (ChuteError, BaseExceptionGroup) as exc:
+        _fail(exc)
     if stopped_by:
         sys.exit(128 + stopped_by[0])
 
@@ -126,13 +170,41 @@ async def _stop_on_signals(runtime: Any, scope: anyio.CancelScope, stopped_by: l
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 def check(config: str) -> None:
-    """Validate CONFIG without running it; print the graph."""
+    """Validate CONFIG as `chute run` would, without running it; print the graph.
+
+    Every problem is printed, one per line, in one pass; warnings too.
+    """
+    from .graph import build_problems, problems_of
+
     try:
-        cfg = _load(config)
+        cfg = load_config(config)
     except ConfigError as exc:
         _fail_config(exc)
+    problems = problems_of(cfg)
+    built, warnings = anyio.run(build_problems, cfg)
+    for warning in warnings_of(cfg) + warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if problems or built:
+        _fail_config(ConfigError(problems + built))
     click.echo(f"{config}: ok")
     click.echo(describe(cfg))
+
+
+def _workdir(cfg: Config) -> Path:
+    return cfg.workdir()
+
+
+def _api_token(cfg: Config | None, token: str | None) -> str | None:
+    """--token, else the config's token, else the one the runtime wrote in its working folder."""
+    from .api_guard import read_token
+
+    if token:
+        return token
+    if cfg is not None:
+        return cfg.api.token or read_token(_workdir(cfg))
+    # No config: the runtime started from here, if only one did.
+    found = [p.parent for p in Path(".chute").glob("*/api.token")]
+    return read_token(found[0]) if len(found) == 1 else read_token(Path(".chute"))
 
 
 def _api_url(cfg: Config | None, url: str | None) -> str:
@@ -149,7 +221,7 @@ def _api_url(cfg: Config | None, url: str | None) -> str:
 @click.argument("data", required=False)
 @click.option("--key", default="", help="Item key (identity and shard key).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="Publish through this config's broker (Redis) or API.")  # fmt: skip
+              help="Publish into this config's broker (local file or Redis), or its API.")  # fmt: skip
 @click.option("--url", default=None, help="The runtime's API, default http://127.0.0.1:8765.")
 @click.option("--token", default=None, envvar="CHUTE_TOKEN", help="API bearer token.")
 def publish(topic: str, data: str | None, key: str, config_path: str | None,
@@ -166,20 +238,34 @@ def publish(topic: str, data: str | None, key: str, config_path: str | None,
         for m in messages:
             m.key = key
     cfg = _load_optional(config_path)
-    if cfg is not None and scheme_of(cfg.settings.broker) != "memory":
-        ids = anyio.run(_publish_direct, cfg, topic, messages)
-    else:
-        token = token or (cfg.api.token if cfg else None)
+    ids: list[str] | None = None
+    if cfg is not None and scheme_of(cfg.settings.broker) != "memory" and not url:
+        try:
+            ids = anyio.run(_publish_direct, cfg, topic, messages)
+        except (ChuteError, BaseExceptionGroup) as exc:
+            _fail(exc)
+    if ids is None:
+        token = _api_token(cfg, token)
         ids = anyio.run(_publish_http, _api_url(cfg, url), token, topic, messages)
     for message_id in ids:
         click.echo(message_id)
 
 
-async def _publish_direct(cfg: Config, topic: str, messages: list[Any]) -> list[str]:
-    from .registry import load_plugin
+async def _publish_direct(cfg: Config, topic: str, messages: list[Any]) -> list[str] | None:
+    """Into the config's broker itself; None when a running runtime holds its local file
+    (then its API takes the messages)."""
+    from .engine import Runtime
 
-    broker = load_plugin("broker", scheme_of(cfg.settings.broker))(cfg.settings.broker)
-    await broker.start()
+    runtime = Runtime(cfg)
+    if topic not in runtime.known_topics():
+        raise click.ClickException(f"unknown topic {topic!r} (not in {cfg.path})")
+    broker = runtime.broker
+    try:
+        await broker.start()
+    except BrokerUnavailable:
+        if scheme_of(cfg.settings.broker) == "local":
+            return None
+        raise
     try:
         ids: list[str] = await broker.publish(topic, messages)
         return ids
@@ -191,16 +277,19 @@ async def _publish_http(url: str, token: str | None, topic: str, messages: list[
     body = b"\n".join(
         msgspec.json.encode({"data": m.data, "key": m.key, "headers": m.headers}) for m in messages
     )
-    answer = await _api_post(url, f"/v1/topics/{topic}/messages", token, body, expect=201)
+    answer = await _api_post(
+        url, f"/v1/topics/{topic}/messages", token, body, expect=201, ndjson=True
+    )
     return list(answer["ids"])
 
 
 async def _api_post(url: str, path: str, token: str | None, body: bytes,
-                    expect: int = 200) -> dict[str, Any]:  # fmt: skip
+                    expect: int = 200, ndjson: bool = False) -> dict[str, Any]:  # fmt: skip
     """POST to the running runtime's API; its errors become one line for the user."""
     import aiohttp
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers["Content-Type"] = "application/x-ndjson" if ndjson else "application/json"
     try:
         async with (
             aiohttp.ClientSession(headers=headers) as session,
@@ -211,7 +300,7 @@ async def _api_post(url: str, path: str, token: str | None, body: bytes,
                 raise click.ClickException(f"{url}: {answer.get('error', resp.status)}")
             return answer
     except aiohttp.ClientConnectionError as exc:
-        raise click.ClickException(
+        raise Operational(
             f"no runtime answers at {url} ({exc}); is `chute run` running with its API enabled?"
         ) from None
 
@@ -228,89 +317,11 @@ def shard(operator: str, shard: str, up: bool, config_path: str | None, url: str
           token: str | None) -> None:  # fmt: skip
     """Mark SHARD (an index or its topic) of a running shard OPERATOR down, or --up again."""
     cfg = _load_optional(config_path)
-    token = token or (cfg.api.token if cfg else None)
+    token = _api_token(cfg, token)
     path = f"/v1/operators/{operator}/shards/{shard}"
     body = msgspec.json.encode({"down": not up})
     answer = anyio.run(_api_post, _api_url(cfg, url), path, token, body)
     click.echo(f"{operator}: shard {answer['shard']} is {'down' if answer['down'] else 'up'}")
-
-
-@main.command()
-@click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--url", default=None, help="The runtime's API, for live pool figures.")
-@click.option("--token", default=None, envvar="CHUTE_TOKEN")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def status(config: str, url: str | None, token: str | None, as_json: bool) -> None:
-    """Item counts and recent failures from the state store; live figures if running."""
-    try:
-        cfg = _load(config)
-    except ConfigError as exc:
-        _fail_config(exc)
-    report = anyio.run(
-        _status, cfg, _api_url(cfg, url) if (url or cfg.api.enabled) else None, token
-    )
-    if as_json:
-        click.echo(json.dumps(report, indent=2, default=str))
-        return
-    for pool, counts in sorted(report["items"].items()):
-        summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-        click.echo(f"pool {pool}: {summary}")
-    if report["failures"]:
-        click.echo("recent failures:")
-        for f in report["failures"]:
-            click.echo(
-                f"  [{f['status']}] {f['pool']} {f['key']!r} x{f['attempts']}: {f['last_error']}"
-            )
-    live = report.get("live")
-    if live:
-        for pool in live["pools"]:
-            click.echo(
-                f"live pool {pool['name']}: concurrency {pool['concurrency']}, in flight "
-                f"{pool['in_flight']}, ok {pool['succeeded']}, failed {pool['failed']}, dead {pool['dead']}"
-            )
-            if pool.get("scale"):
-                click.echo(f"  scaling: {describe_scale(pool['scale'])}")
-        for topic in live["topics"]:
-            if not topic["groups"]:
-                click.echo(
-                    f"live topic {topic['topic']}: no consumer group; holds {topic['length']} "
-                    f"of {topic['capacity']}, dropped {topic.get('dropped', 0)}"
-                )
-            for g in topic["groups"]:
-                click.echo(
-                    f"live topic {topic['topic']} group {g['name']}: lag {g['lag']}, "
-                    f"pending {g['pending']}, oldest {g['oldest_pending_age']:.1f}s"
-                )
-    elif url or cfg.api.enabled:
-        click.echo("(the runtime is not running, or its API is not reachable)")
-
-
-async def _status(cfg: Config, url: str | None, token: str | None) -> dict[str, Any]:
-    from .registry import load_plugin
-
-    report: dict[str, Any] = {"items": {}, "failures": [], "live": None}
-    workdir = cfg.workdir()
-    store = load_plugin("store", scheme_of(cfg.settings.state))(cfg.settings.state, workdir)
-    await store.open()
-    try:
-        report["items"] = await store.counts()
-        report["failures"] = msgspec.to_builtins(await store.failures(10))
-    finally:
-        await store.aclose()
-    if url:
-        import aiohttp
-
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        try:
-            async with (
-                aiohttp.ClientSession(headers=headers) as session,
-                session.get(f"{url}/v1/status", timeout=aiohttp.ClientTimeout(2)) as r,
-            ):
-                if r.status == 200:
-                    report["live"] = await r.json()
-        except (aiohttp.ClientError, TimeoutError):
-            pass
-    return report
 
 
 @main.command("serve-items")
@@ -327,7 +338,7 @@ def serve_items(ctx: click.Context, directory: str, glob: str, host: str, port: 
     """Serve DIRECTORY's files as the book's item API (GET /v1/items, /v1/items/NAME)."""
     from .items_server import serve_items as serve
 
-    _setup_logging(ctx.obj["log_level"] or "info")
+    _setup_logging(ctx)
     try:
         anyio.run(serve, directory, glob, host, port, token)
     except ConfigError as exc:
@@ -354,6 +365,12 @@ def reference() -> None:
 
     click.echo(reference_markdown(), nl=False)
 
+
+from .cli_ops import dead, status, tail  # noqa: E402  (they use the helpers above)
+
+main.add_command(status)
+main.add_command(dead)
+main.add_command(tail)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -7,6 +7,7 @@ silent default). Each problem is one line: ``FILE: [TABLE] KEY: what is wrong``.
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from pathlib import Path
@@ -266,18 +267,24 @@ class ApiConfig(Strict):
 class Settings(Strict):
     """Top-level keys."""
 
-    broker: str = "memory"
-    """``memory`` or a URL such as ``redis://127.0.0.1:6379/0``."""
+    broker: str = "local"
+    """``local`` (durable, ``WORKDIR/broker.db``; ``local?durability=power`` survives a
+    power cut too), ``memory`` (fast, lost at exit) or a URL such as
+    ``redis://127.0.0.1:6379/0``."""
     state: str = "sqlite"
     """``sqlite`` (file under ``workdir``), ``sqlite:///path.db``, ``redis://...`` or ``memory``."""
     workdir: str = ""
-    """Folder for the state database and executors' private folders, relative to the
-    config's folder; default ``.chute/<config file name without suffix>``, so two
+    """Folder for the broker and state databases and executors' private folders, relative
+    to the config's folder; default ``.chute/<config file name without suffix>``, so two
     configs in one folder never share state."""
     node: str = ""
     """This node's name in consumer names and leases; defaults to host and pid."""
     log_level: str = "info"
-    """debug, info, warning or error; ``--log-level`` overrides it."""
+    """debug, info, warning, error or critical; ``--log-level`` overrides it."""
+    log_format: str = "text"
+    """``text`` or ``json`` (one object per line); ``--log-format`` overrides it."""
+    summary_every: Duration = Duration(60.0)
+    """How often a running graph logs its summary line (0: only at exit)."""
     shutdown_grace: Duration = Duration(30.0)
     """How long in-flight items may finish after SIGINT/SIGTERM."""
 
@@ -289,6 +296,8 @@ class Config(msgspec.Struct, kw_only=True):
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     topics: dict[str, TopicConfig] = {}
     sources: dict[str, dict[str, Any]] = {}
+    sinks: dict[str, dict[str, Any]] = {}
+    """``[sinks.NAME]`` tables, checked by the graph (see ``sink.py``)."""
     pools: dict[str, PoolConfig] = {}
     operators: dict[str, OperatorConfig] = {}
     path: str = "<config>"
@@ -303,7 +312,7 @@ class Config(msgspec.Struct, kw_only=True):
         return (Path(self.base_dir) / relative).resolve()
 
 
-_TABLES = ("topics", "sources", "pools", "operators", "api")
+_TABLES = ("topics", "sources", "sinks", "pools", "operators", "api")
 _TABLE_TYPES: dict[str, Any] = {
     "topics": TopicConfig,
     "pools": PoolConfig,
@@ -316,8 +325,28 @@ def where(path: str, table: str, key: str) -> str:
     return f"{path}: [{table}] {key}".rstrip()
 
 
-def describe_validation_error(err: msgspec.ValidationError) -> tuple[str, str]:
-    """Split msgspec's ``msg - at `$.a.b` `` into (key path, message)."""
+def _field_names(tp: Any) -> set[str]:
+    """Every key any table nested in ``tp`` accepts (for "did you mean")."""
+    names: set[str] = set()
+    todo = [msgspec.inspect.type_info(tp)]
+    while todo:
+        info = todo.pop()
+        if isinstance(info, msgspec.inspect.StructType):
+            names.update(f.encode_name for f in info.fields)
+            todo.extend(f.type for f in info.fields)
+        elif isinstance(info, msgspec.inspect.UnionType):
+            todo.extend(info.types)
+        elif isinstance(info, msgspec.inspect.ListType | msgspec.inspect.DictType):
+            todo.append(info.value_type if isinstance(info, msgspec.inspect.DictType)
+                        else info.item_type)  # fmt: skip
+    return names
+
+
+def describe_validation_error(err: msgspec.ValidationError, within: Any = None) -> tuple[str, str]:
+    """Split msgspec's ``msg - at `$.a.b` `` into (key path, message).
+
+    ``within``: the type decoded, so an unknown key gets "did you mean" its nearest neighbour.
+    """
     text = str(err)
     m = re.match(r"^(.*) - at `\$\.?(.*)`$", text, re.S)
     if m:
@@ -329,6 +358,10 @@ def describe_validation_error(err: msgspec.ValidationError) -> tuple[str, str]:
     if unknown:
         key = f"{key}.{unknown.group(1)}" if key else unknown.group(1)
         msg = "unknown key (check the spelling; see the docs for this table)"
+        if within is not None:
+            near = difflib.get_close_matches(unknown.group(1), sorted(_field_names(within)), n=1)
+            if near:
+                msg = f"unknown key; did you mean {near[0]!r}?"
     elif missing:
         key = f"{key}.{missing.group(1)}" if key else missing.group(1)
         msg = "missing: this key is required"
@@ -372,7 +405,7 @@ def config_from_dict(doc: dict[str, Any], *, path: str = "<config>", base_dir: s
     try:
         settings = msgspec.convert(top, Settings, dec_hook=dec_hook)
     except msgspec.ValidationError as err:
-        key, msg = describe_validation_error(err)
+        key, msg = describe_validation_error(err, Settings)
         problems.append(f"{path}: {key}: {msg}")
 
     api = ApiConfig()
@@ -380,11 +413,11 @@ def config_from_dict(doc: dict[str, Any], *, path: str = "<config>", base_dir: s
         try:
             api = msgspec.convert(doc["api"], ApiConfig, dec_hook=dec_hook)
         except msgspec.ValidationError as err:
-            key, msg = describe_validation_error(err)
+            key, msg = describe_validation_error(err, ApiConfig)
             problems.append(f"{where(path, 'api', key)}: {msg}")
 
     decoded: dict[str, dict[str, Any]] = {}
-    for table in ("topics", "sources", "pools", "operators"):
+    for table in ("topics", "sources", "sinks", "pools", "operators"):
         entries = doc.get(table, {})
         decoded[table] = {}
         if not isinstance(entries, dict):
@@ -395,13 +428,13 @@ def config_from_dict(doc: dict[str, Any], *, path: str = "<config>", base_dir: s
             if not isinstance(body, dict):
                 problems.append(f"{where(path, label, '')}: expected a table")
                 continue
-            if table == "sources":
+            if table in ("sources", "sinks"):  # their plugins' options: checked by the graph
                 decoded[table][name] = body
                 continue
             try:
                 decoded[table][name] = msgspec.convert(body, _TABLE_TYPES[table], dec_hook=dec_hook)
             except msgspec.ValidationError as err:
-                key, msg = describe_validation_error(err)
+                key, msg = describe_validation_error(err, _TABLE_TYPES[table])
                 if table == "operators" and "type" not in body:
                     key, msg = "type", "missing: one of copy, filter, split, shard, merge"
                 elif table == "operators" and key == "type":
@@ -416,6 +449,7 @@ def config_from_dict(doc: dict[str, Any], *, path: str = "<config>", base_dir: s
         api=api,
         topics=decoded["topics"],
         sources=decoded["sources"],
+        sinks=decoded["sinks"],
         pools=decoded["pools"],
         operators=decoded["operators"],
         path=path,

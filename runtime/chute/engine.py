@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,10 +38,20 @@ from .broker import Broker, TopicStats
 from .config import Config, TopicConfig, load_config, where
 from .context import PluginContext
 from .errors import ConfigError
-from .graph import DEAD_SUFFIX, operator_topics, plugin_options, scheme_of, validate
+from .graph import (
+    DEAD_SUFFIX,
+    operator_topics,
+    plugin_options,
+    scheme_of,
+    validate,
+    warnings_of,
+)
+from .logs import start_lines, summary_line
 from .message import Message, new_message
 from .pool import PoolCounters, WorkerPool
 from .registry import load_plugin
+from .sink import SINK_KEYS, SinkStats
+from .sink_runner import SinkRunner, sink_settings
 from .source import Source
 from .stopping import Deadline
 from .store import ItemStatus, StateStore
@@ -52,12 +63,25 @@ _CLOSE_WITHIN = 2.0
 
 _OUTCOMES_KEPT = 10_000
 """Recent final outcomes remembered for ``wait_for`` callers that ask late."""
+_DEAD_KEPT = 1_000
+"""Recent dead items whose messages the runtime keeps for ``chute dead requeue``."""
 
 
 class Outcome(msgspec.Struct, frozen=True):
     status: ItemStatus
     result: Any = None
     """The executor's result when done; the error text when dead."""
+
+
+class DeadLetter(msgspec.Struct, kw_only=True):
+    """A recent dead item, kept so ``chute dead requeue`` can publish it again."""
+
+    pool: str
+    key: str
+    error: str
+    at: float
+    attempts: int
+    message: Message
 
 
 class RuntimeStatus(msgspec.Struct, kw_only=True):
@@ -68,6 +92,15 @@ class RuntimeStatus(msgspec.Struct, kw_only=True):
     pools: list[PoolCounters]
     operators: dict[str, Any] = {}
     items: dict[str, dict[str, int]] = {}
+    sinks: list[SinkStats] = []
+
+
+def build_broker(url: str, workdir: Path) -> Broker:
+    """The broker plugin for ``url``. One that keeps files (``uses_workdir = True`` on
+    its class) is also given the working folder."""
+    cls = load_plugin("broker", scheme_of(url))
+    broker: Broker = cls(url, workdir=workdir) if getattr(cls, "uses_workdir", False) else cls(url)
+    return broker
 
 
 def default_node_name() -> str:
@@ -89,11 +122,14 @@ class Runtime:
         self.pools: dict[str, WorkerPool] = {}
         self.operators: dict[str, Any] = {}
         self.sources: dict[str, tuple[Source, str]] = {}
+        self.sinks: dict[str, SinkRunner] = {}
         self.ready = anyio.Event()
         self._stop = anyio.Event()
         self.deadline = Deadline()
         """When shielded steps give up once a stop began: the grace period after it."""
         self._outcomes: OrderedDict[tuple[str, str], Outcome] = OrderedDict()
+        self.dead_letters: OrderedDict[tuple[str, str], DeadLetter] = OrderedDict()
+        """The most recent dead items of this run (requeue and the dashboard read them)."""
         self._waiters: dict[tuple[str, str], list[anyio.Event]] = {}
         self._task_group: TaskGroup | None = None
         self.api_port: int | None = None
@@ -102,10 +138,7 @@ class Runtime:
     # -- building ------------------------------------------------------------
 
     def _build_broker(self) -> Broker:
-        url = self.config.settings.broker
-        cls = load_plugin("broker", scheme_of(url))
-        broker: Broker = cls(url)
-        return broker
+        return build_broker(self.config.settings.broker, self.workdir)
 
     def _context(self, name: str, topic: str) -> PluginContext:
         return PluginContext(
@@ -150,6 +183,8 @@ class Runtime:
             return
         self._built = True
         cfg = self.config
+        for warning in warnings_of(cfg):
+            log.warning("%s", warning)
         await self.broker.start()
         await self._open_store()
         topics = self.topics
@@ -177,10 +212,29 @@ class Runtime:
                 await op.prepare(self.topics)
                 op.deadline = self.deadline
                 self.operators[name] = op
+        for name, spec in cfg.sinks.items():
+            settings = sink_settings(spec)
+            sink = self._build_plugin("sink", f"sinks.{name}", "", spec, SINK_KEYS, settings.topic)
+            runner = SinkRunner(name, settings, sink, self.broker, node=self.node)
+            await runner.prepare(topics[settings.topic].visibility_timeout)
+            self.sinks[name] = runner
         for name, spec in cfg.sources.items():
             topic = str(spec["topic"])
             source = self._build_plugin("source", f"sources.{name}", "", spec, ("topic",), topic)
             self.sources[name] = (source, topic)
+
+    def unready_reasons(self) -> list[str]:
+        """Why the runtime should not get traffic now (empty when ready): ``/readyz``."""
+        reasons = []
+        if not self.ready.is_set():
+            reasons.append("starting: sources and pools are not all running yet")
+        if self._stop.is_set():
+            reasons.append("stopping")
+        if not getattr(self.broker, "healthy", True):
+            reasons.append(f"the broker {self.config.settings.broker} is unreachable")
+        if self.store is not None and not getattr(self.store, "healthy", True):
+            reasons.append(f"the state store {self.config.settings.state} is unreachable")
+        return reasons
 
     def known_topics(self) -> set[str]:
         return set(self.topics)
@@ -195,6 +249,8 @@ class Runtime:
             names.update([*inputs, *outputs, name + DEAD_SUFFIX])
         for spec in cfg.sources.values():
             names.add(str(spec["topic"]))
+        for name, spec in cfg.sinks.items():
+            names.update({str(spec["topic"]), name + DEAD_SUFFIX})
         return {n: cfg.topics.get(n, TopicConfig()) for n in names}
 
     # -- running -------------------------------------------------------------
@@ -204,6 +260,8 @@ class Runtime:
         grace = float(self.config.settings.shutdown_grace)
         try:
             await self.build()
+            for line in start_lines(self.config):
+                log.info("%s", line)
             # Services (the API, the idle watcher) outlive the drain and end
             # once the pools, operators and sources have.
             async with anyio.create_task_group() as services:
@@ -213,14 +271,25 @@ class Runtime:
                     await services.start(serve_api, self)
                 if self.until_idle:
                     services.start_soon(self._stop_when_idle)
+                if self.config.settings.summary_every > 0:
+                    services.start_soon(
+                        self._log_summaries, float(self.config.settings.summary_every)
+                    )
                 await self._run_graph(grace, task_status)
                 services.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):  # summary_line bounds itself
+                log.info("finished: %s", await summary_line(self))
         finally:
             with self.deadline.shield(extra=_CLOSE_WITHIN) as closing:
                 closing.deadline = min(closing.deadline, anyio.current_time() + _CLOSE_WITHIN)
                 await self._close()
             if closing.cancelled_caught:
                 log.warning("closing took longer than %gs: abandoned", _CLOSE_WITHIN)
+
+    async def _log_summaries(self, every: float) -> None:
+        while True:
+            await anyio.sleep(every)
+            log.info("%s", await summary_line(self))
 
     async def _run_graph(self, grace: float, task_status: TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
@@ -260,6 +329,8 @@ class Runtime:
             async with anyio.create_task_group() as tg:
                 for op in self.operators.values():
                     tg.start_soon(op.run, stop)
+                for sink in self.sinks.values():  # sinks move messages like operators
+                    tg.start_soon(sink.run, stop)
 
     def stop(self) -> None:
         """Begin a graceful shutdown (safe to call more than once)."""
@@ -279,6 +350,8 @@ class Runtime:
             await _quietly(pool.executor.aclose(), f"closing pool {pool.name}'s executor")
         for name, (source, _) in self.sources.items():
             await _quietly(source.aclose(), f"closing source {name}")
+        for name, runner in self.sinks.items():
+            await _quietly(runner.sink.aclose(), f"closing sink {name}")
         if self.store is not None:
             await _quietly(self.store.aclose(), "closing the state store")
         await _quietly(self.broker.aclose(), "closing the broker")
@@ -310,6 +383,8 @@ class Runtime:
                 async with anyio.create_task_group() as tg:
                     for event in events:
                         tg.start_soon(_set_then_cancel, event, tg)
+                    if not events:  # no pools (sinks only): nothing announces, so wait here
+                        await anyio.sleep(0.1)
 
     async def _is_idle(self) -> bool:
         if any(pool.counters.in_flight for pool in self.pools.values()):
@@ -330,6 +405,13 @@ class Runtime:
             self._outcomes.popitem(last=False)
         for event in self._waiters.pop(key, []):
             event.set()
+        if status is ItemStatus.DEAD:
+            self.dead_letters[key] = DeadLetter(
+                pool=pool.name, key=key[1], error=str(result), at=time.time(),
+                attempts=message.attempt, message=message,
+            )  # fmt: skip
+            if len(self.dead_letters) > _DEAD_KEPT:
+                self.dead_letters.popitem(last=False)
         for name, (source, topic) in self.sources.items():
             if topic == pool.topic:
                 await _quietly(
@@ -371,6 +453,7 @@ class Runtime:
             pools=[p.counters for p in self.pools.values()],
             operators=operators,
             items=items,
+            sinks=[s.stats() for s in self.sinks.values()],
         )
 
     # -- embedding as an async context manager ---------------------------------------

@@ -23,8 +23,26 @@ class ClosedError(ChuteError):
     """The broker, store or runtime was closed by us; the operation cannot proceed."""
 
 
-class BrokerUnavailable(ChuteError):
+class Unavailable(ChuteError):
+    """Something chute needs from outside is not there: a port in use, a service down.
+
+    The CLI prints it as one line and exits 3.
+    """
+
+
+class BrokerUnavailable(Unavailable):
     """The broker's backing service cannot be reached; the caller retries with backoff."""
+
+
+class ExecutorUnavailable(ChuteError):
+    """The runtime could not run an item for a cause of its own, not the item's:
+    the disk is full, descriptors or processes ran out, the program is missing
+    (a deploy in progress). The pool pauses its intake and runs the item again
+    later, without counting an attempt."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
 
 
 class ItemFailed(ChuteError):

@@ -6,7 +6,9 @@ package would use, so ``runtime`` never imports ``plugins``.
 
 from __future__ import annotations
 
+import difflib
 import importlib
+from collections.abc import Iterable
 from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
@@ -18,15 +20,22 @@ GROUPS = {
     "source": "chute.sources",
     "executor": "chute.executors",
     "store": "chute.stores",
+    "sink": "chute.sinks",
 }
 
 # Plugins whose dependencies live in an extra, so a missing import says what to install.
-_EXTRAS = {"redis": "redis", "redis_streams": "redis"}
+_EXTRAS = {"redis": "redis", "redis_streams": "redis", "mqtt": "mqtt", "nats": "nats"}
 
 
 @cache
 def available(kind: str) -> tuple[str, ...]:
     return tuple(sorted(ep.name for ep in entry_points(group=GROUPS[kind])))
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest candidate, or ``""`` when none is close."""
+    near = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {near[0]!r}?" if near else ""
 
 
 def import_object(spec: str) -> Any:
@@ -42,7 +51,10 @@ def import_object(spec: str) -> Any:
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise PluginNotFound(f"module {module_name!r} has no attribute {attr!r}") from None
+            hint = did_you_mean(part, [n for n in dir(obj) if not n.startswith("_")])
+            raise PluginNotFound(
+                f"module {module_name!r} has no attribute {attr!r}{hint}"
+            ) from None
     return obj
 
 
@@ -54,7 +66,8 @@ def load_plugin(kind: str, name: str) -> Any:
     matches = [ep for ep in entry_points(group=GROUPS[kind]) if ep.name == name]
     if not matches:
         known = ", ".join(available(kind)) or "none installed"
-        raise PluginNotFound(f"unknown {kind} {name!r} (known: {known})")
+        hint = did_you_mean(name, available(kind))
+        raise PluginNotFound(f"unknown {kind} {name!r} (known: {known}){hint}")
     try:
         return matches[0].load()
     except ImportError as exc:

@@ -109,6 +109,12 @@ class StateStore(Protocol):
     async def failures(self, limit: int = 20) -> list[ItemRecord]:
         """The most recent failed and dead items, newest first."""
 
+    async def forget_dead(self, pool: str, keys: Sequence[str]) -> list[str]:
+        """Drop the records of those items that are dead, so they may run again; the keys dropped.
+
+        Items in any other status are left alone (``chute dead requeue``/``purge``).
+        """
+
 
 class OneItemCalls:
     """``claim`` and ``finish`` of one item, as a batch of one: a store writes the batch calls."""

@@ -175,7 +175,7 @@ async def test_running_operator_watches_health_and_reroutes(broker: MemoryBroker
 
 def _sharder_with_api(tmp_path: Path) -> Config:
     doc = {
-        "workdir": str(tmp_path / "work"),
+        "workdir": str(tmp_path / ".chute"),
         "api": {"enabled": True, "port": 0},
         "topics": {"photos": {}, **{t: {} for t in TOPICS}},
         "operators": {"sharder": SHARD4},
@@ -188,6 +188,8 @@ async def test_a_shard_is_marked_down_and_up_through_the_api(tmp_path: Path) -> 
 
     config = _sharder_with_api(tmp_path)
     async with Runtime(config) as rt, aiohttp.ClientSession() as http:
+        token = (tmp_path / ".chute" / "api.token").read_text().strip()
+        http.headers["Authorization"] = f"Bearer {token}"
         url = f"http://127.0.0.1:{rt.api_port}/v1/operators/sharder/shards"
         async with http.post(f"{url}/photos-2", json={"down": True}) as resp:
             assert resp.status == 200, await resp.text()
@@ -209,8 +211,9 @@ async def test_the_shard_command_marks_a_shard_of_a_running_runtime(tmp_path: Pa
         url = f"http://127.0.0.1:{rt.api_port}"
 
         async def chute(*args: str) -> subprocess.CompletedProcess[bytes]:
+            # The config has no token: the CLI finds the one the runtime wrote.
             cli = [sys.executable, "-m", "chute", "shard", *args, "--url", url]
-            return await anyio.run_process(cli, check=False)
+            return await anyio.run_process(cli, check=False, cwd=tmp_path)
 
         down = await chute("sharder", "photos-2")
         assert down.returncode == 0, down.stderr

@@ -151,11 +151,14 @@ class MemoryBroker:
     async def declare_topic(self, topic: str, *, capacity: int) -> None:
         self._topic(topic).capacity = max(1, capacity)
 
-    async def ensure_group(self, topic: str, group: str, *, visibility_timeout: float) -> None:
+    async def ensure_group(
+        self, topic: str, group: str, *, visibility_timeout: float, start: str = "earliest"
+    ) -> None:
         t = self._topic(topic)
         existing = t.groups.get(group)
         if existing is None:
-            t.groups[group] = _Group(group, t.end, visibility_timeout)
+            cursor = t.base if start == "earliest" else t.end
+            t.groups[group] = _Group(group, cursor, visibility_timeout)
         else:
             existing.visibility_timeout = visibility_timeout
 

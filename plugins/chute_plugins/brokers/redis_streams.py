@@ -72,7 +72,7 @@ from ..redis_conn import (
 from ..redis_conn import as_str as _str
 from . import redis_upkeep as upkeep
 
-log = logging.getLogger("chute.broker.redis")
+log = logging.getLogger("chute.brokers.redis")
 
 FIELD = b"m"
 """The one stream field holding a message (msgspec JSON)."""
@@ -219,9 +219,12 @@ class RedisBroker:
         t.capacity = max(1, capacity)
         t.credit = 0
 
-    async def ensure_group(self, topic: str, group: str, *, visibility_timeout: float) -> None:
+    async def ensure_group(
+        self, topic: str, group: str, *, visibility_timeout: float, start: str = "earliest"
+    ) -> None:
         t = self._topic(topic)
-        await self._conn.call(lambda: self._create_group(t.key, group))
+        first = "0" if start == "earliest" else "$"
+        await self._conn.call(lambda: self._create_group(t.key, group, first))
         existing = t.groups.get(group)
         if existing is None:
             t.groups[group] = _Group(group, visibility_timeout)

@@ -32,6 +32,13 @@ class GenerateOptions(Strict):
 
 class GenerateSource:
     Options: ClassVar[type[Strict]] = GenerateOptions
+    replays = True
+    """Offers unfinished items again after a restart (it generates the same items again)."""
+
+    @staticmethod
+    def fields(options: GenerateOptions) -> set[str]:
+        """The fields of every item's data (``chute check`` compares a command's argv with them)."""
+        return {"n", *options.data}
 
     def __init__(self, options: GenerateOptions, ctx: PluginContext) -> None:
         self.options = options

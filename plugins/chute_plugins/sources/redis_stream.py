@@ -43,7 +43,7 @@ from redis.exceptions import ResponseError
 
 from ..redis_conn import MAX_BLOCK, Reconnecting, RedisUrl, as_str, raw_reply
 
-log = logging.getLogger("chute.source.redis")
+log = logging.getLogger("chute.sources.redis")
 
 _STREAM_ID = re.compile(r"\d+(-\d+)?")
 

@@ -29,7 +29,7 @@ from chute.store import Claim, Finish, ItemRecord, ItemStatus, OneItemCalls
 
 from ..redis_conn import Reconnecting, RedisUrl, as_str
 
-log = logging.getLogger("chute.store.redis")
+log = logging.getLogger("chute.stores.redis")
 
 _FAILURES_KEPT = 1000
 
@@ -131,6 +131,15 @@ redis.call('SREM', KEYS[4], ARGV[3])
 return 1
 """
 
+# KEYS: item, counts, failures. ARGV: member. Only a dead item is forgotten.
+_FORGET_DEAD = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'dead' then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HINCRBY', KEYS[2], 'dead', -1)
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
+"""
+
 Arg = str | bytes | int | float
 
 
@@ -165,6 +174,7 @@ class RedisStore(OneItemCalls):
         self._finish = self._redis.register_script(_FINISH)
         self._mark_pending = self._redis.register_script(_MARK_PENDING)
         self._recover = self._redis.register_script(_RECOVER)
+        self._forget_dead = self._redis.register_script(_FORGET_DEAD)
         self._extend = self._redis.register_script(_EXTEND)
 
     @property
@@ -326,6 +336,17 @@ class RedisStore(OneItemCalls):
             pairs = [_unmember(m) for m in members if isinstance(m, bytes)]
             rows = await self._hgetall_many([self._item(pool, key) for pool, key in pairs])
             return [_record(p, k, row) for (p, k), row in zip(pairs, rows, strict=True) if row]
+
+        return await self._conn.call(run)
+
+    async def forget_dead(self, pool: str, keys: Sequence[str]) -> list[str]:
+        async def run() -> list[str]:
+            forgotten = []
+            for key in keys:
+                item_keys = [self._item(pool, key), self._counts(pool), self._failures]
+                if await self._forget_dead(keys=item_keys, args=[_member(pool, key)]):
+                    forgotten.append(key)
+            return forgotten
 
         return await self._conn.call(run)
 
