@@ -30,12 +30,27 @@ def _find(pattern: str, text: str, script: str) -> list[float]:
 
 
 def topic(out: str) -> list[Row]:
-    (q,) = _find(rf"asyncio.Queue handoff\s*:\s*{NUMBER} M", out, "topic_throughput")
-    (c,) = _find(rf"chute memory topic \(b=\d+\s*\):\s*{NUMBER} M", out, "topic_throughput")
-    row = Row("e", "memory topic, publish -> read -> ack", c * 1e6, "asyncio.Queue", q * 1e6,
+    name = "topic_throughput"
+    (q,) = _find(rf"asyncio.Queue handoff\s*:\s*{NUMBER} M", out, name)
+    (m,) = _find(rf"memory broker\s*:\s*{NUMBER} M", out, name)
+    row = Row("e", "memory topic, publish -> read -> ack", m * 1e6, "asyncio.Queue", q * 1e6,
               "msgs/s", ">= 0.75x")  # fmt: skip
     row.met = row.ratio >= 0.75
-    return [row]
+    rows = [row]
+    for durability, sync in (("process", "NORMAL"), ("power", "FULL")):
+        (bare,) = _find(rf"bare SQLite loop \({sync}\s*\)\s*:\s*{NUMBER} M", out, name)
+        (ours,) = _find(rf"local broker \(durability={durability}\s*\):\s*{NUMBER} M", out, name)
+        row = Row("e", f"local (durable) topic, durability={durability}", ours * 1e6,
+                  f"bare SQLite loop ({sync})", bare * 1e6, "msgs/s", ">= 0.5x")  # fmt: skip
+        row.met = row.ratio >= 0.5
+        rows.append(row)
+        ours, bare = _find(
+            rf"local broker durability={durability}\s*:\s*{NUMBER} msgs/s\s*bare loop, one commit "
+            rf"per message \({sync}\):\s*{NUMBER} msgs/s", out, name,
+        )  # fmt: skip
+        rows.append(Row("e", f"local topic, 8 single publishers, durability={durability}", ours,
+                        f"a commit per message ({sync})", bare, "msgs/s"))  # fmt: skip
+    return rows
 
 
 def operators(out: str) -> list[Row]:
@@ -93,8 +108,10 @@ def autoscale(out: str) -> list[Row]:
 
 
 SCRIPTS: dict[str, tuple[dict[str, list[str]], Callable[[str], list[Row]]]] = {
-    "topic_throughput": ({"full": [], "quick": ["--count", "100000", "--rounds", "1"],
-                          "smoke": ["--count", "5000", "--rounds", "1"]}, topic),
+    "topic_throughput": ({"full": [], "quick": ["--count", "100000", "--rounds", "1",
+                                                "--singles", "5000"],
+                          "smoke": ["--count", "5000", "--rounds", "1", "--singles", "500"]},
+                         topic),
     "operators": ({"full": [], "quick": ["--count", "100000", "--rounds", "1"],
                    "smoke": ["--count", "5000", "--rounds", "1"]}, operators),
     "redis_throughput": ({"full": [], "quick": ["--count", "10000", "--rounds", "1",
