@@ -8,7 +8,8 @@ Scenarios: (a) no-op jobs through Redis, (b) /bin/true jobs, (c) folder
 latency, (d) start-up and idle memory, (e) the figures of bench/*.py.
 Exit status: 0 when every scenario ran (a missed floor is a row of the table,
 not a failure), 2 on a usage error, 3 on an operational failure such as a
-missing peer or a worker that died, printed as one line.
+missing peer or a worker that died, printed as one line; 130 or 143 when
+stopped by SIGINT or SIGTERM, after stopping every process it started.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -78,8 +80,15 @@ def versions(scenarios: list[str], peers: bool) -> dict[str, str]:
     return out
 
 
+def _stop(signum: int, frame: object) -> None:
+    # Unwinds through every `with`: workers, redis-servers and folders go with the bench.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str]) -> int:
     args = parse(argv)
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)  # also when started in the background (SIGINT ignored)
     mode = MODES["quick" if args.quick else "smoke" if args.smoke else "full"]
     peers = not args.no_peers
     began = time.perf_counter()

@@ -213,7 +213,8 @@ def start_redis() -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no"],
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"],
                             stdout=subprocess.DEVNULL)  # fmt: skip
     time.sleep(0.3)
     return proc, f"redis://127.0.0.1:{port}/0"
