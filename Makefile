@@ -48,8 +48,11 @@ test: lint docs  ## everything CI runs: lint, types, docs, the whole suite (slow
 unit: $(DEV)  ## the quick loop: skip the slow chaos, soak and multi-process tests
 	$(BIN)/pytest -q -m 'not slow'
 
-bench: $(DEV)  ## the benchmarks, each beside its baseline (see bench/README.md)
-	$(BIN)/python -m bench
+BENCH ?=
+bench: $(DEV)  ## chute against its peers, one table (bench/README.md); BENCH=--quick for the short run
+	$(BIN)/python -m pip install $(PIP_FLAGS) -e '.[bench]'
+	$(BIN)/python -m bench.peers
+	$(BIN)/python -m bench $(BENCH)
 
 clean:  ## start over: remove every config's working folder (state, queued work) and the venv
 	rm -rf $(VENV) .chute configs/.chute site

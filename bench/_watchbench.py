@@ -25,13 +25,17 @@ for i in range(count):
     name = f"{i:05}.bin"
     # Written in chunks with a pause, so a watcher that does not wait for the close
     # would see (and could emit) a partial file.
-    with open(os.path.join(folder, name), "wb") as f:
-        for _ in range(chunks):
-            f.write(piece)
-            f.flush()
-            if gap:
-                time.sleep(0.0005)
-    out.append(f"{name} {time.monotonic_ns()}")
+    f = open(os.path.join(folder, name), "wb")
+    for _ in range(chunks):
+        f.write(piece)
+        f.flush()
+        if gap:
+            time.sleep(0.0005)
+    # Stamped just before the close: a clock read after it can come late, when the
+    # writer is preempted by the very watchers it wakes (the latency came out negative).
+    closed = time.monotonic_ns()
+    f.close()
+    out.append(f"{name} {closed}")
     if gap:
         time.sleep(gap)
 sys.stdout.write("\n".join(out) + "\n")

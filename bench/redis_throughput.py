@@ -176,7 +176,10 @@ async def chute_throughput(url: str, count: int) -> float:
         begin = time.perf_counter()
         for start in range(0, count, BATCH):
             n = min(BATCH, count - start)
-            await rt.publish_many("jobs", [Message(key="k", data=PAYLOAD) for _ in range(n)])
+            # One key per message: messages sharing a key are one item, run one at a time.
+            await rt.publish_many(
+                "jobs", [Message(key=f"m{start + i}", data=PAYLOAD) for i in range(n)]
+            )
         while pool.counters.succeeded < count:
             await pool.changed.wait()
         elapsed = time.perf_counter() - begin  # the last acks are one flush away
@@ -189,11 +192,11 @@ async def chute_latency(url: str, samples: int) -> float:
         # The executor imported this file as a module of its own (not __main__).
         marks: list[float] = importlib.import_module("redis_throughput").started
         pool = rt.pools["work"]
-        for _ in range(samples):
+        for n in range(samples):
             await asyncio.sleep(0.002)  # idle: the pool is blocked in its read
             done = pool.counters.succeeded
             begin = time.perf_counter()
-            await rt.publish("jobs", PAYLOAD, key="one")
+            await rt.publish("jobs", PAYLOAD, key=f"one-{n}")
             while pool.counters.succeeded == done:
                 await pool.changed.wait()
             waits.append(marks[-1] - begin)
@@ -210,7 +213,8 @@ def start_redis() -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no"],
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"],
                             stdout=subprocess.DEVNULL)  # fmt: skip
     time.sleep(0.3)
     return proc, f"redis://127.0.0.1:{port}/0"

@@ -6,10 +6,11 @@ state, no pipes): ``asyncio.create_subprocess_exec``, ``subprocess.run`` from
 a thread pool, and ``Popen`` and ``os.posix_spawn`` on the loop, awaited
 through a pidfd. The ratio is chute over the best of them.
 
-chute's figure is end to end: the items are published to the memory broker,
-each one gets its 0600 ``WORK_ITEM_FILE`` and private folder, its outcome is
-recorded in the SQLite state store, and it is acknowledged; from the first
-publish to the last ack.
+chute's figure is end to end on the default config: the items are published
+to the durable local broker (SQLite, under the working folder), each one gets
+its 0600 ``WORK_ITEM_FILE`` and private folder, its outcome is recorded in the
+SQLite state store, and it is acknowledged; from the first publish to the
+last ack.
 
 Each figure is the median of ``--rounds`` rounds. Within a round the loops
 take turns (in reverse order every other round), so a noisy neighbour on a
@@ -21,6 +22,16 @@ them: the CPU per item of the parent and of its children, and how long the
 bare posix_spawn loop is suspended in each call (until the child has called
 exec), which is where a loop spends most of its time when the machine is
 busy.
+
+Executors die with the runtime (``_warden.py``) at no cost per item, so
+chute's figure includes it; for comparison, the bare posix_spawn loop with a
+helper exec'd in front of each child to set ``PR_SET_PDEATHSIG`` (setpriv),
+the way a posix_spawn path could have done it.
+
+And what a kill -9 may rerun at that rate: the items running (at most the
+concurrency; they die with the runtime) plus the items finished and not yet
+committed, which wait up to one flush window (``pool._FLUSH_EVERY``) for a
+group commit: the most outcomes a commit pass carried is that second part.
 
     python bench/spawn.py [--count 2000] [--concurrency 2 8] [--rounds 7]
 """
@@ -39,6 +50,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import anyio
+from chute import pool as pool_module
 from chute.config import config_from_dict
 from chute.engine import Runtime
 from chute.message import new_message
@@ -95,14 +107,14 @@ where the event loop is suspended until the child has called exec, and the
 share of the run's time that makes."""
 
 
-async def bare_posix_spawn(count: int, concurrency: int) -> float:
+async def bare_posix_spawn(count: int, concurrency: int, argv: tuple[str, ...] = (TRUE,)) -> float:
     env = dict(os.environ)
     inside = 0.0
 
     async def one() -> None:
         nonlocal inside
         before = time.perf_counter()
-        pid = os.posix_spawn(TRUE, [TRUE], env)  # noqa: ASYNC221 - the spawn path under test
+        pid = os.posix_spawn(argv[0], argv, env)  # noqa: ASYNC221 - the spawn path under test
         inside += time.perf_counter() - before
         fd = os.pidfd_open(pid)
         try:
@@ -116,10 +128,23 @@ async def bare_posix_spawn(count: int, concurrency: int) -> float:
     return rate
 
 
+BROKER: dict[str, str] = {}
+"""``--broker memory``: the same run on the memory broker (the default config has none)."""
+
+SETPRIV = ("/usr/bin/setpriv", "--pdeathsig", "KILL", TRUE)
+"""What an executor dying with its parent would cost through a helper exec'd in
+front of it (util-linux's setpriv sets PR_SET_PDEATHSIG, then execs the program)."""
+
+
+PASSES: list[int] = []
+"""Outcomes per commit pass of the chute runs (what a kill -9 before it reruns)."""
+
+
 async def chute(count: int, concurrency: int) -> float:
     with tempfile.TemporaryDirectory() as work:
         config = config_from_dict(
             {
+                **BROKER,
                 "workdir": work,
                 "topics": {"jobs": {}},
                 "pools": {
@@ -136,6 +161,14 @@ async def chute(count: int, concurrency: int) -> float:
         async with Runtime(config) as rt:
             messages = [new_message({"n": n}, key=f"item-{n}") for n in range(count)]
             pool = rt.pools["spawn"]
+            flush = pool._flush
+
+            async def counted() -> None:
+                if pool._acks:
+                    PASSES.append(len(pool._acks))
+                await flush()
+
+            pool._flush = counted  # type: ignore[method-assign]
             started = time.perf_counter()
             await rt.publish_many("jobs", messages)
             while True:
@@ -199,6 +232,7 @@ async def main(count: int, concurrencies: list[int], rounds: int) -> None:
     print(f"spawn throughput, {count} runs of {TRUE}, median of {rounds} rounds (items/s)")
     for c in concurrencies:
         SUSPENDED.clear()
+        PASSES.clear()
         runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in LOOPS}
         for n in range(rounds):
             for name, loop in list(LOOPS.items())[:: 1 if n % 2 == 0 else -1]:
@@ -233,6 +267,21 @@ async def main(count: int, concurrencies: list[int], rounds: int) -> None:
             f"  concurrency {c}: the bare posix_spawn loop is suspended in the call for "
             f"{suspended * 1e6:.0f} us a spawn ({share:.0%} of its time)"
         )
+        if os.access(SETPRIV[0], os.X_OK):
+            SUSPENDED.clear()
+            helper = await bare_posix_spawn(count, c, SETPRIV)
+            print(
+                f"  concurrency {c}: for comparison, a PR_SET_PDEATHSIG helper exec'd in front "
+                f"of each child (setpriv): {helper:.0f}/s beside /bin/true alone "
+                f"{rate[POSIX_SPAWN]:.0f}/s"
+            )
+        window = pool_module._FLUSH_EVERY
+        print(
+            f"  concurrency {c}: a kill -9 reruns at most {c} running items plus those "
+            f"finished within one {window * 1000:.0f} ms commit window: at {ours:.0f}/s about "
+            f"{ours * window:.0f}; the largest commit pass carried {max(PASSES)} "
+            f"(mean {statistics.mean(PASSES):.1f})"
+        )
     stolen_now, ticks_now = _steal()
     if ticks_now > ticks:  # a virtual machine's CPUs can be taken away while it runs
         share = (stolen_now - stolen) / (ticks_now - ticks)
@@ -244,5 +293,8 @@ if __name__ == "__main__":
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[2, 8])
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--broker", default="", help="e.g. memory (default: the default)")
     args = parser.parse_args()
+    if args.broker:
+        BROKER["broker"] = args.broker
     asyncio.run(main(args.count, args.concurrency, args.rounds))

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.mqtt_server import MosquittoServer
 from tests.redis_server import RedisServer, drop_prefix, shared_url, unique_prefix
 
 
@@ -37,3 +38,14 @@ def redis_url() -> Iterator[str]:
     prefix = unique_prefix()
     yield f"{url}?prefix={prefix}"
     drop_prefix(url, prefix)
+
+
+@pytest.fixture
+def mosquitto() -> Iterator[MosquittoServer]:
+    """A private Mosquitto (persistent sessions) that the test may stop and restart."""
+    server = MosquittoServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()

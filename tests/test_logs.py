@@ -140,7 +140,7 @@ def test_logger_names_are_chute_area_with_plural_plugin_folders() -> None:
     names = [n for n in logging.Logger.manager.loggerDict if n.startswith("chute")]
     assert names
     for name in names:
-        assert re.fullmatch(r"chute(\.(sources|brokers|stores|executors)\.\w+|\.[a-z_]+)?", name), (
-            name
-        )
+        assert re.fullmatch(
+            r"chute(\.(sources|brokers|stores|executors|sinks)\.\w+|\.[a-z_]+)?", name
+        ), name
     assert "chute.sources.redis" in names and "chute.brokers.redis" in names

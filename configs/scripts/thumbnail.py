@@ -1,6 +1,8 @@
 """Write one PNG thumbnail of a video with ffmpeg: ``thumbnail.py VIDEO OUT.png``.
 
-ffmpeg does not create the output's folder, so this does first. A video
+ffmpeg does not create the output's folder, so this does first. Under chute
+(``WORK_RESULT_FILE`` set) the result is ``{"video": ..., "thumbnail": ...}``
+with absolute paths: the message a pool's ``output`` passes downstream. A video
 ffmpeg cannot read ("Invalid data found when processing input") exits 65
 (EX_DATAERR): chute dead-letters it at once instead of retrying a file that
 will never decode. Any other failure keeps ffmpeg's exit code, so it is retried.
@@ -8,6 +10,8 @@ will never decode. Any other failure keeps ffmpeg's exit code, so it is retried.
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +34,10 @@ def main() -> int:
         out.unlink(missing_ok=True)  # never leave half a thumbnail behind
         if INVALID in done.stderr:
             return EX_DATAERR
+    result_file = os.environ.get("WORK_RESULT_FILE")
+    if done.returncode == 0 and result_file:
+        result = {"video": str(Path(video).resolve()), "thumbnail": str(out.resolve())}
+        Path(result_file).write_text(json.dumps(result))
     return done.returncode
 
 

@@ -139,8 +139,9 @@ def build_app(rt: Runtime, *, token: str) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         """Liveness: the process answers. The broker's health is ``/readyz``'s business."""
         healthy = bool(getattr(rt.broker, "healthy", True))
+        healthy = healthy and all(p.counters.healthy for p in rt.pools.values())
         body: dict[str, Any] = {"ok": healthy}
-        if not healthy:
+        if not getattr(rt.broker, "healthy", True):
             body["broker"] = str(getattr(rt.broker, "problem", "")) or "unreachable"
         return web.json_response(body, status=200 if healthy else 503)
 

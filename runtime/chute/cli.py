@@ -22,8 +22,8 @@ import msgspec
 from anyio.abc import TaskStatus
 
 from .config import Config, load_config
-from .errors import ChuteError, ConfigError, InvalidMessage, Unavailable
-from .graph import describe, scheme_of, validate
+from .errors import BrokerUnavailable, ChuteError, ConfigError, InvalidMessage, Unavailable
+from .graph import describe, scheme_of, validate, warnings_of
 from .logs import FORMATS, LEVELS, choice_problem, setup_logging, show_progress
 
 EXIT_CONFIG = 2
@@ -182,7 +182,7 @@ def check(config: str) -> None:
         _fail_config(exc)
     problems = problems_of(cfg)
     built, warnings = anyio.run(build_problems, cfg)
-    for warning in warnings:
+    for warning in warnings_of(cfg) + warnings:
         click.echo(f"warning: {warning}", err=True)
     if problems or built:
         _fail_config(ConfigError(problems + built))
@@ -221,7 +221,7 @@ def _api_url(cfg: Config | None, url: str | None) -> str:
 @click.argument("data", required=False)
 @click.option("--key", default="", help="Item key (identity and shard key).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="Publish through this config's broker (Redis) or API.")  # fmt: skip
+              help="Publish into this config's broker (local file or Redis), or its API.")  # fmt: skip
 @click.option("--url", default=None, help="The runtime's API, default http://127.0.0.1:8765.")
 @click.option("--token", default=None, envvar="CHUTE_TOKEN", help="API bearer token.")
 def publish(topic: str, data: str | None, key: str, config_path: str | None,
@@ -238,23 +238,34 @@ def publish(topic: str, data: str | None, key: str, config_path: str | None,
         for m in messages:
             m.key = key
     cfg = _load_optional(config_path)
-    if cfg is not None and scheme_of(cfg.settings.broker) != "memory":
+    ids: list[str] | None = None
+    if cfg is not None and scheme_of(cfg.settings.broker) != "memory" and not url:
         try:
             ids = anyio.run(_publish_direct, cfg, topic, messages)
         except (ChuteError, BaseExceptionGroup) as exc:
             _fail(exc)
-    else:
+    if ids is None:
         token = _api_token(cfg, token)
         ids = anyio.run(_publish_http, _api_url(cfg, url), token, topic, messages)
     for message_id in ids:
         click.echo(message_id)
 
 
-async def _publish_direct(cfg: Config, topic: str, messages: list[Any]) -> list[str]:
-    from .registry import load_plugin
+async def _publish_direct(cfg: Config, topic: str, messages: list[Any]) -> list[str] | None:
+    """Into the config's broker itself; None when a running runtime holds its local file
+    (then its API takes the messages)."""
+    from .engine import Runtime
 
-    broker = load_plugin("broker", scheme_of(cfg.settings.broker))(cfg.settings.broker)
-    await broker.start()
+    runtime = Runtime(cfg)
+    if topic not in runtime.known_topics():
+        raise click.ClickException(f"unknown topic {topic!r} (not in {cfg.path})")
+    broker = runtime.broker
+    try:
+        await broker.start()
+    except BrokerUnavailable:
+        if scheme_of(cfg.settings.broker) == "local":
+            return None
+        raise
     try:
         ids: list[str] = await broker.publish(topic, messages)
         return ids

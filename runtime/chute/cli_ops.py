@@ -124,6 +124,8 @@ def _render(report: dict[str, Any], api: str | None) -> str:
                 f"live pool {pool['name']}: concurrency {pool['concurrency']}, in flight "
                 f"{pool['in_flight']}, ok {pool['succeeded']}, failed {pool['failed']}, dead {pool['dead']}"
             )
+            if pool.get("healthy") is False:
+                lines.append(f"  UNHEALTHY, intake paused: {pool.get('fault', '')}")
             if pool.get("scale"):
                 lines.append(f"  scaling: {describe_scale(pool['scale'])}")
         for topic in live["topics"]:

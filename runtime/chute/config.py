@@ -273,13 +273,15 @@ class ApiConfig(Strict):
 class Settings(Strict):
     """Top-level keys."""
 
-    broker: str = "memory"
-    """``memory`` or a URL such as ``redis://127.0.0.1:6379/0``."""
+    broker: str = "local"
+    """``local`` (durable, ``WORKDIR/broker.db``; ``local?durability=power`` survives a
+    power cut too), ``memory`` (fast, lost at exit) or a URL such as
+    ``redis://127.0.0.1:6379/0``."""
     state: str = "sqlite"
     """``sqlite`` (file under ``workdir``), ``sqlite:///path.db``, ``redis://...`` or ``memory``."""
     workdir: str = ""
-    """Folder for the state database and executors' private folders, relative to the
-    config's folder; default ``.chute/<config file name without suffix>``, so two
+    """Folder for the broker and state databases and executors' private folders, relative
+    to the config's folder; default ``.chute/<config file name without suffix>``, so two
     configs in one folder never share state."""
     node: str = ""
     """This node's name in consumer names and leases; defaults to host and pid."""
@@ -300,6 +302,8 @@ class Config(msgspec.Struct, kw_only=True):
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     topics: dict[str, TopicConfig] = {}
     sources: dict[str, dict[str, Any]] = {}
+    sinks: dict[str, dict[str, Any]] = {}
+    """``[sinks.NAME]`` tables, checked by the graph (see ``sink.py``)."""
     pools: dict[str, PoolConfig] = {}
     operators: dict[str, OperatorConfig] = {}
     path: str = "<config>"
@@ -314,7 +318,7 @@ class Config(msgspec.Struct, kw_only=True):
         return (Path(self.base_dir) / relative).resolve()
 
 
-_TABLES = ("topics", "sources", "pools", "operators", "api")
+_TABLES = ("topics", "sources", "sinks", "pools", "operators", "api")
 _TABLE_TYPES: dict[str, Any] = {
     "topics": TopicConfig,
     "pools": PoolConfig,
@@ -419,7 +423,7 @@ def config_from_dict(doc: dict[str, Any], *, path: str = "<config>", base_dir: s
             problems.append(f"{where(path, 'api', key)}: {msg}")
 
     decoded: dict[str, dict[str, Any]] = {}
-    for table in ("topics", "sources", "pools", "operators"):
+    for table in ("topics", "sources", "sinks", "pools", "operators"):
         entries = doc.get(table, {})
         decoded[table] = {}
         if not isinstance(entries, dict):
@@ -430,7 +434,7 @@ def config_from_dict(doc: dict[str, Any], *, path: str = "<config>", base_dir: s
             if not isinstance(body, dict):
                 problems.append(f"{where(path, label, '')}: expected a table")
                 continue
-            if table == "sources":
+            if table in ("sources", "sinks"):  # their plugins' options: checked by the graph
                 decoded[table][name] = body
                 continue
             try:
@@ -451,6 +455,7 @@ def config_from_dict(doc: dict[str, Any], *, path: str = "<config>", base_dir: s
         api=api,
         topics=decoded["topics"],
         sources=decoded["sources"],
+        sinks=decoded["sinks"],
         pools=decoded["pools"],
         operators=decoded["operators"],
         path=path,

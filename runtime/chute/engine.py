@@ -38,11 +38,20 @@ from .broker import Broker, TopicStats
 from .config import Config, TopicConfig, load_config, where
 from .context import PluginContext
 from .errors import ConfigError
-from .graph import DEAD_SUFFIX, operator_topics, plugin_options, scheme_of, validate
+from .graph import (
+    DEAD_SUFFIX,
+    operator_topics,
+    plugin_options,
+    scheme_of,
+    validate,
+    warnings_of,
+)
 from .logs import start_lines, summary_line
 from .message import Message, new_message
 from .pool import PoolCounters, WorkerPool
 from .registry import load_plugin
+from .sink import SINK_KEYS, SinkStats
+from .sink_runner import SinkRunner, sink_settings
 from .source import Source
 from .stopping import Deadline
 from .store import ItemStatus, StateStore
@@ -87,6 +96,15 @@ class RuntimeStatus(msgspec.Struct, kw_only=True):
     pools: list[PoolCounters]
     operators: dict[str, Any] = {}
     items: dict[str, dict[str, int]] = {}
+    sinks: list[SinkStats] = []
+
+
+def build_broker(url: str, workdir: Path) -> Broker:
+    """The broker plugin for ``url``. One that keeps files (``uses_workdir = True`` on
+    its class) is also given the working folder."""
+    cls = load_plugin("broker", scheme_of(url))
+    broker: Broker = cls(url, workdir=workdir) if getattr(cls, "uses_workdir", False) else cls(url)
+    return broker
 
 
 def default_node_name() -> str:
@@ -108,6 +126,7 @@ class Runtime:
         self.pools: dict[str, WorkerPool] = {}
         self.operators: dict[str, Any] = {}
         self.sources: dict[str, tuple[Source, str]] = {}
+        self.sinks: dict[str, SinkRunner] = {}
         self.ready = anyio.Event()
         self._stop = anyio.Event()
         self.deadline = Deadline()
@@ -123,10 +142,7 @@ class Runtime:
     # -- building ------------------------------------------------------------
 
     def _build_broker(self) -> Broker:
-        url = self.config.settings.broker
-        cls = load_plugin("broker", scheme_of(url))
-        broker: Broker = cls(url)
-        return broker
+        return build_broker(self.config.settings.broker, self.workdir)
 
     def _context(self, name: str, topic: str) -> PluginContext:
         return PluginContext(
@@ -172,6 +188,8 @@ class Runtime:
             return
         self._built = True
         cfg = self.config
+        for warning in warnings_of(cfg):
+            log.warning("%s", warning)
         await self.broker.start()
         await self._open_store()
         topics = self.topics
@@ -199,6 +217,12 @@ class Runtime:
                 await op.prepare(self.topics)
                 op.deadline = self.deadline
                 self.operators[name] = op
+        for name, spec in cfg.sinks.items():
+            settings = sink_settings(spec)
+            sink = self._build_plugin("sink", f"sinks.{name}", "", spec, SINK_KEYS, settings.topic)
+            runner = SinkRunner(name, settings, sink, self.broker, node=self.node)
+            await runner.prepare(topics[settings.topic].visibility_timeout)
+            self.sinks[name] = runner
         for name, spec in cfg.sources.items():
             topic = str(spec["topic"])
             source = self._build_plugin("source", f"sources.{name}", "", spec, ("topic",), topic)
@@ -230,6 +254,8 @@ class Runtime:
             names.update([*inputs, *outputs, name + DEAD_SUFFIX])
         for spec in cfg.sources.values():
             names.add(str(spec["topic"]))
+        for name, spec in cfg.sinks.items():
+            names.update({str(spec["topic"]), name + DEAD_SUFFIX})
         return {n: cfg.topics.get(n, TopicConfig()) for n in names}
 
     # -- running -------------------------------------------------------------
@@ -308,6 +334,8 @@ class Runtime:
             async with anyio.create_task_group() as tg:
                 for op in self.operators.values():
                     tg.start_soon(op.run, stop)
+                for sink in self.sinks.values():  # sinks move messages like operators
+                    tg.start_soon(sink.run, stop)
 
     def stop(self) -> None:
         """Begin a graceful shutdown (safe to call more than once)."""
@@ -327,6 +355,8 @@ class Runtime:
             await _quietly(pool.executor.aclose(), f"closing pool {pool.name}'s executor")
         for name, (source, _) in self.sources.items():
             await _quietly(source.aclose(), f"closing source {name}")
+        for name, runner in self.sinks.items():
+            await _quietly(runner.sink.aclose(), f"closing sink {name}")
         if self.store is not None:
             await _quietly(self.store.aclose(), "closing the state store")
         await _quietly(self.broker.aclose(), "closing the broker")
@@ -358,6 +388,8 @@ class Runtime:
                 async with anyio.create_task_group() as tg:
                     for event in events:
                         tg.start_soon(_set_then_cancel, event, tg)
+                    if not events:  # no pools (sinks only): nothing announces, so wait here
+                        await anyio.sleep(0.1)
 
     async def _is_idle(self) -> bool:
         if any(pool.counters.in_flight for pool in self.pools.values()):
@@ -441,6 +473,7 @@ class Runtime:
             pools=[p.counters for p in self.pools.values()],
             operators=operators,
             items=items,
+            sinks=[s.stats() for s in self.sinks.values()],
         )
 
     # -- embedding as an async context manager ---------------------------------------

@@ -40,6 +40,17 @@ class StoreUnavailable(Unavailable):
     """The state store's backing service cannot be reached in time."""
 
 
+class ExecutorUnavailable(ChuteError):
+    """The runtime could not run an item for a cause of its own, not the item's:
+    the disk is full, descriptors or processes ran out, the program is missing
+    (a deploy in progress). The pool pauses its intake and runs the item again
+    later, without counting an attempt."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
 class ItemFailed(ChuteError):
     """An executor failed on an item. ``permanent`` failures skip the remaining attempts."""
 

@@ -32,14 +32,17 @@ from .errors import ConfigError, PluginNotFound
 from .logs import FORMATS, LEVELS, choice_problem
 from .operators import operator_problems
 from .registry import did_you_mean, load_plugin
+from .sink import SINK_KEYS
+from .sink_runner import sink_settings
 from .urls import redact_url
 
 DEAD_SUFFIX = ".dead"
 
 
 def scheme_of(url: str) -> str:
-    """``redis://host`` -> ``redis``; ``sqlite:///x.db`` -> ``sqlite``; ``memory`` -> ``memory``."""
-    return url.split(":", 1)[0] if ":" in url else url
+    """``redis://host`` -> ``redis``; ``sqlite:///x.db`` -> ``sqlite``; ``memory`` -> ``memory``;
+    ``local?durability=power`` -> ``local``."""
+    return url.split("?", 1)[0].split(":", 1)[0]
 
 
 def plugin_options(kind: str, spec: dict[str, Any], runtime_keys: tuple[str, ...]) -> Any:
@@ -64,6 +67,26 @@ def plugin_options(kind: str, spec: dict[str, Any], runtime_keys: tuple[str, ...
     except msgspec.ValidationError as err:
         key, msg = describe_validation_error(err)
         raise ConfigError([f"{key}: {msg}"]) from None
+
+
+def sink_problems(spec: dict[str, Any]) -> list[str]:
+    """Problems of one ``[sinks.NAME]`` table, as ``KEY: message``."""
+    problems: list[str] = []
+    for check in (sink_settings, lambda s: plugin_options("sink", s, SINK_KEYS)):
+        try:
+            check(spec)
+        except ConfigError as exc:
+            seen = {p.split(":", 1)[0] for p in problems}
+            problems.extend(p for p in exc.problems if p.split(":", 1)[0] not in seen)
+    return problems
+
+
+def _sink_topic(name: str, spec: dict[str, Any]) -> tuple[str, str] | None:
+    """(topic, group) a sink reads, when its table names a topic."""
+    topic = spec.get("topic")
+    if not isinstance(topic, str) or not topic:
+        return None
+    return topic, str(spec.get("group") or name)
 
 
 def operator_topics(op: OperatorConfig) -> tuple[list[str], list[str]]:
@@ -113,6 +136,11 @@ class Wiring:
             for t in outputs:
                 self.produced[t].append(label)
             self.produced[name + DEAD_SUFFIX].append(label)
+        for name, spec in config.sinks.items():
+            label = f"sinks.{name}"
+            if (read := _sink_topic(name, spec)) is not None:
+                self.consumed[read[0]].append(label)
+            self.produced[name + DEAD_SUFFIX].append(label)
 
 
 Problem = tuple[str, str, str]
@@ -127,9 +155,15 @@ def _plugins_installed(config: Config, _: Wiring) -> Iterator[Problem]:
         needed.append(("state", settings.state, "store"))
     for key, url, kind in needed:
         try:
-            load_plugin(kind, scheme_of(url))
+            cls = load_plugin(kind, scheme_of(url))
         except PluginNotFound as exc:
             yield "", key, str(exc)
+            continue
+        # A plugin may check its own URL (the local broker's options, for one).
+        url_problems = getattr(cls, "url_problems", None)
+        if url_problems is not None:
+            for problem in url_problems(url):
+                yield "", key, problem
 
 
 def _api_settings(config: Config, _: Wiring) -> Iterator[Problem]:
@@ -162,6 +196,13 @@ def _source_tables(config: Config, _: Wiring) -> Iterator[Problem]:
         if not isinstance(topic, str) or not topic:
             yield label, "topic", "missing: the topic this source publishes to"
         yield from _plugin_problems("source", label, "", spec, ("topic",))
+
+
+def _sink_tables(config: Config, _: Wiring) -> Iterator[Problem]:
+    for name, spec in config.sinks.items():
+        for problem in sink_problems(spec):
+            key, _sep, msg = problem.partition(": ")
+            yield f"sinks.{name}", key, msg
 
 
 def _plugin_problems(kind: str, label: str, prefix: str, spec: dict[str, Any],
@@ -220,6 +261,9 @@ def _groups_unique(config: Config, _: Wiring) -> Iterator[Problem]:
     ]
     for name, op in config.operators.items():
         readers += [(f"operators.{name}", t, op.group or name) for t in operator_topics(op)[0]]
+    for name, spec in config.sinks.items():
+        if (read := _sink_topic(name, spec)) is not None:
+            readers.append((f"sinks.{name}", *read))
     seen: dict[tuple[str, str], str] = {}
     for label, topic, group in readers:
         if (topic, group) in seen:
@@ -244,7 +288,7 @@ def _topics_fed(config: Config, wiring: Wiring) -> Iterator[Problem]:
     for topic, readers in wiring.consumed.items():
         if topic not in wiring.produced and topic not in declared:
             first = readers[0]
-            yield (first, "topic" if first.startswith("pools.") else "input",
+            yield (first, "topic" if first.startswith(("pools.", "sinks.")) else "input",
                    f"nothing publishes to topic {topic!r}{did_you_mean(topic, known)} (declare "
                    f"it under [topics.{topic}] if it is fed from outside)")  # fmt: skip
 
@@ -265,7 +309,7 @@ def _topics_read(config: Config, wiring: Wiring) -> Iterator[Problem]:
 
 RULES: tuple[Rule, ...] = (
     _plugins_installed, _api_settings, _log_settings, _topic_settings, _source_tables,
-    _pool_executors, _pool_sizes, _pool_retries, _groups_unique, _operator_tables,
+    _sink_tables, _pool_executors, _pool_sizes, _pool_retries, _groups_unique, _operator_tables,
     _topics_fed, _topics_read,
 )  # fmt: skip
 """Each rule returns every problem it sees, so one pass reports them all."""
@@ -279,6 +323,46 @@ def problems_of(config: Config) -> list[str]:
             prefix = where(config.path, table, key) if table else f"{config.path}: {key}"
             problems.append(f"{prefix}: {msg}")
     return problems
+
+
+def _unreplayable_feeds(config: Config) -> dict[str, list[str]]:
+    """Topic -> what publishes to it and cannot offer those messages again after a loss."""
+    feeds: dict[str, list[str]] = defaultdict(list)
+    for name, spec in config.sources.items():
+        kind = spec.get("type")
+        try:
+            replays = getattr(load_plugin("source", str(kind)), "replays", False)
+        except PluginNotFound:
+            continue  # reported by problems_of
+        if not replays:
+            feeds[str(spec.get("topic"))].append(f"source {name} ({kind})")
+    for name, pool in config.pools.items():
+        if pool.output:
+            feeds[pool.output].append(f"pool {name}'s output")
+    for name, op in config.operators.items():
+        for topic in operator_topics(op)[1]:
+            feeds[topic].append(f"operator {name}")
+    return feeds
+
+
+def warnings_of(config: Config) -> list[str]:
+    """What may lose work without being wrong: memory topics fed by what cannot replay."""
+    if scheme_of(config.settings.broker) != "memory":
+        return []
+    path = config.path
+    out = [
+        f"{path}: broker: memory topic {topic!r} is fed by {', '.join(sorted(set(who)))}, "
+        "which cannot offer its messages again: what waits there is lost at exit or on a "
+        "crash (the default broker, local, keeps it)"
+        for topic, who in sorted(_unreplayable_feeds(config).items())
+    ]
+    if config.api.enabled:
+        out.append(
+            f"{path}: broker: messages published through the API into memory topics "
+            "are lost at exit or on a crash until they are processed (the default broker, "
+            "local, keeps them)"
+        )
+    return out
 
 
 def validate(config: Config) -> None:
@@ -313,7 +397,25 @@ async def build_problems(config: Config) -> tuple[list[str], list[str]]:
             continue
         warnings += _field_warnings(config, label, pool.topic, executor)
         await executor.aclose()
+    for name, spec in config.sinks.items():
+        problems += await _sink_build_problems(config, name, spec)
     return problems, warnings
+
+
+async def _sink_build_problems(config: Config, name: str, spec: dict[str, Any]) -> list[str]:
+    """What building the sink as ``run`` does refuses (an mqtt_topic's unknown field...)."""
+    try:
+        cls, options = plugin_options("sink", spec, SINK_KEYS)
+    except ConfigError:
+        return []  # problems_of reports it
+    ctx = PluginContext(name=name, topic=str(spec.get("topic", "")), base_dir=Path(config.base_dir),
+                        workdir=config.workdir(), node="check", broker=cast(Any, None))  # fmt: skip
+    try:
+        sink = cls(options, ctx)
+    except ConfigError as exc:
+        return [f"{where(config.path, f'sinks.{name}', p)}" for p in exc.problems]
+    await sink.aclose()
+    return []
 
 
 def _field_warnings(config: Config, label: str, topic: str, executor: Any) -> list[str]:
@@ -345,6 +447,8 @@ def describe(config: Config) -> str:
     lines = [f"broker {redact_url(settings.broker)}, state {redact_url(settings.state)}"]
     for name, spec in config.sources.items():
         lines.append(f"source {name} ({spec.get('type')}) -> {spec.get('topic')}")
+    for name, spec in config.sinks.items():
+        lines.append(f"{spec.get('topic')} -> sink {name} ({spec.get('type')})")
     for name, op in config.operators.items():
         inputs, outputs = operator_topics(op)
         lines.append(

@@ -39,7 +39,7 @@ import msgspec
 from .autoscale import PoolStats, Scaler
 from .broker import Broker
 from .config import PoolConfig
-from .errors import ItemFailed
+from .errors import ExecutorUnavailable, ItemFailed
 from .executor import Executor, WorkItem
 from .heartbeat import Heartbeat
 from .message import Message
@@ -73,6 +73,11 @@ window, a pool spawning ``/bin/true`` at concurrency 2 spent about 15% of the
 event loop's time in passes of about 8 items each."""
 
 
+_FAULT_BACKOFF = (0.2, 30.0)
+"""Seconds before the first retry of an item the runtime could not run, and the
+most the wait doubles to while the cause lasts."""
+
+
 class PoolCounters(msgspec.Struct, kw_only=True):
     name: str
     topic: str
@@ -85,6 +90,11 @@ class PoolCounters(msgspec.Struct, kw_only=True):
     skipped: int = 0
     """Deliveries of items already done (a restart, or a duplicate)."""
     last_error: str = ""
+    healthy: bool = True
+    """False while the runtime cannot run this pool's items (``fault`` says why)."""
+    fault: str = ""
+    faults: int = 0
+    """Times an item could not be run for a cause of the runtime's own (no attempt counted)."""
     scale: PoolStats | None = None
     """The autoscaler's statistics and target as of its last tick."""
 
@@ -184,6 +194,8 @@ class WorkerPool:
         self._service_time = 1.0
         """Seconds per item, smoothed over about the last 20 items (sizes prefetch)."""
         self._lease = 300.0
+        self._fault_cleared: anyio.Event | None = None
+        """Set (and dropped) when items can be run again after a fault of the runtime's own."""
         self._heartbeat = Heartbeat(name, broker, self.topic, self.group, self.store,
                                     self.consumer)  # fmt: skip
 
@@ -266,6 +278,11 @@ class WorkerPool:
             if not self.slots.take_nowait():
                 acquired, _ = await self._interruptible(self.slots.take())
                 if not acquired:
+                    return
+            if self._fault_cleared is not None:  # intake paused: the items held are retrying
+                cleared, _ = await self._interruptible(self._fault_cleared.wait())
+                if not cleared:
+                    self.slots.give_back()
                     return
             taken = self._buffer.pop() if self._buffer else None
             if taken is None:
@@ -409,11 +426,7 @@ class WorkerPool:
             name=key, data=message.data, attempt=message.attempt, message=message, pool=self.name
         )
         try:
-            if self.cfg.timeout:
-                with anyio.fail_after(self.cfg.timeout):
-                    result = await self.executor.run(item)
-            else:
-                result = await self.executor.run(item)
+            result = await self._run(item)
         except TimeoutError:
             await self._failed(message, claim, ItemFailed(f"timed out after {self.cfg.timeout:g}s"))
         except ItemFailed as exc:
@@ -424,6 +437,55 @@ class WorkerPool:
             await self._failed(message, claim, ItemFailed(f"{type(exc).__name__}: {exc}"))
         else:
             await self._succeeded(message, claim, result)
+
+    async def _run(self, item: WorkItem) -> Any:
+        """The executor's result; a fault of the runtime's own is waited out, not counted."""
+        backoff, most = _FAULT_BACKOFF
+        while True:
+            try:
+                if self.cfg.timeout:
+                    with anyio.fail_after(self.cfg.timeout):
+                        result = await self.executor.run(item)
+                else:
+                    result = await self.executor.run(item)
+            except ExecutorUnavailable as exc:
+                self._fault(item, exc, backoff)
+                await anyio.sleep(backoff)  # a shutdown leaves the delivery pending
+                backoff = min(most, backoff * 2)
+                continue
+            except anyio.get_cancelled_exc_class():
+                raise
+            except BaseException:
+                self._healthy_again()
+                raise
+            self._healthy_again()
+            return result
+
+    def _fault(self, item: WorkItem, exc: ExecutorUnavailable, retry_in: float) -> None:
+        counters = self.counters
+        counters.faults += 1
+        if counters.healthy:
+            log.error("pool %s: UNHEALTHY: cannot run items: %s; intake paused, item %r "
+                      "retried in %.1fs without counting an attempt",
+                      self.name, exc.reason, item.name, retry_in)  # fmt: skip
+        else:
+            log.warning("pool %s: still cannot run item %r: %s; retrying in %.1fs",
+                        self.name, item.name, exc.reason, retry_in)  # fmt: skip
+        counters.healthy = False
+        counters.fault = exc.reason
+        if self._fault_cleared is None:
+            self._fault_cleared = anyio.Event()
+
+    def _healthy_again(self) -> None:
+        if self.counters.healthy:
+            return
+        log.warning("pool %s: items run again (the fault cleared: %s)", self.name,
+                    self.counters.fault)  # fmt: skip
+        self.counters.healthy = True
+        self.counters.fault = ""
+        if self._fault_cleared is not None:
+            self._fault_cleared.set()
+            self._fault_cleared = None
 
     async def _succeeded(self, message: Message, claim: Claim, result: Any) -> None:
         if self.cfg.output:

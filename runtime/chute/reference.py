@@ -21,6 +21,7 @@ import msgspec.inspect as mi
 
 from . import config as cfg
 from .registry import available, load_plugin
+from .sink import SINK_KEYS, SinkSettings
 
 
 class Key(msgspec.Struct, frozen=True):
@@ -166,6 +167,8 @@ def tables() -> list[Table]:
     ]
     out += _plugin_tables("executor", "[pools.NAME.executor]", ())
     out += _plugin_tables("source", "[sources.NAME]", ("topic",))
+    out.append(Table("[sinks.NAME]", _doc(SinkSettings), keys_of(SinkSettings)))
+    out += _plugin_tables("sink", "[sinks.NAME]", ())
     for op in cfg.OperatorConfig.__args__:
         tag = op.__struct_config__.tag
         fixed = [Key("type", f'"{tag}"', "", f"Selects the {tag} operator.")]
@@ -287,6 +290,17 @@ def _plugin_schemas(kind: str, runtime_keys: tuple[str, ...]) -> dict[str, Any]:
     return {"anyOf": choices}
 
 
+def _sink_schemas() -> dict[str, Any]:
+    """Each sink's options with the runtime's keys of the table (``SinkSettings``)."""
+    settings = struct_schema(SinkSettings)
+    schemas = _plugin_schemas("sink", ())
+    for choice in schemas["anyOf"]:
+        for key in SINK_KEYS[1:]:  # "type" is each choice's own constant
+            choice["properties"][key] = settings["properties"][key]
+        choice["required"] = [*choice["required"], "topic"]
+    return schemas
+
+
 def config_schema() -> dict[str, Any]:
     """A JSON Schema of a whole config, for editors checking TOML and YAML files."""
     pool = struct_schema(cfg.PoolConfig)
@@ -307,5 +321,6 @@ def config_schema() -> dict[str, Any]:
                 "type": "object",
                 "additionalProperties": _plugin_schemas("source", ("topic",)),
             },
+            "sinks": {"type": "object", "additionalProperties": _sink_schemas()},
         },
     }

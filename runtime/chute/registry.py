@@ -20,10 +20,11 @@ GROUPS = {
     "source": "chute.sources",
     "executor": "chute.executors",
     "store": "chute.stores",
+    "sink": "chute.sinks",
 }
 
 # Plugins whose dependencies live in an extra, so a missing import says what to install.
-_EXTRAS = {"redis": "redis", "redis_streams": "redis"}
+_EXTRAS = {"redis": "redis", "redis_streams": "redis", "mqtt": "mqtt", "nats": "nats"}
 
 
 @cache

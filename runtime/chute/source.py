@@ -1,4 +1,9 @@
-"""The source contract: turn the outside world into messages on a topic."""
+"""The source contract: turn the outside world into messages on a topic.
+
+A source class may set ``replays = True`` when it offers every unfinished item
+again after a restart (a watched folder, an item server): ``chute check`` then
+does not warn when it feeds a memory topic.
+"""
 
 from __future__ import annotations
 

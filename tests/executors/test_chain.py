@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import msgspec
 import pytest
 from chute.config import dec_hook
 from chute.context import PluginContext
-from chute.errors import ConfigError, ItemFailed
+from chute.errors import ConfigError, ExecutorUnavailable, ItemFailed
 from chute.executor import WorkItem
 from chute.message import Message
 from chute_plugins.brokers.memory import MemoryBroker
@@ -163,3 +164,21 @@ async def test_pool_retries_resume_the_chain_through_the_engine(tmp_path: Path) 
     await rt.run()
     assert rt.pools["faces"].counters.succeeded == 3
     assert (CALLS["detect"], CALLS["blur"]) == (3, 5)  # two blur failures, detect never redone
+
+
+def _program(path: Path) -> Path:
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+    return path
+
+
+async def test_a_steps_runtime_fault_stays_the_runtimes_not_the_items(tmp_path: Path) -> None:
+    """A command step whose program vanished (a deploy) is not the item's failure."""
+    tool = _program(tmp_path / "tool")
+    ex = chain(tmp_path, [*stamps("detect"), {"type": "command", "argv": [str(tool)]}])
+    os.unlink(tool)
+    try:
+        with pytest.raises(ExecutorUnavailable, match="step 2 \\(command\\): cannot start"):
+            await ex.run(item())
+    finally:
+        await ex.aclose()

@@ -177,9 +177,9 @@ async def test_symlink_loops_neither_hang_nor_crash(tmp_path: Path, mode: dict) 
     os.symlink("a.txt", inbox / "b.txt")
     os.symlink("..", inbox / "sub" / "up")
     os.symlink("/nonexistent/target", inbox / "dangling.txt")
-    drop(tmp_path / "outside.txt", b"linked content")
-    os.symlink(tmp_path / "outside.txt", inbox / "link.txt")
-    src = source(tmp_path, recursive=True, **mode)
+    drop(inbox / "sub" / "inside.dat", b"linked content")
+    os.symlink(inbox / "sub" / "inside.dat", inbox / "link.txt")
+    src = source(tmp_path, recursive=True, follow_symlinks=True, **mode)
     async with running(src) as got:
         await sentinel(got, inbox, "ready.txt")
         os.symlink("loop2.txt", inbox / "loop2.txt")
@@ -188,6 +188,61 @@ async def test_symlink_loops_neither_hang_nor_crash(tmp_path: Path, mode: dict) 
     assert content(linked.data["path"]) == b"linked content"
     assert not {"self.txt", "a.txt", "b.txt", "dangling.txt", "loop2.txt"} & set(names(got))
     assert not any("up/" in m.data["relpath"] for m in got.messages)
+    assert src.stats.bad_input >= 4
+
+
+def _secret(tmp_path: Path) -> Path:
+    """A file only its owner may read, outside the watched folder."""
+    secret = tmp_path / "private" / "secret.txt"
+    secret.parent.mkdir()
+    drop(secret, b"the secret")
+    secret.chmod(0o600)
+    return secret
+
+
+async def test_symlinks_are_not_followed_by_default(tmp_path: Path, mode: dict) -> None:
+    """A link dropped into a shared folder must not hand chute's files to its writer."""
+    inbox = tmp_path / "inbox"
+    (inbox / "sub").mkdir(parents=True)
+    secret = _secret(tmp_path)
+    drop(inbox / "real.dat", b"inside")
+    os.symlink(secret, inbox / "steal.txt")
+    os.symlink(secret, inbox / "sub" / "steal-deeper.txt")
+    os.symlink(inbox / "real.dat", inbox / "inner-link.txt")
+    src = source(tmp_path, recursive=True, **mode)
+    async with running(src) as got:
+        await sentinel(got, inbox, "ready.txt")
+        os.symlink(secret, inbox / "steal-later.txt")
+        await sentinel(got, inbox)
+    handed = {m.data["name"] for m in got.messages}
+    assert not {"steal.txt", "steal-deeper.txt", "steal-later.txt", "inner-link.txt"} & handed
+    assert not any(content(m.data["path"]) == b"the secret" for m in got.messages)
+    assert src.stats.bad_input >= 4
+
+
+async def test_followed_symlinks_must_stay_inside_the_folder(tmp_path: Path, mode: dict) -> None:
+    inbox = tmp_path / "inbox"
+    (inbox / "sub").mkdir(parents=True)
+    secret = _secret(tmp_path)
+    os.symlink(secret.parent, inbox / "linked-folder")  # never walked
+    drop(inbox / "sub" / "real.dat", b"inside")
+    os.symlink(secret, inbox / "steal.txt")
+    os.symlink(secret, inbox / "sub" / "steal-deeper.txt")
+    os.symlink("../../private/secret.txt", inbox / "sub" / "relative-escape.txt")
+    os.symlink("real.dat", inbox / "sub" / "inner-link.txt")
+    src = source(tmp_path, recursive=True, follow_symlinks=True, glob="*.txt", **mode)
+    async with running(src) as got:
+        await sentinel(got, inbox, "ready.txt")
+        os.symlink(secret, inbox / "steal-later.txt")
+        inner = await got.wait_name("inner-link.txt")
+        await sentinel(got, inbox)
+    handed = {m.data["name"] for m in got.messages}
+    assert not {"steal.txt", "steal-deeper.txt", "relative-escape.txt", "steal-later.txt",
+                "secret.txt"} & handed  # fmt: skip
+    assert not any(content(m.data["path"]) == b"the secret" for m in got.messages)
+    # The executor is given the file the link resolved to, not the link.
+    assert inner.data["path"] == str(inbox / "sub" / "real.dat")
+    assert inner.data["relpath"] == "sub/inner-link.txt"
     assert src.stats.bad_input >= 4
 
 

@@ -159,9 +159,8 @@ class MemoryBroker:
         t = self._topic(topic)
         existing = t.groups.get(group)
         if existing is None:
-            # earliest: what the topic still holds (an acknowledged head may be trimmed).
-            t.groups[group] = _Group(group, t.base if start == "earliest" else t.end,
-                                     visibility_timeout)  # fmt: skip
+            cursor = t.base if start == "earliest" else t.end
+            t.groups[group] = _Group(group, cursor, visibility_timeout)
         else:
             existing.visibility_timeout = visibility_timeout
 

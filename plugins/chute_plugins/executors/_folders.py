@@ -23,16 +23,22 @@ are taken, and anything else left behind means a fresh folder next time.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
+import logging
 import os
 import re
 import select
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 from .. import _inotify as ino
+from . import _warden
+
+log = logging.getLogger("chute.executors.command")
 
 _WATCH = (
     ino.IN_CREATE | ino.IN_DELETE | ino.IN_MOVED_FROM | ino.IN_MOVED_TO | ino.IN_ATTRIB
@@ -91,10 +97,57 @@ class Folders:
         self._inotify: ino.Inotify | None = None
         self._pending = select.poll()  # asks whether there are events, where the owner did not
         self._looked_at: ItemFolder | None = None
+        self._lock = -1
+        """``run/<pool>.lock``, held shared while we use the folders (``take_over``)."""
+        self.prefix = f"item-{os.getpid()}-"
+        """Of our folders' names: a second runtime's warden tells its folders from ours."""
+        self._trash: list[str] = []
+        """Folders to remove, whatever they hold: off the event loop (``take_trash``)."""
         if ino.available():
             with contextlib.suppress(OSError):  # out of inotify instances: list every folder
                 self._inotify = ino.Inotify()
                 self._pending.register(self._inotify.fd, select.POLLIN)
+
+    def take_over(self, wait: float) -> int:
+        """Before the first item: make sure no executor of a dead runtime still runs
+        in these folders (see ``_warden.py``); how many processes were killed.
+
+        Blocking (it waits up to ``wait`` seconds for them to die): run it in a thread.
+        """
+        self.scratch.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self._lock < 0:
+            path = self.scratch.with_name(self.scratch.name + ".lock")
+            self._lock = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("another runtime uses %s: its items are left alone", self.scratch)
+            fcntl.flock(self._lock, fcntl.LOCK_SH)
+            return 0
+        pids = _warden.orphans(str(self.scratch))
+        pidfds = _warden.kill(pids)
+        try:
+            waiting = select.poll()
+            for fd in pidfds:
+                waiting.register(fd, select.POLLIN)
+            deadline = time.monotonic() + wait
+            left = len(pidfds)
+            while left and (remaining := deadline - time.monotonic()) > 0:
+                for fd, _ in waiting.poll(remaining * 1000):
+                    waiting.unregister(fd)
+                    left -= 1
+            if left:
+                log.error("%d processes of a dead runtime's items survived SIGKILL for %gs",
+                          left, wait)  # fmt: skip
+        finally:
+            for fd in pidfds:
+                os.close(fd)
+        if pids:
+            log.warning("killed %d processes left running in %s by a runtime that died",
+                        len(pids), self.scratch)  # fmt: skip
+        shutil.rmtree(self.scratch, ignore_errors=True)  # its folders, with their item data
+        fcntl.flock(self._lock, fcntl.LOCK_SH)  # and let a second runtime see us
+        return len(pids)
 
     def take(self, data: bytes) -> ItemFolder:
         """A folder for one item, its ``item.json`` holding ``data``."""
@@ -176,22 +229,39 @@ class Folders:
             pass  # the executor removed its folder, or left something odd in it
         self._discard(folder)
 
+    def take_trash(self) -> list[str]:
+        """Folders given up since the last call: the caller removes them, in a thread."""
+        trash, self._trash = self._trash, []
+        return trash
+
     def close(self) -> None:
         for folder in self._free:
             if folder.fd >= 0:
                 os.close(folder.fd)
         self._free.clear()
+        for path in self.take_trash():
+            shutil.rmtree(path, ignore_errors=True)
         self._watched.clear()
         if self._inotify is not None:
             self._inotify.close()
             self._inotify = None
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        if self._lock < 0:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            return
+        try:  # not while another runtime still uses them
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        else:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+        os.close(self._lock)
+        self._lock = -1
 
     # -- inside ------------------------------------------------------------
 
     def _new(self) -> ItemFolder:
         self.scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
-        folder = ItemFolder(tempfile.mkdtemp(prefix="item-", dir=self.scratch), self.env)
+        folder = ItemFolder(tempfile.mkdtemp(prefix=self.prefix, dir=self.scratch), self.env)
         os.mkdir(folder.output, 0o700)
         self._settle(folder)
         return folder
@@ -234,7 +304,9 @@ class Folders:
             return
         target = self.outputs / safe_name(name)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(target, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):  # an earlier run's: out of the way
+            self._trash.append(tempfile.mkdtemp(prefix="old-", dir=self.scratch))
+            os.rename(target, os.path.join(self._trash[-1], "output"))
         os.replace(folder.output, target)
         os.mkdir(folder.output, 0o700)
 
@@ -245,7 +317,7 @@ class Folders:
         for wd in folder.wds:
             if self._watched.get(wd) is folder:
                 del self._watched[wd]
-        shutil.rmtree(folder.path, ignore_errors=True)
+        self._trash.append(folder.path)
 
 
 def _private_size(st: os.stat_result) -> int:

@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 import msgspec
 from chute.config import Duration, Strict, dec_hook, describe_validation_error
 from chute.context import PluginContext
-from chute.errors import ConfigError, ItemFailed, PluginNotFound
+from chute.errors import ConfigError, ExecutorUnavailable, ItemFailed, PluginNotFound
 from chute.executor import Executor, WorkItem
 from chute.registry import load_plugin
 
@@ -169,12 +169,18 @@ class ChainExecutor:
                     raise ItemFailed(
                         f"{label}: {exc.reason}", permanent=exc.permanent, output=exc.output
                     ) from exc
+                except ExecutorUnavailable as exc:  # the runtime's fault: no attempt counted
+                    raise ExecutorUnavailable(f"{label}: {exc.reason}") from exc
                 except Exception as exc:
                     raise ItemFailed(f"{label}: {type(exc).__name__}: {exc}") from exc
                 if result is None:
                     result = data  # a step with only side effects passes its input on
                 if index < len(self.steps) - 1:
-                    self._save(folder, index, result)
+                    try:
+                        self._save(folder, index, result)
+                    except OSError as exc:  # the disk is full: not the item's fault
+                        why = f"{label}: cannot save its checkpoint in {folder}: {exc}"
+                        raise ExecutorUnavailable(why) from None
             data = result
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)

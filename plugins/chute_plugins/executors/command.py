@@ -35,7 +35,7 @@ on the event loop thread, or from a spawn thread once the executor has as
 many children running as there are CPUs, and the exit awaited through a
 pidfd, with no child watcher in between (measured in ``bench/spawn.py``
 beside bare loops). Every child's pidfd and pipes share one epoll of the
-executor's own; the pipes serve child after child (``_Pipes``), and an item
+executor's own; the pipes serve child after child (``_child_io.Pipes``), and an item
 folder the executor left alone serves the next item with its item file
 rewritten in place (``_folders.py``): per item, the parent's cost is a few
 system calls beyond the spawn's own.
@@ -46,25 +46,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import difflib
+import errno
 import logging
 import os
 import re
-import select
 import shutil
 import signal
-from collections import deque
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import anyio
+import anyio.to_thread
 import msgspec
 from chute.config import Duration, Size, Strict
 from chute.context import PluginContext
-from chute.errors import ConfigError, ItemFailed
+from chute.errors import ConfigError, ExecutorUnavailable, ItemFailed
 from chute.executor import WorkItem
 
+from ._child_io import AT_EXIT_READS, Child, Pipes, Tail, Watcher
 from ._folders import Folders, ItemFolder
 from ._spawn import Launch, PosixSpawn, Spawner, SpawnThreads, spawner
+from ._warden import Warden
 
 log = logging.getLogger("chute.executors.command")
 
@@ -78,6 +79,16 @@ DEFAULT_PASS_ENV = [
 
 _CPUS = len(os.sched_getaffinity(0))
 """CPUs this process may run on: with as many children running, a spawn goes to a thread."""
+
+_ITEMS_OWN = frozenset({errno.E2BIG})
+"""Errors of a spawn that the item's data causes (its arguments are too long)."""
+_PROGRAMS_OWN = frozenset({errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR,
+                           errno.ELOOP, errno.ENAMETOOLONG, errno.EISDIR, errno.EPERM})  # fmt: skip
+"""Errors of a spawn that say the program is missing or not one: the item's own
+failure when its data names the program, the runtime's (a deploy in progress)
+when the config does."""
+_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+"""Errors that are the runtime's shortage wherever they happen."""
 
 _FIELD = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 
@@ -95,6 +106,8 @@ class CommandOptions(Strict):
     """After SIGTERM, how long the process group has before SIGKILL."""
     max_output: Size = Size(1024 * 1024)
     """Bytes of stdout, and of stderr, kept per item (the last ones)."""
+    max_result: Size = Size(16 * 1024 * 1024)
+    """The largest ``WORK_RESULT_FILE`` taken as the item's result; a larger one fails the item."""
 
 
 def _near(program: str, path: str) -> str:
@@ -152,35 +165,6 @@ class Template:
         return "".join(out)
 
 
-class Tail:
-    """The last ``limit`` bytes written to it, and how many came before them."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.chunks: deque[bytes] = deque()
-        self.size = 0
-        self.dropped = 0
-
-    def write(self, chunk: bytes) -> None:
-        self.chunks.append(chunk)
-        self.size += len(chunk)
-        while self.size > self.limit and self.chunks:
-            excess = self.size - self.limit
-            first = self.chunks[0]
-            if len(first) <= excess:
-                self.chunks.popleft()
-                self.size -= len(first)
-                self.dropped += len(first)
-            else:
-                self.chunks[0] = first[excess:]
-                self.size -= excess
-                self.dropped += excess
-
-    def text(self) -> str:
-        body = b"".join(self.chunks).decode("utf-8", "replace")
-        return f"[... {self.dropped} bytes dropped ...]\n{body}" if self.dropped else body
-
-
 class CommandExecutor:
     Options: ClassVar[type[Strict]] = CommandOptions
 
@@ -224,8 +208,13 @@ class CommandExecutor:
         self._threads: SpawnThreads | None = None
         self._running = 0
         """Children started and not yet reaped."""
-        self._free_pipes: list[_Pipes] = []
-        self._watcher: _Watcher | None = None
+        self._free_pipes: list[Pipes] = []
+        self._watcher: Watcher | None = None
+        self._warden = Warden(str(self.folders.scratch), self.folders.prefix)
+        self._warden_pidfd = -1
+        self._ready = False
+        """Whether a dead runtime's executors in our folders are gone (``_take_over``)."""
+        self._taking_over: anyio.Event | None = None
 
     def item_fields(self) -> set[str]:
         """The item fields argv uses (the first name of each ``{a.b}``): ``chute check`` warns
@@ -258,25 +247,58 @@ class CommandExecutor:
     # -- one item ----------------------------------------------------------
 
     async def run(self, item: WorkItem) -> Any:
+        if not self._ready:
+            await self._take_over()
         argv = self._fixed_argv or self._render_argv(item.data)
         if "\0" in item.name:
             raise ItemFailed("a NUL byte in the item's name", permanent=True)
         self._watcher_here()  # before a folder is taken: its events are read by then
-        folder = self.folders.take(msgspec.json.encode(item.data))
+        try:
+            folder = self.folders.take(msgspec.json.encode(item.data))
+        except OSError as exc:  # the disk is full, or out of descriptors: not the item's fault
+            where = self.folders.scratch
+            raise ExecutorUnavailable(f"cannot write an item file in {where}: {exc}") from None
         try:
             code, stdout, stderr = await self._run_in(folder, argv, item)
-            if code == 0:
-                if not self.folders.changed(folder):
-                    return None  # so no result file either
-                return _read_result(folder.result_file, stdout, stderr)
+            result = None
+            if code == 0 and self.folders.changed(folder):  # else there is no result file
+                limit = self.options.max_result
+                result = _read_result(folder.result_file, limit, stdout, stderr)
         finally:
             self.folders.give_back(folder, item.name)
+        trash = self.folders.take_trash()
+        if trash:  # what a folder held can be any size: removed off the event loop
+            await anyio.to_thread.run_sync(_remove_all, trash)
+        if code == 0:
+            return result
         output = _combined(stdout, stderr)
         if code == EX_DATAERR:
             raise ItemFailed(_reason("exit 65 (permanent)", stderr), permanent=True, output=output)
         if code < 0:
             raise ItemFailed(_reason(f"killed by {_signal_name(-code)}", stderr), output=output)
         raise ItemFailed(_reason(f"exit {code}", stderr), output=output)
+
+    async def _take_over(self) -> None:
+        """Before our first item: kill what a dead runtime left running in our
+        folders, and start the warden that kills ours if we die (``_warden.py``)."""
+        while not self._ready:
+            if self._taking_over is not None:  # another worker is at it
+                await self._taking_over.wait()
+                continue
+            self._taking_over = done = anyio.Event()
+            try:
+                # Shielded, and bounded: take_over waits at most this long.
+                with anyio.CancelScope(shield=True):
+                    wait = self.options.grace + 5.0
+                    await anyio.to_thread.run_sync(self.folders.take_over, wait)
+                self._watch_warden(self._warden.start())
+                self._ready = True
+            except OSError as exc:
+                why = f"cannot prepare the item folders in {self.folders.scratch}: {exc}"
+                raise ExecutorUnavailable(why) from None
+            finally:
+                self._taking_over = None
+                done.set()
 
     def _render_argv(self, data: Any) -> tuple[bytes, ...]:
         argv = tuple(os.fsencode(t.render(data)) for t in self.argv)
@@ -294,9 +316,14 @@ class CommandExecutor:
         stdout, stderr = Tail(self.options.max_output), Tail(self.options.max_output)
         try:
             code = await self._spawn_and_wait(argv, folder.env, own_env, stdout, stderr)
-        except OSError as exc:  # the program vanished since the config was checked
-            program = os.fsdecode(argv[0])
-            raise ItemFailed(f"cannot start {program!r}: {exc.strerror or exc}") from None
+        except OSError as exc:
+            why = f"cannot start {os.fsdecode(argv[0])!r}: {exc.strerror or exc}"
+            items_own = _ITEMS_OWN | (_PROGRAMS_OWN if self.argv[0].fields else frozenset())
+            if exc.errno in items_own:
+                raise ItemFailed(why) from None
+            # Out of processes or descriptors, or the config's program gone
+            # since it was checked (a deploy in progress): no fault of the item's.
+            raise ExecutorUnavailable(why) from None
         return code, stdout, stderr
 
     async def _spawn_and_wait(self, argv: tuple[bytes, ...], env: tuple[bytes, ...],
@@ -317,7 +344,12 @@ class CommandExecutor:
                     pid = await self._threads.spawn(launch)
             else:
                 pid = spawn.spawn(launch)
-            child = _Child(watcher, os.pidfd_open(pid))
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:  # out of descriptors: the child must not outlive the item
+                await self._kill_and_reap(spawn, pid)
+                raise
+            child = Child(watcher, pidfd)
             self._running += 1
             try:
                 try:
@@ -335,7 +367,7 @@ class CommandExecutor:
                     if fd == pipes.folders:
                         self.folders.drain()
                     else:
-                        pipes.read(fd, _AT_EXIT_READS)
+                        pipes.read(fd, AT_EXIT_READS)
                 reusable = True
                 return spawn.reap(pid)
             finally:
@@ -348,13 +380,13 @@ class CommandExecutor:
             else:  # a killed child's group may still be writing
                 pipes.close()
 
-    def _take_pipes(self, watcher: _Watcher) -> _Pipes:
+    def _take_pipes(self, watcher: Watcher) -> Pipes:
         while self._free_pipes:
             pipes = self._free_pipes.pop()
             if not pipes.closed and pipes.watcher is watcher:
                 return pipes
             pipes.close()
-        return _Pipes(watcher, self.folders.fileno())
+        return Pipes(watcher, self.folders.fileno())
 
     def _new_spawner(self) -> Spawner:
         devnull = self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -365,10 +397,12 @@ class CommandExecutor:
             self._threads = SpawnThreads(lambda: PosixSpawn(cwd, self._path, devnull), threads)
         return self._spawner
 
-    def _watcher_here(self) -> _Watcher:
+    def _watcher_here(self) -> Watcher:
         loop = asyncio.get_running_loop()
         if self._watcher is None or self._watcher.loop is not loop:
-            self._watcher = _Watcher(loop)
+            self._watcher = Watcher(loop)
+            if self._warden_pidfd >= 0:  # watched by the last loop's
+                self._watcher.add(self._warden_pidfd, self._warden_died, once=True)
             if self.folders.fileno() >= 0:  # folder events are read as they come
                 self._watcher.add(self.folders.fileno(), lambda fd, events: self.folders.drain())
                 self.folders.drain()  # and those that came while no loop watched
@@ -384,6 +418,31 @@ class CommandExecutor:
         spawn.reap(pid)
         log.warning("pool %s: stopped pid %d and its process group", self.pool, pid)
 
+    async def _kill_and_reap(self, spawn: Spawner, pid: int) -> None:
+        """Stop a child we cannot watch (no pidfd): SIGKILL its group, and reap it."""
+        _killpg(pid, signal.SIGKILL)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(spawn.reap, pid)
+
+    def _watch_warden(self, pidfd: int) -> None:
+        watcher = self._watcher_here()
+        self._warden_pidfd = pidfd
+        watcher.add(pidfd, self._warden_died, once=True)
+
+    def _warden_died(self, fd: int, events: int) -> None:
+        """Someone killed the warden: start another, or make the next item try again."""
+        assert self._watcher is not None
+        del self._watcher.handlers[fd]  # added once: disarmed already
+        os.close(fd)
+        self._warden_pidfd = -1
+        log.warning("pool %s: the executors' warden (pid %d) died; starting another",
+                    self.pool, self._warden.pid)  # fmt: skip
+        try:
+            self._watch_warden(self._warden.start())
+        except OSError as exc:
+            log.error("pool %s: cannot start the executors' warden: %s", self.pool, exc)
+            self._ready = False  # the next item tries again, or waits as a runtime fault
+
     async def aclose(self) -> None:
         for pipes in self._free_pipes:
             pipes.close()
@@ -392,6 +451,9 @@ class CommandExecutor:
         if self._watcher is not None:
             self._watcher.close()
             self._watcher = None
+        if self._warden_pidfd >= 0:
+            os.close(self._warden_pidfd)
+            self._warden_pidfd = -1
         if self._threads is not None:
             self._threads.close()
             self._threads = None
@@ -401,6 +463,7 @@ class CommandExecutor:
         if self._devnull is not None:
             os.close(self._devnull)
             self._devnull = None
+        self._warden.close()
 
 
 _BOOK_VARIABLES = (
@@ -408,155 +471,36 @@ _BOOK_VARIABLES = (
 )  # fmt: skip
 
 
-class _Watcher:
-    """Readiness of every child's pidfd and pipes (and of the item folders'
-    inotify descriptor) through one epoll of our own.
-
-    The loop watches only this epoll; a descriptor joins it (and leaves it)
-    with one system call, a fraction of what the loop's own ``add_reader``
-    bookkeeping (a handle, a key, a selector lookup) costs.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.epoll = select.epoll()
-        self.handlers: dict[int, Callable[[int, int], None]] = {}
-        loop.add_reader(self.epoll.fileno(), self.poll)
-
-    def add(self, fd: int, handler: Callable[[int, int], None], *, once: bool = False) -> None:
-        """Call ``handler(fd, events)`` while ``fd`` is readable or hung up.
-
-        ``once``: the first time only. The kernel then disarms ``fd`` and drops
-        it when it is closed, so the handler only has to forget itself.
-        """
-        self.handlers[fd] = handler
-        self.epoll.register(fd, select.EPOLLIN | select.EPOLLONESHOT if once else select.EPOLLIN)
-
-    def remove(self, fd: int) -> None:
-        if self.handlers.pop(fd, None) is not None:
-            self.epoll.unregister(fd)
-
-    def poll(self) -> None:
-        """Call the handlers of what is ready now (the loop calls it when any is)."""
-        # Level-triggered: what does not fit in one poll is reported again.
-        for fd, events in self.epoll.poll(0, 64):
-            handler = self.handlers.get(fd)
-            if handler is not None:
-                handler(fd, events)
-
-    def close(self) -> None:
-        self.loop.remove_reader(self.epoll.fileno())
-        self.epoll.close()
-        self.handlers.clear()
-
-
-_AT_EXIT_READS = 16
-"""Reads (of up to 64 KiB) at a child's exit for what its pipes still hold: a
-pipe holds at most 1 MiB, so more can only come from a grandchild that
-escaped the group, and closes the pipes (``_Pipes``)."""
-
-
-class _Pipes:
-    """A child's stdout and stderr, kept from one child to the next.
-
-    Two new pipes per child, with their epoll calls, hang-ups and four
-    closes, cost the parent 30 to 40 us of CPU per ``/bin/true`` (90 at
-    concurrency 8). Their read ends stay in the epoll and never block; their
-    write ends stay open here too, so they never hang up: a child's output
-    is all in them once it has exited, and is read then at the latest.
-    Output that arrives while no child owns them comes from a grandchild
-    that escaped the process group: the pipes are closed on it, so it gets
-    EPIPE as it did when each child had pipes of its own.
-    """
-
-    def __init__(self, watcher: _Watcher, folders: int) -> None:
-        """``folders``: the item folders' inotify descriptor (-1: none), asked
-        about with the pipes at a child's exit."""
-        self.watcher = watcher
-        self.folders = folders
-        self.out_r, self.out_w = os.pipe2(os.O_CLOEXEC)
-        self.err_r, self.err_w = os.pipe2(os.O_CLOEXEC)
-        self.tails: dict[int, Tail] | None = None
-        """The owning child's, by read end; None while no child owns them."""
-        self.closed = False
-        self._asking = select.poll()
-        for fd in (self.out_r, self.err_r):
-            os.set_blocking(fd, False)
-            watcher.add(fd, self._readable)
-            self._asking.register(fd, select.POLLIN)
-        if folders >= 0:
-            self._asking.register(folders, select.POLLIN)
-
-    def waiting(self) -> list[int]:
-        """Which of the read ends and the folders' descriptor are readable now."""
-        return [fd for fd, _ in self._asking.poll(0)]
-
-    def _readable(self, fd: int, events: int) -> None:
-        if self.tails is None:
-            self.close()
-        else:
-            self.read(fd, 1)  # level-triggered: the rest is reported again
-
-    def read(self, fd: int, reads: int) -> None:
-        assert self.tails is not None
-        for _ in range(reads):
-            try:
-                chunk = os.read(fd, 65536)
-            except BlockingIOError:
-                return
-            self.tails[fd].write(chunk)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        for fd in (self.out_r, self.err_r):
-            self.watcher.remove(fd)
-        for fd in (self.out_r, self.out_w, self.err_r, self.err_w):
-            os.close(fd)
-
-
-class _Child:
-    """A running child's exit, through its pidfd."""
-
-    def __init__(self, watcher: _Watcher, pidfd: int) -> None:
-        self.watcher = watcher
-        self.pidfd = pidfd
-        self.exited: asyncio.Future[None] = watcher.loop.create_future()
-        watcher.add(pidfd, self._exit, once=True)
-
-    def _exit(self, fd: int, events: int) -> None:
-        del self.watcher.handlers[fd]  # added once: disarmed already
-        if not self.exited.done():  # cancelled, while the child is being stopped
-            self.exited.set_result(None)
-
-    def close(self) -> None:
-        self.watcher.remove(self.pidfd)
-        os.close(self.pidfd)
-        if not self.exited.done():
-            self.exited.cancel()
-
-
 def _killpg(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
 
-def _read_result(path: str, stdout: Tail, stderr: Tail) -> Any:
+def _read_result(path: str, limit: int, stdout: Tail, stderr: Tail) -> Any:
     """The item's result; the output is joined only for a failure that reports it."""
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            raw = f.read(limit + 1)
     except FileNotFoundError:
         return None
     except OSError as exc:
+        if exc.errno in _RESOURCES:
+            raise ExecutorUnavailable(f"cannot read WORK_RESULT_FILE: {exc}") from None
         why = f"cannot read WORK_RESULT_FILE: {exc.strerror}"
         raise ItemFailed(why, output=_combined(stdout, stderr)) from None
+    if len(raw) > limit:
+        why = f"WORK_RESULT_FILE is larger than max_result ({limit} bytes)"
+        raise ItemFailed(why, output=_combined(stdout, stderr))
     try:
         return msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         why = f"WORK_RESULT_FILE is not valid JSON: {exc}"
         raise ItemFailed(why, output=_combined(stdout, stderr)) from None
+
+
+def _remove_all(paths: list[str]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _combined(stdout: Tail, stderr: Tail) -> str:

@@ -45,6 +45,14 @@ class FileItem:
     relpath: bytes
     size: int
     mtime_ns: int
+    target: bytes = b""
+    """What ``path`` resolves to, when it is a symbolic link: the file the work is on."""
+
+    @property
+    def real(self) -> bytes:
+        """The file itself (``target`` for a link): what the executor is given, so
+        a link changed after it was checked cannot point it elsewhere."""
+        return self.target or self.path
 
     @property
     def key(self) -> str:
@@ -102,19 +110,37 @@ class Verdict:
     LOOP = "a symbolic link loop"
     DANGLING = "a symbolic link to nothing"
     UNREADABLE = "cannot be read"
+    LINK = "a symbolic link (follow_symlinks = true follows links to files inside the folder)"
+    OUTSIDE = "a symbolic link to a file outside the watched folder"
+    LINKED_FOLDER = "in a folder reached through a symbolic link"
 
 
-def classify(root: bytes, path: bytes, matcher: Matcher, skip_empty: bool) -> FileItem | str | None:
+def classify(root: bytes, path: bytes, matcher: Matcher, skip_empty: bool,
+             follow_symlinks: bool = False) -> FileItem | str | None:  # fmt: skip
     """The item at ``path``; or a reason it is bad input; or None when it is simply not ours.
 
-    Symbolic links to files are followed (the link's target is the work); links
-    to directories never are, so a link loop cannot trap a walk.
+    A symbolic link is not followed unless ``follow_symlinks``, and then only
+    to a file under ``root`` (a real path): in a shared drop folder, a link
+    would hand whoever can write there any file chute's user can read. Links
+    to directories are never walked, so a link loop cannot trap a walk.
     """
     relpath = path[len(root) :].lstrip(b"/")
     if not relpath or not matcher.wanted(relpath):
         return None
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
+        if b"/" in relpath:  # a folder on the way may have become a link since it was listed
+            parent = os.path.dirname(path)
+            if os.path.realpath(parent) != parent:
+                return Verdict.LINKED_FOLDER
+        target = b""
+        if stat.S_ISLNK(st.st_mode):
+            if not follow_symlinks:
+                return Verdict.LINK
+            target = os.path.realpath(path, strict=True)
+            if not target.startswith(root.rstrip(b"/") + b"/"):
+                return Verdict.OUTSIDE
+            st = os.stat(target)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return Verdict.LOOP
@@ -125,7 +151,7 @@ def classify(root: bytes, path: bytes, matcher: Matcher, skip_empty: bool) -> Fi
         return Verdict.NOT_A_FILE
     if st.st_size == 0 and skip_empty:
         return Verdict.EMPTY
-    return FileItem(path=path, relpath=relpath, size=st.st_size, mtime_ns=st.st_mtime_ns)
+    return FileItem(path, relpath, st.st_size, st.st_mtime_ns, target)
 
 
 @dataclass(slots=True)
@@ -135,9 +161,8 @@ class Listing:
     subdirs: list[bytes]
 
 
-def list_dir(
-    root: bytes, directory: bytes, matcher: Matcher, skip_empty: bool, recursive: bool
-) -> Listing:
+def list_dir(root: bytes, directory: bytes, matcher: Matcher, skip_empty: bool, recursive: bool,
+             follow_symlinks: bool = False) -> Listing:  # fmt: skip
     """One folder's items, bad entries and (when recursive) subfolders to walk next."""
     listing = Listing([], [], [])
     try:
@@ -153,7 +178,7 @@ def list_dir(
             is_dir = False
         if is_dir and recursive and matcher.walk_into(path):
             listing.subdirs.append(path)
-        verdict = classify(root, path, matcher, skip_empty)
+        verdict = classify(root, path, matcher, skip_empty, follow_symlinks)
         if isinstance(verdict, FileItem):
             listing.items.append(verdict)
         elif verdict is not None:
@@ -163,7 +188,7 @@ def list_dir(
 
 def still_same(item: FileItem) -> bool:
     try:
-        st = os.stat(item.path)
+        st = os.stat(item.real)
     except OSError:
         return False
     return st.st_size == item.size and st.st_mtime_ns == item.mtime_ns

@@ -32,6 +32,8 @@ class GenerateOptions(Strict):
 
 class GenerateSource:
     Options: ClassVar[type[Strict]] = GenerateOptions
+    replays = True
+    """Offers unfinished items again after a restart (it generates the same items again)."""
 
     @staticmethod
     def fields(options: GenerateOptions) -> set[str]:

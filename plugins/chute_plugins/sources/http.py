@@ -86,6 +86,8 @@ class _Retry:
 
 class HttpSource:
     Options = HttpOptions
+    replays = True
+    """Offers unfinished items again after a restart (the item server lists an item until it is done)."""
 
     def __init__(self, options: HttpOptions, ctx: PluginContext) -> None:
         self.options = options

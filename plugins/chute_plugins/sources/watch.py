@@ -22,6 +22,11 @@ each item and skips the ones already done (DESIGN: "the manager, not the
 source, remembers what is done"). So on start every complete file present is
 emitted once, and finished ones cost the pool one store lookup each.
 
+Symbolic links are skipped (logged once) unless ``follow_symlinks``, and then
+only a link to a file inside the watched folder is an item, given to the
+executor as the file it resolved to: a link in a shared drop folder must not
+make chute read, move or hand over a file its writer could not read.
+
 Identity: ``relpath@size@mtime_ns``, so a replaced file is new work. Within one
 process a key is emitted once. Names that are not UTF-8 are items too; JSON
 cannot carry their bytes, so ``data.path`` is then a UTF-8 symbolic link in the
@@ -80,6 +85,10 @@ class WatchOptions(Strict):
     """Matched against the file name, or the relative path when it contains ``/``."""
     recursive: bool = False
     """Watch sub-folders too (matched by ``glob`` on the relative path)."""
+    follow_symlinks: bool = False
+    """Take a symbolic link dropped into the folder as the file it points to, if that
+    file is inside the folder too. Off: links are skipped (logged once), so in a
+    shared drop folder nobody can have chute's user read a file they cannot."""
     ignore: list[str] = []
     """More name patterns to ignore, on top of the defaults (``.*``, ``*.tmp``, ``*.part``,
     ``*~``, ``#*#``). A pattern matching a folder's name ignores the whole folder."""
@@ -132,6 +141,8 @@ class WatchStats(msgspec.Struct, kw_only=True):
 
 class WatchSource:
     Options = WatchOptions
+    replays = True
+    """Offers unfinished items again after a restart (the files stay in the folder until done)."""
 
     def __init__(self, options: WatchOptions, ctx: PluginContext) -> None:
         self.options = options
@@ -144,6 +155,7 @@ class WatchSource:
                 self._dirs[action] = os.fsencode(os.path.realpath(ctx.resolve(folder)))
         ignore = [*(DEFAULT_IGNORE if options.ignore_defaults else ()), *options.ignore]
         self.matcher = Matcher(options.glob, ignore, list(self._dirs.values()))
+        self._follow = options.follow_symlinks
         self.mode: Literal["inotify", "watchfiles", "polling"] = (
             "polling" if options.polling else "inotify" if ino.available() else "watchfiles"
         )
@@ -247,7 +259,7 @@ class WatchSource:
         return {"path", "relpath", "name", "size", "mtime"}
 
     def _data(self, item: FileItem) -> dict[str, object]:
-        path = item.path
+        path = item.real
         if not is_utf8(path):
             path = self._alias(item)
         return {
@@ -262,7 +274,7 @@ class WatchSource:
         self._aliases.mkdir(parents=True, exist_ok=True, mode=0o700)
         link = os.fsencode(self._aliases) + b"/" + alias_name(item)
         with contextlib.suppress(FileExistsError):
-            os.symlink(item.path, link)
+            os.symlink(item.real, link)
         return link
 
     def _forget(self, item: FileItem) -> None:
@@ -309,8 +321,9 @@ class WatchSource:
                         log.error("inotify watch limit reached (fs.inotify.max_user_watches)")
                     self._report([(folder, f"cannot watch the folder: {exc.strerror}")])
             listing = await anyio.to_thread.run_sync(
-                list_dir, self.root, folder, self.matcher, self.options.skip_empty, recursive
-            )
+                list_dir, self.root, folder, self.matcher, self.options.skip_empty, recursive,
+                self._follow,
+            )  # fmt: skip
             self._report(listing.problems)
             items.extend(listing.items)
             queue.extend(listing.subdirs)
@@ -412,7 +425,7 @@ class WatchSource:
         items: list[FileItem] = []
         problems: list[tuple[bytes, str]] = []
         for path in candidates + [p for p in created if _complete_on_create(p)]:
-            verdict = classify(self.root, path, self.matcher, self.options.skip_empty)
+            verdict = classify(self.root, path, self.matcher, self.options.skip_empty, self._follow)
             if isinstance(verdict, FileItem):
                 items.append(verdict)
             elif verdict is not None:
@@ -482,7 +495,9 @@ class WatchSource:
                         if self.options.recursive and self.matcher.walk_into(path):
                             dirs.append(path)
                         continue
-                verdict = classify(self.root, path, self.matcher, self.options.skip_empty)
+                verdict = classify(
+                    self.root, path, self.matcher, self.options.skip_empty, self._follow
+                )
                 if isinstance(verdict, FileItem):
                     items.append(verdict)
                 elif verdict is not None:
@@ -539,7 +554,7 @@ class WatchSource:
         moving: list[FileItem] = []
         problems: list[tuple[bytes, str]] = []
         for path, (size, mtime_ns, _) in ready.items():
-            verdict = classify(self.root, path, self.matcher, self.options.skip_empty)
+            verdict = classify(self.root, path, self.matcher, self.options.skip_empty, self._follow)
             if isinstance(verdict, FileItem):
                 still = verdict.size == size and verdict.mtime_ns == mtime_ns
                 (done if still and path not in busy else moving).append(verdict)

@@ -24,9 +24,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
 import sqlite3
+import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -56,6 +58,39 @@ CREATE TABLE IF NOT EXISTS items (
 DROP INDEX IF EXISTS items_by_status;
 CREATE INDEX IF NOT EXISTS items_failed ON items (updated_at) WHERE status IN ('failed', 'dead');
 """
+
+# Per pool and status, how many items: kept by triggers, so ``counts`` (every
+# /v1/status) reads a few rows instead of the whole table. A change of status
+# costs two writes to this table's one or two pages, which stay in the cache.
+_COUNTS = (
+    """CREATE TABLE IF NOT EXISTS item_counts (
+        pool TEXT NOT NULL,
+        status TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (pool, status)
+    ) WITHOUT ROWID""",
+    """CREATE TRIGGER IF NOT EXISTS items_count_insert AFTER INSERT ON items BEGIN
+        INSERT INTO item_counts VALUES (NEW.pool, NEW.status, 1)
+            ON CONFLICT (pool, status) DO UPDATE SET n = n + 1;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS items_count_update AFTER UPDATE OF status ON items
+    WHEN OLD.status IS NOT NEW.status BEGIN
+        UPDATE item_counts SET n = n - 1 WHERE pool = OLD.pool AND status = OLD.status;
+        INSERT INTO item_counts VALUES (NEW.pool, NEW.status, 1)
+            ON CONFLICT (pool, status) DO UPDATE SET n = n + 1;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS items_count_delete AFTER DELETE ON items BEGIN
+        UPDATE item_counts SET n = n - 1 WHERE pool = OLD.pool AND status = OLD.status;
+    END""",
+)
+_COUNTS_VERSION = 1
+"""``PRAGMA user_version`` once the counts exist (a file made before them is counted once)."""
+
+_BUSY = (5, 6)
+"""SQLITE_BUSY and SQLITE_LOCKED: another connection holds the write lock."""
+
+_BUSY_WAIT = (0.001, 0.05)
+"""Seconds between tries for the write lock: the first wait, and the most it doubles to."""
 
 # Granted unless final, or running under a live lease (whoever holds it: a
 # second run of a running item is what the lease prevents).
@@ -160,13 +195,16 @@ class SqliteStore(OneItemCalls):
         target = ":memory:"
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _private(self.path)
             target = str(self.path)
         db = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
         try:
-            db.execute("PRAGMA busy_timeout = 5000")
+            db.execute("PRAGMA busy_timeout = 5000")  # at start only: see _transaction
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             db.executescript(_SCHEMA)
+            _add_counts(db)
+            db.execute("PRAGMA busy_timeout = 0")
         except sqlite3.DatabaseError as exc:
             db.close()
             raise ConfigError([f"state: cannot open the state database {target}: {exc}"]) from None
@@ -184,11 +222,30 @@ class SqliteStore(OneItemCalls):
             self._lock.close()  # releases the flock
             self._lock = None
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One commit for many statements: the commit is most of a statement's cost."""
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[sqlite3.Connection]:
+        """One commit for many statements: the commit is most of a statement's cost.
+
+        While another process holds the write lock, the wait is here, between
+        tries, and never inside SQLite: its busy timeout would stop the event
+        loop for as long, then fail the call.
+        """
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
+        wait, most = _BUSY_WAIT
+        waited = 0.0
+        while True:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode not in _BUSY:
+                    raise
+            if waited < 5.0 <= waited + wait:
+                log.warning("the state database %s is locked by another process; waiting",
+                            self.path)  # fmt: skip
+            await anyio.sleep(wait)
+            waited += wait
+            wait = min(most, wait * 2)
         try:
             yield db
         except BaseException:
@@ -202,7 +259,7 @@ class SqliteStore(OneItemCalls):
         now = time.time()
         args = (now, owner, now + max(0.0, lease))
         claims: list[Claim] = []
-        with self._transaction() as db:
+        async with self._transaction() as db:
             tokens = _claim_tokens(db, pool, keys, args, self._json)
             for key, token in zip(keys, tokens, strict=True):
                 if token is not None:
@@ -217,7 +274,7 @@ class SqliteStore(OneItemCalls):
     async def finish_many(self, pool: str, outcomes: Sequence[Finish]) -> list[bool]:
         now = time.time()
         recorded: list[bool] = []
-        with self._transaction() as db:
+        async with self._transaction() as db:
             for o in outcomes:
                 args = (o.status.value, _b(o.error), now, pool, _b(o.key), o.token)
                 recorded.append(db.execute(_FINISH, args).rowcount == 1)
@@ -227,7 +284,7 @@ class SqliteStore(OneItemCalls):
         self, pool: str, held: Sequence[tuple[str, int]], *, owner: str, lease: float
     ) -> list[bool]:
         until = time.time() + max(0.0, lease)
-        with self._transaction() as db:
+        async with self._transaction() as db:
             return [
                 db.execute(_EXTEND, (until, pool, _b(key), token, owner)).rowcount == 1
                 for key, token in held
@@ -235,11 +292,12 @@ class SqliteStore(OneItemCalls):
 
     async def mark_pending(self, pool: str, keys: list[str]) -> None:
         now = time.time()
-        self.db.executemany(
-            "INSERT OR IGNORE INTO items (pool, key, status, created_at, updated_at) "
-            "VALUES (?, ?, 'pending', ?, ?)",
-            [(pool, _b(k), now, now) for k in keys],
-        )
+        async with self._transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO items (pool, key, status, created_at, updated_at) "
+                "VALUES (?, ?, 'pending', ?, ?)",
+                [(pool, _b(k), now, now) for k in keys],
+            )
 
     async def get(self, pool: str, keys: list[str]) -> dict[str, ItemRecord]:
         out: dict[str, ItemRecord] = {}
@@ -264,7 +322,8 @@ class SqliteStore(OneItemCalls):
         if self.path is None:
             return True
         if self._lock is None:
-            self._lock = open(f"{self.path}.lock", "ab")  # noqa: SIM115, ASYNC230 - held until aclose
+            fd = os.open(f"{self.path}.lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._lock = os.fdopen(fd, "ab")  # held until aclose
         try:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -296,11 +355,12 @@ class SqliteStore(OneItemCalls):
                 where += " OR substr(owner, 1, ?) = ?"
                 args += [len(owner_prefix), owner_prefix]
             where += ")"
-        cursor = self.db.execute(
-            "UPDATE items SET status = 'pending', token = token + 1, owner = '', lease_until = 0, "
-            f"updated_at = ? WHERE {where}",
-            args,
-        )
+        async with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE items SET status = 'pending', token = token + 1, owner = '', "
+                f"lease_until = 0, updated_at = ? WHERE {where}",
+                args,
+            )
         if self._lock is not None:
             await self._share()  # let the next runner in, and be seen by it
         return cursor.rowcount
@@ -308,7 +368,7 @@ class SqliteStore(OneItemCalls):
     async def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         rows = self.db.execute(
-            "SELECT pool, status, count(*) FROM items GROUP BY pool, status ORDER BY pool"
+            "SELECT pool, status, n FROM item_counts WHERE n > 0 ORDER BY pool, status"
         )
         for pool, status, n in rows:
             out.setdefault(pool, {})[status] = n
@@ -316,7 +376,7 @@ class SqliteStore(OneItemCalls):
 
     async def forget_dead(self, pool: str, keys: Sequence[str]) -> list[str]:
         forgotten = []
-        with self._transaction() as db:
+        async with self._transaction() as db:
             for key in keys:
                 sql = "DELETE FROM items WHERE pool = ? AND key = ? AND status = 'dead'"
                 if db.execute(sql, (pool, _b(key))).rowcount == 1:
@@ -330,6 +390,38 @@ class SqliteStore(OneItemCalls):
             (limit,),
         )
         return [_record(row) for row in rows]
+
+
+def _private(path: Path) -> None:
+    """The database (and its -wal and -shm, which SQLite creates with the database's
+    mode) readable by us only: it holds item keys and the last lines of stderr."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    for each in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}.lock")):
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_IMODE(each.stat().st_mode) & 0o077:  # made by an earlier chute
+                each.chmod(0o600)
+
+
+def _add_counts(db: sqlite3.Connection) -> None:
+    """Keep counts per pool and status; count a file made before them once."""
+    if db.execute("PRAGMA user_version").fetchone()[0] >= _COUNTS_VERSION:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if db.execute("PRAGMA user_version").fetchone()[0] < _COUNTS_VERSION:  # not meanwhile
+            for statement in _COUNTS:
+                db.execute(statement)
+            db.execute("DELETE FROM item_counts")
+            db.execute(
+                "INSERT INTO item_counts SELECT pool, status, count(*) FROM items "
+                "GROUP BY pool, status"
+            )
+            db.execute(f"PRAGMA user_version = {_COUNTS_VERSION}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 class MemoryStore(SqliteStore):

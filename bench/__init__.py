@@ -1,0 +1,1 @@
+"""chute against the tools users would pick instead: ``python -m bench``."""
