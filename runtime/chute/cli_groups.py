@@ -32,6 +32,8 @@ def declared_groups(cfg: Config) -> dict[str, set[str]]:
     for name, op in cfg.operators.items():
         for topic in operator_topics(op)[0]:
             declared.setdefault(topic, set()).add(op.group or name)
+    for name, spec in cfg.sinks.items():
+        declared.setdefault(str(spec["topic"]), set()).add(str(spec.get("group") or name))
     return declared
 
 

@@ -405,13 +405,15 @@ class Runtime:
 
     @property
     def _groups(self) -> dict[str, set[str]]:
-        """Topic -> the consumer groups this graph's pools and operators read it with."""
+        """Topic -> the consumer groups this graph's pools, operators and sinks read it with."""
         groups: dict[str, set[str]] = {}
         for pool in self.pools.values():
             groups.setdefault(pool.topic, set()).add(pool.group)
         for op in self.operators.values():
             for topic in op.inputs:
                 groups.setdefault(topic, set()).add(op.group)
+        for sink in self.sinks.values():
+            groups.setdefault(sink.topic, set()).add(sink.group)
         return groups
 
     # -- outcomes ----------------------------------------------------------------
