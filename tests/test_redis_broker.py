@@ -100,7 +100,11 @@ async def test_foreign_entries_are_dead_lettered_and_the_rest_delivered(
     assert [m.data for m in got] == [{"n": 0}, {"n": 1}]
     assert broker.invalid == 2
     dead = await raw.xrange(key + ":dead")
-    assert [entry[b"group"] for _, entry in dead] == [b"g", b"g"]
+    assert [entry[b"chute-group"] for _, entry in dead] == [b"g", b"g"]
+    assert [entry.get(b"temperature", entry.get(b"m")) for _, entry in dead] == [
+        b"21.5",
+        b"{not json",
+    ]
     assert (await broker.stats("t")).group("g").pending == 0
 
 

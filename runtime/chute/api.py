@@ -140,7 +140,10 @@ def build_app(rt: Runtime, *, token: str) -> web.Application:
         """Liveness: the process answers. The broker's health is ``/readyz``'s business."""
         healthy = bool(getattr(rt.broker, "healthy", True))
         healthy = healthy and all(p.counters.healthy for p in rt.pools.values())
-        return web.json_response({"ok": healthy}, status=200 if healthy else 503)
+        body: dict[str, Any] = {"ok": healthy}
+        if not getattr(rt.broker, "healthy", True):
+            body["broker"] = str(getattr(rt.broker, "problem", "")) or "unreachable"
+        return web.json_response(body, status=200 if healthy else 503)
 
     async def readyz(_: web.Request) -> web.Response:
         reasons = rt.unready_reasons()

@@ -6,8 +6,11 @@ Semantics shared by every backend (proven by ``tests/conformance``):
   ``<ms>-<seq>``, strictly increasing per topic. When the topic holds
   ``capacity`` unacknowledged entries the call waits (back-pressure) instead of
   dropping anything.
-- Every consumer group sees every message published after the group was
-  created; consumers inside one group share them. ``read`` returns first the
+- A new consumer group starts at the start of what the topic retains
+  (``start="earliest"``, the default: messages published before any reader
+  existed are not skipped) or at its end (``"latest"``: only messages
+  published from then on). Every group sees every message from its start on;
+  consumers inside one group share them. ``read`` returns first the
   deliveries that are due again (nacked and past their delay, or pending longer
   than the group's visibility timeout), then new messages, each with
   ``attempt`` set to its delivery count in that group.
@@ -16,7 +19,9 @@ Semantics shared by every backend (proven by ``tests/conformance``):
   limit instead, the oldest entries beyond it are dropped and counted
   (``TopicStats.dropped``), and publishing never waits.
 - A delivery stays pending until ``ack``; ``nack`` makes it due again after
-  ``delay`` seconds. Nothing unacknowledged is ever trimmed.
+  ``delay`` seconds. While it waits out its delay it counts as pending but
+  not in ``oldest_pending_age`` (a retry is not a stuck delivery).
+  Nothing unacknowledged is ever trimmed.
 - ``extend`` restarts a pending delivery's visibility clock: a pool calls it
   for the items it is running (a heartbeat at a fraction of the visibility
   timeout), so an item that runs longer than the timeout is not redelivered
@@ -89,8 +94,9 @@ class Broker(Protocol):
     async def ensure_group(
         self, topic: str, group: str, *, visibility_timeout: float, start: str = "earliest"
     ) -> None:
-        """Create the group if needed. ``start``: "earliest" = the start of the retained
-        topic, "latest" = only messages published from now on."""
+        """Create the group if needed, starting at ``start``: ``"earliest"`` (the start
+        of the retained topic) or ``"latest"`` (only messages published from now on).
+        An existing group keeps its position."""
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> list[str]:
         """Append messages in order; return their ids. Waits while the topic is full."""

@@ -366,8 +366,10 @@ def reference() -> None:
     click.echo(reference_markdown(), nl=False)
 
 
+from .cli_groups import groups  # noqa: E402  (it uses the helpers above)
 from .cli_ops import dead, status, tail  # noqa: E402  (they use the helpers above)
 
+main.add_command(groups)
 main.add_command(status)
 main.add_command(dead)
 main.add_command(tail)

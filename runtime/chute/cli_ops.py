@@ -116,6 +116,9 @@ def _render(report: dict[str, Any], api: str | None) -> str:
             )
     live = report.get("live")
     if live:
+        if not live.get("broker_healthy", True):
+            problem = live.get("broker_problem") or "unreachable"
+            lines.append(f"broker {live['broker']}: unhealthy, {problem}")
         for pool in live["pools"]:
             lines.append(
                 f"live pool {pool['name']}: concurrency {pool['concurrency']}, in flight "

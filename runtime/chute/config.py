@@ -136,6 +136,10 @@ class PoolConfig(Strict):
     """Topic that receives each item's result (a pipeline's next stage)."""
     group: str = ""
     """Consumer group name; defaults to the pool's name."""
+    start: Literal["earliest", "latest"] = "earliest"
+    """Where the group starts when it is new: ``earliest``, what the topic holds
+    (messages published before the pool first ran are not skipped), or ``latest``,
+    only messages published from then on. An existing group keeps its place."""
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
     """Attempts and backoff (``[pools.NAME.retry]``)."""
     timeout: Duration | None = None
@@ -166,6 +170,8 @@ class ShardHealth(Strict):
 class OperatorBase(Strict, tag_field="type", kw_only=True):
     group: str = ""
     """Consumer group name on the input topic(s); defaults to the operator's name."""
+    start: Literal["earliest", "latest"] = "earliest"
+    """Where a new group starts on each input: ``earliest`` or ``latest`` (as for pools)."""
     batch: int = 512
     """Most messages read from an input at once."""
 

@@ -23,6 +23,9 @@ class PluginContext:
     """This process's name, unique among nodes sharing a broker."""
     broker: Broker
     store: StateStore | None = None
+    stable_node: str = ""
+    """This node's name across restarts: ``node`` from the config, else the host
+    name (for names that must survive a restart, such as a source's consumer)."""
 
     def resolve(self, path: str | Path) -> Path:
         """A path from the config, relative to the config file's folder."""

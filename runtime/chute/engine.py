@@ -55,6 +55,7 @@ from .sink_runner import SinkRunner, sink_settings
 from .source import Source
 from .stopping import Deadline
 from .store import ItemStatus, StateStore
+from .urls import redact_url
 
 log = logging.getLogger("chute")
 
@@ -87,7 +88,10 @@ class DeadLetter(msgspec.Struct, kw_only=True):
 class RuntimeStatus(msgspec.Struct, kw_only=True):
     node: str
     broker: str
+    """The broker's URL, its password replaced by ``***``."""
     broker_healthy: bool
+    broker_problem: str = ""
+    """Why the broker is unhealthy (``unreachable``, ``answers READONLY ...``)."""
     topics: list[TopicStats]
     pools: list[PoolCounters]
     operators: dict[str, Any] = {}
@@ -149,6 +153,7 @@ class Runtime:
             node=self.node,
             broker=self.broker,
             store=self.store,
+            stable_node=self.config.settings.node or socket.gethostname(),
         )
 
     def _build_plugin(self, kind: str, label: str, key: str, spec: dict[str, Any],
@@ -391,9 +396,25 @@ class Runtime:
             return False
         for topic in self.topics:
             stats = await self.broker.stats(topic)
-            if any(g.lag or g.pending for g in stats.groups):
+            # Only the groups this graph reads with: a group left behind on a
+            # shared broker (a renamed pool) is never drained by anyone here.
+            mine = self._groups.get(topic, set())
+            if any(g.lag or g.pending for g in stats.groups if g.name in mine):
                 return False
         return True
+
+    @property
+    def _groups(self) -> dict[str, set[str]]:
+        """Topic -> the consumer groups this graph's pools, operators and sinks read it with."""
+        groups: dict[str, set[str]] = {}
+        for pool in self.pools.values():
+            groups.setdefault(pool.topic, set()).add(pool.group)
+        for op in self.operators.values():
+            for topic in op.inputs:
+                groups.setdefault(topic, set()).add(op.group)
+        for sink in self.sinks.values():
+            groups.setdefault(sink.topic, set()).add(sink.group)
+        return groups
 
     # -- outcomes ----------------------------------------------------------------
 
@@ -447,8 +468,9 @@ class Runtime:
             operators[name] = msgspec.to_builtins(stats()) if stats else {}
         return RuntimeStatus(
             node=self.node,
-            broker=self.config.settings.broker,
+            broker=redact_url(self.config.settings.broker),
             broker_healthy=bool(getattr(self.broker, "healthy", True)),
+            broker_problem=str(getattr(self.broker, "problem", "")),
             topics=topics,
             pools=[p.counters for p in self.pools.values()],
             operators=operators,

@@ -24,7 +24,9 @@ class ClosedError(ChuteError):
 
 
 class Unavailable(ChuteError):
-    """Something chute needs from outside is not there: a port in use, a service down.
+    """Something chute needs from outside is not there: a port in use, a service down
+    past its start-up deadline, or a service refusing us for good (a wrong password,
+    a key of the wrong type).
 
     The CLI prints it as one line and exits 3.
     """
@@ -32,6 +34,10 @@ class Unavailable(ChuteError):
 
 class BrokerUnavailable(Unavailable):
     """The broker's backing service cannot be reached; the caller retries with backoff."""
+
+
+class StoreUnavailable(Unavailable):
+    """The state store's backing service cannot be reached in time."""
 
 
 class ExecutorUnavailable(ChuteError):

@@ -34,6 +34,7 @@ from .operators import operator_problems
 from .registry import did_you_mean, load_plugin
 from .sink import SINK_KEYS
 from .sink_runner import sink_settings
+from .urls import redact_url
 
 DEAD_SUFFIX = ".dead"
 
@@ -442,7 +443,8 @@ def _field_warnings(config: Config, label: str, topic: str, executor: Any) -> li
 
 def describe(config: Config) -> str:
     """The graph as text: sources -> topics -> operators/pools -> topics."""
-    lines = [f"broker {config.settings.broker}, state {config.settings.state}"]
+    settings = config.settings
+    lines = [f"broker {redact_url(settings.broker)}, state {redact_url(settings.state)}"]
     for name, spec in config.sources.items():
         lines.append(f"source {name} ({spec.get('type')}) -> {spec.get('topic')}")
     for name, spec in config.sinks.items():

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import anyio
 
 from .config import Config
+from .urls import redact_url
 
 if TYPE_CHECKING:
     from .engine import Runtime
@@ -77,11 +78,10 @@ def _source_line(name: str, spec: dict[str, Any]) -> str:
         if spec.get("recursive"):
             detail += " (recursive)"
     elif "stream" in spec:
-        detail = (
-            f" reading stream {spec['stream']} at {spec.get('url', 'redis://127.0.0.1:6379/0')}"
-        )
+        url = redact_url(str(spec.get("url", "redis://127.0.0.1:6379/0")))
+        detail = f" reading stream {spec['stream']} at {url}"
     elif "url" in spec:
-        detail = f" polling {spec['url']} every {spec.get('interval', '5s')}"
+        detail = f" polling {redact_url(str(spec['url']))} every {spec.get('interval', '5s')}"
     elif kind == "generate":
         detail = f" generating {spec.get('count', 10)} items"
     return f"source {name} ({kind}){detail} -> topic {spec.get('topic')}"

@@ -219,7 +219,7 @@ class WorkerPool:
 
     async def prepare(self, visibility_timeout: float) -> None:
         await self.broker.ensure_group(
-            self.topic, self.group, visibility_timeout=visibility_timeout
+            self.topic, self.group, visibility_timeout=visibility_timeout, start=self.cfg.start
         )
         # The store's lease lasts as long as the broker's patience: when a
         # dead node's delivery goes to another consumer, the item's lease has

@@ -80,13 +80,80 @@ async def test_read_times_out_empty(broker: Broker) -> None:
     assert time.monotonic() - start >= 0.09
 
 
-async def test_new_group_starts_at_the_end(broker: Broker) -> None:
+async def test_a_new_group_starts_at_the_earliest_retained_message_by_default(
+    broker: Broker,
+) -> None:
+    # Published before any reader existed (``chute publish`` then ``chute run``).
+    await broker.declare_topic("t", capacity=100)
+    before = await broker.publish("t", msgs(3))
+    await broker.ensure_group("t", "late", visibility_timeout=30)
+    after = await broker.publish("t", msgs(2, 3))
+    got = await broker.read("t", "late", "c", count=10, block=None)
+    assert [m.id for m in got] == before + after
+
+
+async def test_a_new_group_may_start_at_the_latest(broker: Broker) -> None:
     await setup(broker, "early")
     await broker.publish("t", msgs(3))
     await broker.ensure_group("t", "late", visibility_timeout=30, start="latest")
     ids = await broker.publish("t", msgs(2, 3))
     got = await broker.read("t", "late", "c", count=10, block=None)
     assert [m.id for m in got] == ids
+
+
+async def test_an_existing_group_keeps_its_place(broker: Broker) -> None:
+    await setup(broker, "g")
+    await broker.publish("t", msgs(3))
+    got = await broker.read("t", "g", "c", count=10, block=None)
+    await broker.ack("t", "g", [m.id for m in got])
+    await broker.ensure_group("t", "g", visibility_timeout=30)  # a restart declares it again
+    assert await broker.read("t", "g", "c", count=10, block=None) == []
+
+
+async def test_a_retry_waiting_out_its_delay_is_pending_but_not_stalled(broker: Broker) -> None:
+    # The shard operator takes a shard out when its oldest pending delivery is
+    # older than ``stall``: a retry waiting out its delay must not look stuck.
+    await setup(broker, "g", vt=300)
+    [message_id] = await broker.publish("t", msgs(1))
+    await broker.read("t", "g", "c", count=10, block=None)
+    await broker.nack("t", "g", [message_id], delay=2.0)
+    stats = (await broker.stats("t")).group("g")
+    assert stats.pending == 1
+    assert stats.oldest_pending_age < 1.0, stats
+    assert await broker.read("t", "g", "c", count=10, block=0.5) == []
+    [again] = await broker.read("t", "g", "c", count=10, block=5.0)
+    assert (again.id, again.attempt) == (message_id, 2)
+    await asyncio.sleep(0.2)
+    stats = (await broker.stats("t")).group("g")
+    assert stats.pending == 1 and 0.1 <= stats.oldest_pending_age < 1.5, stats
+    await broker.ack("t", "g", [again.id])
+    assert (await broker.stats("t")).group("g").pending == 0
+
+
+async def test_a_delay_longer_than_the_visibility_timeout_is_kept(broker: Broker) -> None:
+    await setup(broker, "g", vt=VT)
+    [message_id] = await broker.publish("t", msgs(1))
+    await broker.read("t", "g", "c", count=10, block=None)
+    start = time.monotonic()
+    await broker.nack("t", "g", [message_id], delay=VT * 4)
+    # Not taken back as a stale delivery once the visibility timeout has passed.
+    assert await broker.read("t", "g", "other", count=10, block=VT * 2) == []
+    [again] = await broker.read("t", "g", "other", count=10, block=VT * 8)
+    assert time.monotonic() - start >= VT * 4 - 0.05
+    assert (again.id, again.attempt) == (message_id, 2)
+    assert await broker.read("t", "g", "other", count=10, block=None) == []
+
+
+async def test_a_retry_acked_while_it_waits_is_not_delivered(broker: Broker) -> None:
+    if type(broker).__name__ == "JetStreamBroker":
+        pytest.xfail("nats: an ack does not cancel a redelivery already scheduled by a nack")
+    await setup(broker, "g", vt=VT)
+    ids = await broker.publish("t", msgs(2))
+    await broker.read("t", "g", "c", count=10, block=None)
+    await broker.nack("t", "g", ids, delay=0.2)
+    await broker.ack("t", "g", ids[:1])
+    got = await broker.read("t", "g", "c", count=10, block=2.0)
+    assert [m.id for m in got] == ids[1:]
 
 
 async def test_acked_messages_are_not_redelivered(broker: Broker) -> None:

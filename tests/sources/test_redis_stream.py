@@ -155,7 +155,7 @@ async def test_entries_left_by_a_dead_node_are_taken_over(
 
 @pytest.mark.parametrize(
     ("options", "problem"),
-    [({"batch": 0}, "batch: must be at least 1"), ({"start": "latest"}, "start: expected")],
+    [({"batch": 0}, "batch: must be at least 1"), ({"start": "soon"}, "start: expected")],
 )
 def test_bad_options_are_config_errors(
     base_url: str, stream: str, tmp_path: Path, options: dict[str, object], problem: str

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from itertools import repeat
 
 from chute.broker import GroupStats, TopicStats
-from chute.errors import ClosedError
+from chute.errors import ClosedError, ConfigError
 from chute.message import Message
 from chute.meters import RateMeter
 from msgspec.structs import replace
@@ -154,6 +154,8 @@ class MemoryBroker:
     async def ensure_group(
         self, topic: str, group: str, *, visibility_timeout: float, start: str = "earliest"
     ) -> None:
+        if start not in ("earliest", "latest"):
+            raise ConfigError([f"start: expected 'earliest' or 'latest', got {start!r}"])
         t = self._topic(topic)
         existing = t.groups.get(group)
         if existing is None:

@@ -22,22 +22,31 @@ maps onto Redis 7.0:
   are looked for at most every ``min(visibility_timeout / 4, 1 s)``, so a
   blocking read wakes up that often; the cursor persists, so a long pending
   list is scanned over several reads rather than all at once.
-- **nack** with a delay: Redis has no delayed redelivery, but a pending
-  entry's idle time can be set. ``XCLAIM ... IDLE (vt - delay) JUSTID`` (which
-  does not count a delivery) makes it stale exactly ``delay`` from now. A
-  delay longer than the visibility timeout is parked here and its idle time
-  renewed until it is due; if this node dies meanwhile the delivery comes
-  back after the visibility timeout, as any crashed delivery does.
+- **nack** with a delay: the due time goes to a sorted set per group, apart
+  from the entry's idle time, so a retry waiting out its delay never looks
+  like a stuck delivery (``redis_retries.py``).
+- **groups**: a new group starts at the start of the retained stream
+  (``start="earliest"``, Redis id ``0``) or at its end (``"latest"``, ``$``).
+  Back-pressure counts only the groups this process declared (a publisher
+  that declared none counts them all): a group left behind by a renamed or
+  removed pool is warned about once, with how long it has been idle, and
+  ``chute groups prune`` deletes it. Trimming still keeps what it needs, so
+  nothing is lost before it is pruned.
 - **trim**: Redis 7.0 has no ``XTRIM ... ACKED``, so every few thousand acks
   the stream is trimmed (``MINID ~``) below the lowest id some group still
   needs: its oldest pending id, or the one after its last delivered id.
   Entries removed anyway (by another client) under a pending delivery are
   logged and counted (``lost_entries``), never fatal.
-- **foreign entries** (written by another client, not decodable): moved to
-  ``<prefix><topic>:dead`` with the reason, acknowledged, counted (``invalid``).
+- **foreign entries** (written by another client, not decodable, whatever
+  bytes they hold): copied to ``<prefix><topic>:dead`` with the reason and
+  their fields byte for byte (``redis_conn.dead_letter_command``, shared with
+  the ``redis`` source), acknowledged, counted (``invalid``).
 - **lost connection or a Redis restart**: every command is retried with
   backoff (50 ms doubling to 2 s) until it succeeds (a read gives up at its
-  own deadline); ``healthy`` is False meanwhile. Publishing and acking are idempotent enough for that (a publish
+  own deadline); ``healthy`` is False and ``problem`` says why meanwhile
+  (also for replies that pass: ``LOADING``, ``READONLY``, ``MISCONF``,
+  ``OOM``...). ``NOAUTH``, ``WRONGPASS`` or a topic key that is not a stream
+  raise ``Unavailable`` at once (never retried). Publishing and acking are idempotent enough for that (a publish
   whose reply was lost may append its batch twice: at-least-once), and a
   read whose reply was lost leaves its entries pending, to be redelivered.
 """
@@ -54,7 +63,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 from chute.broker import GroupStats, TopicStats
-from chute.errors import BrokerUnavailable, ChuteError, ClosedError
+from chute.errors import BrokerUnavailable, ClosedError, ConfigError, Unavailable
 from chute.message import Message, decode_message, encode_message
 from chute.meters import RateMeter
 from msgspec.structs import replace
@@ -64,12 +73,14 @@ from ..redis_conn import (
     MAX_BLOCK,
     Reconnecting,
     RedisUrl,
+    dead_letter_command,
     pack,
     pipelined,
     raw_reply,
     xadd_many,
 )
 from ..redis_conn import as_str as _str
+from . import redis_retries as retries
 from . import redis_upkeep as upkeep
 
 log = logging.getLogger("chute.brokers.redis")
@@ -86,18 +97,25 @@ _TRIM_EVERY = 8192
 _RAW = ("XREADGROUP", "XAUTOCLAIM", "XPENDING", "XCLAIM")
 """Replies parsed here rather than by redis-py's callbacks (the hot path)."""
 
+STARTS = {"earliest": "0", "latest": "$"}
+"""Where a new consumer group starts: the retained stream's start, or its end."""
+
+_SLOW_PUBLISH = 5.0
+"""Seconds a publisher waits on a full topic before it says so in the log."""
+
 
 class _Group:
-    __slots__ = ("acked", "cursor", "interval", "meter", "name", "next_check", "parked", "vt")
+    __slots__ = ("acked", "cursor", "due", "interval", "meter", "name", "next_check",
+                 "next_renew", "vt")  # fmt: skip
 
-    def __init__(self, name: str, vt: float) -> None:
+    def __init__(self, name: str, vt: float, stream_key: str) -> None:
         self.name = name
+        self.due = retries.due_key(stream_key, name)
         self.vt = vt
         self.interval = min(max(vt / 4, 0.005), 1.0)
         self.next_check = 0.0  # wall-clock time of the next look for stale deliveries
+        self.next_renew = 0.0  # wall-clock time of the next renewal of waiting retries
         self.cursor = b"0-0"
-        # id -> wall-clock due time: nacked with a delay longer than vt.
-        self.parked: dict[str, float] = {}
         self.acked = 0
         self.meter = RateMeter()
 
@@ -112,6 +130,8 @@ class _Topic:
         "key",
         "meter",
         "name",
+        "unacked",
+        "warned",
         "writers",
     )
 
@@ -124,6 +144,8 @@ class _Topic:
         self.writers: list[asyncio.Future[None]] = []
         self.meter = RateMeter()
         self.acks_since_trim = 0
+        self.unacked: dict[str, int] = {}  # counted group -> unacked, as last measured
+        self.warned: set[str] = set()  # undeclared groups already warned about
         self.dropped = 0
 
 
@@ -148,7 +170,7 @@ class RedisBroker:
         self.forget_consumers_after = 3600.0
         """Seconds a consumer with nothing pending may stay silent before it is deleted."""
         self.connect_timeout = connect_timeout
-        self._conn = Reconnecting("redis broker", self._url, log)
+        self._conn = Reconnecting("redis broker", self._url, log, BrokerUnavailable)
         self.lost_entries = 0
         """Pending deliveries whose entry was deleted from the stream by someone else."""
         self.invalid = 0
@@ -166,6 +188,11 @@ class RedisBroker:
     def healthy(self, value: bool) -> None:
         self._conn.healthy = value
 
+    @property
+    def problem(self) -> str:
+        """Why Redis calls are being retried right now (empty while healthy)."""
+        return self._conn.problem
+
     # -- connection -------------------------------------------------------
 
     @property
@@ -180,10 +207,8 @@ class RedisBroker:
             self._redis = self._url.client()
         for command in _RAW:
             self._redis.set_response_callback(command, raw_reply)
-        try:
-            await asyncio.wait_for(self._conn.call(self.redis.ping), self.connect_timeout)
-        except TimeoutError:
-            raise BrokerUnavailable(f"cannot reach redis at {self._url.safe}") from None
+        self._conn.ping = self.redis.ping
+        await self._conn.connect(self.connect_timeout, "the broker")
 
     async def aclose(self) -> None:
         self._conn.closed = True
@@ -222,23 +247,25 @@ class RedisBroker:
     async def ensure_group(
         self, topic: str, group: str, *, visibility_timeout: float, start: str = "earliest"
     ) -> None:
+        if start not in STARTS:
+            raise ConfigError([f"start: expected 'earliest' or 'latest', got {start!r}"])
         t = self._topic(topic)
-        first = "0" if start == "earliest" else "$"
-        await self._conn.call(lambda: self._create_group(t.key, group, first))
+        await self._conn.call(partial(self._create_group, t.key, group, STARTS[start]))
         existing = t.groups.get(group)
         if existing is None:
-            t.groups[group] = _Group(group, visibility_timeout)
+            t.groups[group] = _Group(group, visibility_timeout, t.key)
         else:
             existing.vt = visibility_timeout
             existing.interval = min(max(visibility_timeout / 4, 0.005), 1.0)
+        t.credit = 0  # the groups that count changed: measure again
 
-    async def _create_group(self, key: str, group: str, start: str = "$") -> None:
+    async def _create_group(self, key: str, group: str, start: str) -> None:
         try:
             await self.redis.xgroup_create(key, group, start, mkstream=True)
         except ResponseError as exc:
             if "WRONGTYPE" in str(exc):
-                raise ChuteError(f"redis key {key!r} holds something other than a stream; "
-                                 "use another topic name or key prefix") from None  # fmt: skip
+                raise Unavailable(f"redis key {key!r} holds something other than a stream; "
+                                        "use another topic name or key prefix") from None  # fmt: skip
             if "BUSYGROUP" not in str(exc):
                 raise
 
@@ -259,10 +286,17 @@ class RedisBroker:
         ids: list[str] = []
         start = 0
         backoff = 0.005
+        waiting_since: float | None = None
         while start < len(messages):
             if t.credit <= 0:
                 t.credit = await self._conn.call(lambda: self._room(t))
                 if t.credit <= 0:
+                    now = time.monotonic()
+                    if waiting_since is None:
+                        waiting_since = now
+                    elif now - waiting_since >= _SLOW_PUBLISH:
+                        _log_full(t, now - waiting_since)
+                        waiting_since = now + 1e9  # once per publish call
                     await _wait(t.writers, backoff)
                     backoff = min(backoff * 2, 0.25)
                     self._check_open()
@@ -275,12 +309,30 @@ class RedisBroker:
         return ids
 
     async def _room(self, t: _Topic) -> int:
-        """Capacity minus unacknowledged entries, capped so nodes re-measure often."""
-        unacked = await upkeep.unacked(self.redis, t.key)
-        if unacked is None:  # no group reads it: capacity is a retention limit (broker.py)
+        """Capacity minus unacknowledged entries, capped so nodes re-measure often.
+
+        Only the groups declared here count (all of them for a process that
+        declared none, such as ``chute publish``).
+        """
+        counts = await upkeep.unacked(self.redis, t.key)
+        if not counts:  # no group reads it: capacity is a retention limit (broker.py)
             t.dropped += int(await self._cmd("XTRIM", t.key, "MAXLEN", t.capacity))
-            unacked = 0
-        return min(t.capacity - unacked, max(1, t.capacity // 8))
+        declared = {n: c for n, c in counts.items() if n in t.groups} if t.groups else counts
+        t.unacked = declared
+        await self._warn_undeclared(t, counts)
+        return min(t.capacity - max(declared.values(), default=0), max(1, t.capacity // 8))
+
+    async def _warn_undeclared(self, t: _Topic, counts: dict[str, int]) -> None:
+        """Once per group: say that a group this process does not declare is left aside."""
+        others = set(counts) - set(t.groups) - t.warned if t.groups else set()
+        if not others:
+            return
+        t.warned |= others
+        for name, idle in (await upkeep.group_idle(self.redis, t.key, sorted(others))).items():
+            log.warning("topic %s: consumer group %s is not declared here (idle %s, %d "
+                        "unacknowledged): it does not hold back publishers, but keeps its "
+                        "entries from being trimmed; `chute groups prune` removes it",
+                        t.name, name, _ago(idle), counts[name])  # fmt: skip
 
     async def _xadd(self, t: _Topic, messages: Sequence[Message]) -> list[str]:
         now = time.time()
@@ -369,8 +421,8 @@ class RedisBroker:
                 if not fields or fields[0] != FIELD:
                     raise msgspec.DecodeError(f"no {FIELD.decode()!r} field")
                 message = decode_message(fields[1])
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                bad.append((message_id, fields, str(exc)))
+            except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
+                bad.append((message_id, fields, f"not a chute message: {exc}"))
                 continue
             message.id = message_id
             message.attempt = attempts.get(message_id, 1) if attempts is not None else 1
@@ -381,35 +433,44 @@ class RedisBroker:
 
     async def _dead_letter(self, t: _Topic, g: _Group, bad: list[tuple[str, Any, str]]) -> None:
         """Entries written by something other than chute: set aside, never delivered."""
-        self.invalid += len(bad)
         dead = t.key + ":dead"
-        pipe = self.redis.pipeline(transaction=False)
-        for message_id, fields, reason in bad:
-            log.error("entry %s on %s is not a chute message (%s): dead-lettered", message_id,
-                      t.key, reason)  # fmt: skip
-            pairs = list(fields or [])
-            pipe.xadd(dead, {"id": message_id, "group": g.name, "error": reason,
-                             "fields": msgspec.json.encode([_str(f) for f in pairs])})  # fmt: skip
-        pipe.xack(t.key, g.name, *[b[0] for b in bad])
-        await self._conn.call(pipe.execute)
+        packed = b"".join(dead_letter_command(dead, message_id, fields, reason, group=g.name)
+                          for message_id, fields, reason in bad)  # fmt: skip
+        packed += pack("XACK", t.key, g.name, *[b[0] for b in bad])
+        # Built once, sent whole on each try: the bytes are the request.
+        await self._conn.call(partial(pipelined, self.redis, packed, len(bad) + 1))
+        self.invalid += len(bad)
+        for message_id, _, reason in bad:
+            log.error("entry %s on %s: %s: moved to %s", message_id, t.key, reason[:200], dead)
 
     # -- redelivery -------------------------------------------------------
 
     async def _maintain(
         self, t: _Topic, g: _Group, name: str, count: int, deadline: float
     ) -> list[Message]:
-        """Renew parked nacks, then claim deliveries idle past the visibility timeout.
+        """Renew waiting retries, take due ones, then claim deliveries idle past the timeout.
 
         Raises TimeoutError when Redis stays away past ``deadline`` (monotonic).
         """
         now = time.time()
-        if g.parked:
-            await self._renew_parked(t, g, now, deadline)
-        claimed: list[Any] = []
+        try:
+            if now >= g.next_renew:
+                renew = partial(retries.renew, self.redis, t.key, g.name, self.node)
+                await self._conn.call(renew, deadline=deadline)
+                g.next_renew = now + max(g.vt / 3, 0.005)
+            take = partial(retries.take_due, self.redis, t.key, g.name, name, count, now)
+            claimed, next_due = await self._conn.call(take, deadline=deadline)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self._recover_group(t, g, exc)
+            return []
         deleted: list[Any] = []
         min_idle = int(g.vt * 1000)
         cursor = g.cursor
         for _ in range(4):
+            if len(claimed) >= count:
+                break
             want = count - len(claimed)
             args = ("XAUTOCLAIM", t.key, g.name, name, min_idle, cursor, "COUNT", want)
             try:
@@ -428,8 +489,8 @@ class RedisBroker:
         g.cursor = cursor
         full = len(claimed) >= count or cursor not in (b"0-0", "0-0")
         g.next_check = now if full else now + g.interval
-        if g.parked:
-            g.next_check = min(g.next_check, min(g.parked.values()), now + g.vt / 2)
+        if next_due is not None:
+            g.next_check = min(g.next_check, next_due)
         if deleted:
             self.lost_entries += len(deleted)
             log.error("%d pending deliveries on %s (group %s) lost their entry (deleted by "
@@ -446,28 +507,13 @@ class RedisBroker:
     async def _attempts(self, t: _Topic, g: _Group, ids: list[Any]) -> dict[str, int]:
         """Delivery counts of claimed entries: XAUTOCLAIM increments but does not return them."""
         packed = b"".join(pack("XPENDING", t.key, g.name, i, i, 1) for i in ids)
+        # Claimed as stale while waiting out a delay (every node was away): not due twice.
+        packed += pack("ZREM", g.due, *ids)
         out: dict[str, int] = {}
-        for reply in await pipelined(self.redis, packed, len(ids)):
+        for reply in (await pipelined(self.redis, packed, len(ids) + 1))[:-1]:
             for row in reply or ():
                 out[_str(row[0])] = int(row[3])
         return out
-
-    async def _renew_parked(self, t: _Topic, g: _Group, now: float, deadline: float) -> None:
-        """Keep long-delayed nacks from going stale before they are due."""
-        pipe = self.redis.pipeline(transaction=False)
-        handed: list[str] = []
-        for message_id, due in g.parked.items():
-            left = due - now
-            if left <= g.vt:  # from here Redis's own idle time carries it
-                handed.append(message_id)
-                idle = int((g.vt - max(left, 0.0)) * 1000)
-            else:
-                idle = 0
-            pipe.execute_command("XCLAIM", t.key, g.name, self.node, 0, message_id,
-                                 "IDLE", idle, "JUSTID")  # fmt: skip
-        await self._conn.call(pipe.execute, deadline=deadline)
-        for message_id in handed:
-            g.parked.pop(message_id, None)
 
     # -- acknowledging ----------------------------------------------------
 
@@ -476,9 +522,6 @@ class RedisBroker:
         g = t.groups.get(group)
         if g is None or not ids:
             return
-        if g.parked:
-            for message_id in ids:
-                g.parked.pop(message_id, None)
         acked = 0
         for start in range(0, len(ids), 10_000):
             chunk = ids[start : start + 10_000]
@@ -497,17 +540,9 @@ class RedisBroker:
         g = t.groups.get(group)
         if g is None or not ids:
             return
-        now = time.time()
-        delay = max(0.0, delay)
-        if delay > g.vt:
-            for message_id in ids:
-                g.parked[message_id] = now + delay
-            idle = 0
-        else:
-            idle = int((g.vt - delay) * 1000)
-        args = ("XCLAIM", t.key, g.name, self.node, 0, *ids, "IDLE", idle, "JUSTID")
-        await self._conn.call(partial(self._cmd, *args))
-        g.next_check = min(g.next_check, now + min(delay, g.vt / 2))
+        due = time.time() + max(0.0, delay)
+        await self._conn.call(partial(retries.park, self.redis, t.key, g.name, self.node, ids, due))
+        g.next_check = min(g.next_check, due)
 
     async def extend(self, topic: str, group: str, ids: Sequence[str]) -> None:
         # XCLAIM with min-idle 0 resets the idle time (JUSTID: no delivery is
@@ -522,6 +557,29 @@ class RedisBroker:
         for g in t.groups.values():
             await upkeep.forget_consumers(self.redis, t.key, g.name, self.forget_consumers_after)
 
+    # -- groups left behind (``chute groups``) ----------------------------
+
+    async def group_names(self, topic: str) -> dict[str, float | None]:
+        """Every consumer group on the topic in Redis, with seconds since it was last used."""
+        key = self._topic(topic).key
+
+        async def run() -> dict[str, float | None]:
+            names = list(await upkeep.unacked(self.redis, key))
+            return await upkeep.group_idle(self.redis, key, names)
+
+        return await self._conn.call(run)
+
+    async def delete_group(self, topic: str, group: str) -> None:
+        """Remove a consumer group and its delayed retries (``chute groups prune``)."""
+        t = self._topic(topic)
+
+        async def run() -> None:
+            await self._cmd("XGROUP", "DESTROY", t.key, group)
+            await self._cmd("DEL", retries.due_key(t.key, group))
+
+        await self._conn.call(run)
+        t.groups.pop(group, None)
+
     # -- statistics -------------------------------------------------------
 
     async def stats(self, topic: str) -> TopicStats:
@@ -529,7 +587,8 @@ class RedisBroker:
         return await self._conn.call(lambda: self._stats(t))
 
     async def _stats(self, t: _Topic) -> TopicStats:
-        added, groups = await upkeep.snapshot(self.redis, t.key)
+        added, groups = await upkeep.snapshot(self.redis, t.key, partial(retries.due_key, t.key))
+        await self._warn_undeclared(t, {g.name: g.lag + g.pending for g in groups})
         now = time.time()
         out = []
         for snap in groups:
@@ -558,6 +617,21 @@ class RedisBroker:
 
     def topic_names(self) -> list[str]:
         return list(self._topics)
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "never used"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _log_full(t: _Topic, waited: float) -> None:
+    holders = ", ".join(f"{n} {c}" for n, c in sorted(t.unacked.items())) or "none"
+    log.warning("publishing to %s has waited %.0f s: the topic is full (capacity %d; "
+                "unacknowledged per group: %s)", t.name, waited, t.capacity, holders)  # fmt: skip
 
 
 def _wake(waiters: list[asyncio.Future[None]]) -> None:

@@ -6,6 +6,7 @@ keeps to publishing, reading and acknowledging.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -45,21 +46,34 @@ async def _lag(redis: aioredis.Redis, key: str, info: dict[str, Any]) -> int:
     return int(lag)
 
 
-async def unacked(redis: aioredis.Redis, key: str) -> int | None:
-    """Entries some group has not acknowledged: what a topic's capacity bounds (None: no group)."""
-    groups = await _groups(redis, key)
-    if not groups:
-        return None
-    most = 0
-    for info in groups:
-        most = max(most, await _lag(redis, key, info) + int(info.get("pending", 0)))
-    return most
+async def unacked(redis: aioredis.Redis, key: str) -> dict[str, int]:
+    """Per group, entries it has not acknowledged: what a topic's capacity bounds."""
+    return {
+        as_str(info["name"]): await _lag(redis, key, info) + int(info.get("pending", 0))
+        for info in await _groups(redis, key)
+    }
 
 
-async def snapshot(redis: aioredis.Redis, key: str) -> tuple[int, list[GroupSnapshot]]:
+async def group_idle(redis: aioredis.Redis, key: str, names: list[str]) -> dict[str, float | None]:
+    """Seconds since each group's most recently active consumer acted (None: never)."""
+    out: dict[str, float | None] = {}
+    for name in names:
+        try:
+            consumers = await redis.xinfo_consumers(key, name)
+        except ResponseError:  # gone meanwhile
+            continue
+        idle = [int(c.get("idle", 0)) / 1000.0 for c in consumers]
+        out[name] = min(idle) if idle else None
+    return out
+
+
+async def snapshot(
+    redis: aioredis.Redis, key: str, due_key: Callable[[str], str]
+) -> tuple[int, list[GroupSnapshot]]:
     """Entries ever added, and each group's lag, pending count and oldest pending age.
 
-    The age is the longest idle time among the 16 lowest pending ids: Redis
+    The age is the longest idle time among the 16 lowest pending ids that are
+    not retries waiting out a delay (members of ``due_key(group)``): Redis
     keeps pending entries by id, not by delivery time, so this is a close
     lower bound rather than an exact maximum.
     """
@@ -72,11 +86,17 @@ async def snapshot(redis: aioredis.Redis, key: str) -> tuple[int, list[GroupSnap
     added = int((await redis.xinfo_stream(key)).get("entries-added", 0))
     pipe = redis.pipeline(transaction=False)
     for info in groups:
-        pipe.execute_command("XPENDING", key, info["name"], "-", "+", 16)
+        pipe.zrange(due_key(as_str(info["name"])), 0, 999)
+    waiting = await pipe.execute()
+    pipe = redis.pipeline(transaction=False)
+    for info, due in zip(groups, waiting, strict=True):
+        pipe.execute_command("XPENDING", key, info["name"], "-", "+", 16 + len(due))
     oldest = await pipe.execute()
     out = []
-    for info, rows in zip(groups, oldest, strict=True):
-        age = max((int(row[2]) for row in rows or ()), default=0) / 1000.0
+    for info, rows, due in zip(groups, oldest, waiting, strict=True):
+        skip = {as_str(i) for i in due}
+        idle = [int(row[2]) for row in rows or () if as_str(row[0]) not in skip][:16]
+        age = max(idle, default=0) / 1000.0
         out.append(
             GroupSnapshot(
                 name=as_str(info["name"]),

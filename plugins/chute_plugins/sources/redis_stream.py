@@ -3,16 +3,19 @@
 The source reads the stream with its own consumer group and publishes each
 entry to its topic; an entry is acknowledged on the stream only after the
 publish was accepted, so a crash in between reads it again (at-least-once).
-On start it first re-reads its own unacknowledged entries, and entries that
-another consumer of the group left pending for ``claim_after`` (a node that
-died) are taken over.
+Its consumer in the group is named after the node (``node`` in the config,
+else the host name), the same across restarts: on start it first re-reads its
+own unacknowledged entries, and entries that another consumer of the group
+left pending for ``claim_after`` (a node that died) are taken over. Consumers
+idle for ``forget_after`` with nothing pending are removed from the group.
 
 Each entry becomes a message with ``data`` = the entry's fields as a dict of
 strings, or, with ``data_field``, that field's JSON; ``key`` = the
 ``key_field`` value, else the entry id; headers ``redis-stream`` and
 ``redis-id``. An entry that cannot be read (not UTF-8, bad JSON, missing
-field) is logged, counted, copied to ``dead_stream`` with the reason, and
-acknowledged: it never blocks the entries behind it.
+field) is logged, counted, copied to ``dead_stream`` with the reason and its
+fields byte for byte (``redis_conn.dead_letter_command``, shared with the
+broker), and acknowledged: it never blocks the entries behind it.
 
 ```toml
 [sources.orders]
@@ -35,17 +38,28 @@ import anyio
 import msgspec
 from chute.config import Duration, Strict
 from chute.context import PluginContext
-from chute.errors import ConfigError
+from chute.errors import ConfigError, Unavailable
 from chute.message import Message
 from chute.source import Emit
 from chute.store import ItemStatus
 from redis.exceptions import ResponseError
 
-from ..redis_conn import MAX_BLOCK, Reconnecting, RedisUrl, as_str, raw_reply
+from ..brokers import redis_upkeep as upkeep
+from ..redis_conn import (
+    MAX_BLOCK,
+    Reconnecting,
+    RedisUrl,
+    as_str,
+    dead_letter_command,
+    field_pairs,
+    pipelined,
+    raw_reply,
+)
 
 log = logging.getLogger("chute.sources.redis")
 
 _STREAM_ID = re.compile(r"\d+(-\d+)?")
+_STARTS = {"earliest": "0", "latest": "$"}
 
 
 class RedisStreamOptions(Strict):
@@ -55,8 +69,9 @@ class RedisStreamOptions(Strict):
     """The Redis server holding the stream."""
     group: str = ""
     """Consumer group on the stream; defaults to ``chute-<source name>``."""
-    start: str = "0"
-    """Where a new group starts: ``0`` takes the entries already there, ``$`` only new ones."""
+    start: str = "earliest"
+    """Where a new group starts: ``earliest`` (or ``0``) takes the entries already there,
+    ``latest`` (or ``$``) only new ones; or a stream id."""
     batch: int = 100
     """Most entries read at once."""
     key_field: str = ""
@@ -67,6 +82,8 @@ class RedisStreamOptions(Strict):
     """Take over entries another consumer of the group left unacknowledged this long."""
     dead_stream: str = ""
     """Where unreadable entries go; defaults to ``<stream>:dead``."""
+    forget_after: Duration = Duration(3600.0)
+    """Remove consumers of the group that are idle this long and hold nothing."""
 
 
 class RedisStreamSource:
@@ -75,14 +92,19 @@ class RedisStreamSource:
     def __init__(self, options: RedisStreamOptions, ctx: PluginContext) -> None:
         if options.batch < 1:
             raise ConfigError([f"batch: must be at least 1, got {options.batch}"])
-        if options.start not in ("0", "$") and not _STREAM_ID.fullmatch(options.start):
-            raise ConfigError([f"start: expected '0', '$' or a stream id, got {options.start!r}"])
+        start = _STARTS.get(options.start, options.start)
+        if start not in ("0", "$") and not _STREAM_ID.fullmatch(start):
+            raise ConfigError(
+                [f"start: expected 'earliest', 'latest' or a stream id, got {options.start!r}"]
+            )
+        self.start = start
         self.options = options
         self.group = options.group or f"chute-{ctx.name}"
-        self.consumer = ctx.node
+        # Stable across restarts, so a restarted node re-reads its own pending entries.
+        self.consumer = ctx.stable_node or ctx.node
         self.dead_stream = options.dead_stream or f"{options.stream}:dead"
         self._url = RedisUrl.parse(options.url, default_prefix="")
-        self._conn = Reconnecting(f"redis source {ctx.name}", self._url, log)
+        self._conn = Reconnecting(f"redis source {ctx.name}", self._url, log, Unavailable)
         self._redis = self._url.client()
         for command in ("XREADGROUP", "XAUTOCLAIM"):  # parsed here: one shape on RESP2 and 3
             self._redis.set_response_callback(command, raw_reply)
@@ -105,7 +127,7 @@ class RedisStreamSource:
     async def _create_group(self) -> None:
         try:
             await self._cmd("XGROUP", "CREATE", self.options.stream, self.group,
-                            self.options.start, "MKSTREAM")  # fmt: skip
+                            self.start, "MKSTREAM")  # fmt: skip
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -118,11 +140,16 @@ class RedisStreamSource:
             pass
         claim_every = max(0.05, min(float(o.claim_after) / 4, 5.0))
         next_claim = anyio.current_time()
+        next_forget = anyio.current_time()
         while True:
             if anyio.current_time() >= next_claim:
                 while await self._claim_stale(emit):
                     pass
                 next_claim = anyio.current_time() + claim_every
+            if anyio.current_time() >= next_forget:
+                await self._conn.call(partial(upkeep.forget_consumers, self._redis, o.stream,
+                                              self.group, float(o.forget_after)))  # fmt: skip
+                next_forget = anyio.current_time() + max(1.0, float(o.forget_after) / 4)
             wait = min(MAX_BLOCK, max(0.001, next_claim - anyio.current_time()))
             got = await self._pass(emit, ">", block_ms=int(wait * 1000))
             if not got and not self._caught_up.is_set():
@@ -156,8 +183,10 @@ class RedisStreamSource:
                 int(float(o.claim_after) * 1000), "0-0", "COUNT", o.batch)  # fmt: skip
         try:
             reply = await self._conn.call(partial(self._cmd, *args))
-        except ResponseError:
-            return 0
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            return 0  # recreated by the next read
         entries = [e for e in reply[1] if e]
         if entries:
             await self._forward(emit, entries)
@@ -172,7 +201,7 @@ class RedisStreamSource:
             ids.append(entry_id)
             if raw_fields is None:  # deleted under our pending delivery
                 continue
-            fields = _pairs(raw_fields)
+            fields = field_pairs(raw_fields)
             try:
                 messages.append(self._message(entry_id, fields))
             except (UnicodeDecodeError, msgspec.DecodeError, KeyError) as exc:
@@ -196,15 +225,14 @@ class RedisStreamSource:
                        headers={"redis-stream": o.stream, "redis-id": entry_id})  # fmt: skip
 
     async def _dead_letter(self, bad: list[tuple[str, list[Any], str]]) -> None:
+        packed = b"".join(dead_letter_command(self.dead_stream, entry_id, fields, reason)
+                          for entry_id, fields, reason in bad)  # fmt: skip
+        # Built once, sent whole on each try: the bytes are the request.
+        await self._conn.call(partial(pipelined, self._redis, packed, len(bad)))
         self.invalid += len(bad)
-        pipe = self._redis.pipeline(transaction=False)
-        for entry_id, fields, reason in bad:
+        for entry_id, _, reason in bad:
             log.error("entry %s on %s cannot be read (%s): copied to %s", entry_id,
                       self.options.stream, reason, self.dead_stream)  # fmt: skip
-            flat: dict[Any, Any] = {b"chute-error": reason, b"chute-id": entry_id}
-            flat.update((k, v) for k, v in fields if k not in flat)
-            pipe.xadd(self.dead_stream, flat)
-        await self._conn.call(pipe.execute)
 
     async def item_finished(self, key: str, status: ItemStatus) -> None:
         return None
@@ -220,12 +248,6 @@ def _entries(reply: Any) -> list[Any]:
     if isinstance(reply, dict):
         return [e for entries in reply.values() for e in entries]
     return [e for _, entries in reply for e in entries]
-
-
-def _pairs(fields: Any) -> list[tuple[Any, Any]]:
-    if isinstance(fields, dict):
-        return list(fields.items())
-    return list(zip(fields[::2], fields[1::2], strict=True))
 
 
 def _reason(exc: Exception) -> str:

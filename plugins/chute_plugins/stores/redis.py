@@ -24,7 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from chute.errors import BrokerUnavailable
+from chute.errors import StoreUnavailable
 from chute.store import Claim, Finish, ItemRecord, ItemStatus, OneItemCalls
 
 from ..redis_conn import Reconnecting, RedisUrl, as_str
@@ -165,10 +165,12 @@ def _unmember(member: bytes) -> tuple[str, str]:
 class RedisStore(OneItemCalls):
     """``StateStore`` on Redis: nodes pointing at one Redis share item state and leases."""
 
-    def __init__(self, url: str, workdir: Path) -> None:
+    def __init__(self, url: str, workdir: Path, *, connect_timeout: float = 10.0) -> None:
         self._url = RedisUrl.parse(url)
         self.prefix = self._url.prefix
-        self._conn = Reconnecting("redis state store", self._url, log)
+        self.connect_timeout = connect_timeout
+        """Seconds ``open`` waits for Redis (as the broker's ``start``) before giving up."""
+        self._conn = Reconnecting("redis state store", self._url, log, StoreUnavailable)
         self._redis = self._url.client()
         self._claim = self._redis.register_script(_CLAIM)
         self._finish = self._redis.register_script(_FINISH)
@@ -215,15 +217,16 @@ class RedisStore(OneItemCalls):
 
     # -- the protocol ------------------------------------------------------
 
-    async def open(self, connect_timeout: float = 10.0) -> None:
-        self._conn.closed = False
+    @property
+    def problem(self) -> str:
+        return self._conn.problem
+
+    async def open(self, connect_timeout: float | None = None) -> None:
+        """Connect; give up after ``connect_timeout`` (default: the constructor's, 10 s)."""
         # A deadline: a runtime starting while Redis is away says so and exits.
-        try:
-            await self._conn.call(self._redis.ping, deadline=time.monotonic() + connect_timeout)
-        except TimeoutError:
-            raise BrokerUnavailable(
-                f"cannot reach redis at {self._url.safe} (the state store)"
-            ) from None
+        self._conn.ping = self._redis.ping
+        limit = self.connect_timeout if connect_timeout is None else connect_timeout
+        await self._conn.connect(limit, "the state store")
 
     async def aclose(self) -> None:
         self._conn.closed = True

@@ -72,6 +72,7 @@ class Operator:
         self.name = name
         self.broker = broker
         self.group = cfg.group or name
+        self.start = cfg.start
         self.consumer = f"{node}/{name}"
         self.batch = max(1, cfg.batch)
         self.inputs: list[str] = []
@@ -96,7 +97,9 @@ class Operator:
         topics = topics or {}
         for topic in self.inputs:
             timeout = topics.get(topic, TopicConfig()).visibility_timeout
-            await self.broker.ensure_group(topic, self.group, visibility_timeout=timeout)
+            await self.broker.ensure_group(
+                topic, self.group, visibility_timeout=timeout, start=self.start
+            )
 
     async def run(self, stop: anyio.Event | None = None) -> None:
         """Move messages until cancelled, or until ``stop`` is set.
