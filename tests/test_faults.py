@@ -124,6 +124,7 @@ def test_a_full_disk_pauses_the_pool_and_burns_no_attempt(tmp_path: Path) -> Non
         f"""\
 workdir = "work"
 state = "memory"
+broker = "memory"  # the executor's own writes are what fail here (the local broker: below)
 
 [api]
 enabled = true
@@ -173,3 +174,22 @@ executor = {{ type = "command", argv = ["{sys.executable}", "{script}"] }}
     assert sorted(_lines(log)) == [f"item-{n} 1" for n in range(3)], "".join(output)[-3000:]
     assert not any("is dead" in line for line in output)
     assert os.path.isdir(tmp_path / "work")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_full_disk_under_the_local_broker_stops_chute_with_one_line(tmp_path: Path) -> None:
+    # The default broker keeps topics on disk: with no room to write, chute
+    # stops with one line and exit 3 (operational failure) instead of losing work.
+    config = tmp_path / "jobs.toml"
+    config.write_text(
+        'workdir = "work"\n[sources.gen]\ntype = "generate"\ntopic = "jobs"\ncount = 3\n'
+        '[pools.work]\ntopic = "jobs"\nexecutor = { type = "command", argv = ["true"] }\n'
+    )
+    result = subprocess.run(
+        [*CHUTE, "run", str(config), "--until-idle"], cwd=REPO, capture_output=True, text=True,
+        preexec_fn=_no_file_may_grow, timeout=50,
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "local broker" in result.stderr.strip().splitlines()[-1]

@@ -130,10 +130,17 @@ def lock_exclusively(path: Path) -> IO[bytes]:
             f"the local broker file {path} is in use by another chute process (pid {holder}); "
             "stop it, or give this one its own workdir"
         ) from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(str(os.getpid()).encode())
-    lock.flush()
+    try:
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()).encode())
+        lock.flush()
+    except OSError as exc:  # a full disk or a file-size limit: the broker cannot work here
+        with contextlib.suppress(OSError):  # close() flushes the same bytes again
+            lock.close()
+        raise BrokerUnavailable(
+            f"cannot write the local broker file {path}: {exc.strerror}"
+        ) from None
     return lock
 
 
