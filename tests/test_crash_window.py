@@ -93,8 +93,11 @@ executor = {{ type = "command", argv = [{", ".join(f'"{a}"' for a in argv)}] }}
     exposed: list[tuple[set[str], set[str]]] = []  # per kill: running, finished uncommitted
     with (tmp_path / "chute.out").open("ab") as out:
         for _ in range(KILLS):
+            # What ran before this start: an item killed by an earlier kill and not
+            # rerun yet is not running now.
+            started_before, ended_before = _runs(log)
             proc = subprocess.Popen(cmd, cwd=repo, stdout=out, stderr=subprocess.STDOUT)
-            before = sum(_runs(log)[1].values())
+            before = sum(ended_before.values())
             deadline = time.monotonic() + 60
             while sum(_runs(log)[1].values()) < before + 60:  # well into the run
                 assert time.monotonic() < deadline and proc.poll() is None
@@ -104,7 +107,10 @@ executor = {{ type = "command", argv = [{", ".join(f'"{a}"' for a in argv)}] }}
             time.sleep(0.3)  # the warden has killed the running executors by now
             started, ended = _runs(log)
             done = _committed(db)
-            running = {n for n in started if started[n] > ended[n]}
+            running = {
+                n for n in started
+                if started[n] - started_before.get(n, 0) > ended[n] - ended_before.get(n, 0)
+            }  # fmt: skip
             uncommitted = {n for n in ended if n not in done} - running
             exposed.append((running, uncommitted))
         final = subprocess.run([*cmd, "--until-idle"], cwd=repo, stdout=out,
