@@ -145,8 +145,6 @@ async def test_a_delay_longer_than_the_visibility_timeout_is_kept(broker: Broker
 
 
 async def test_a_retry_acked_while_it_waits_is_not_delivered(broker: Broker) -> None:
-    if type(broker).__name__ == "JetStreamBroker":
-        pytest.xfail("nats: an ack does not cancel a redelivery already scheduled by a nack")
     await setup(broker, "g", vt=VT)
     ids = await broker.publish("t", msgs(2))
     await broker.read("t", "g", "c", count=10, block=None)

@@ -108,6 +108,11 @@ class _Group:
         self.durable = durable
         self.held: dict[str, tuple[str, float]] = {}
         """Deliveries this process holds: id -> (ack subject, when handed out)."""
+        self.waiting: set[str] = set()
+        """Ids this process nacked with a delay: JetStream will deliver them again."""
+        self.cancelled: set[str] = set()
+        """Waiting ids acked meanwhile: a NAK's redelivery cannot be withdrawn on the
+        server, so it is acked and dropped here when it arrives."""
         self.consumers: set[str] = set()
         self.acked = 0
         self.meter = RateMeter()
@@ -410,9 +415,15 @@ class JetStreamBroker:
                 )
         now = time.time()
         out = []
+        withdrawn = []
         for msg in got:
             meta = msg.metadata
             message_id = f"{(msg.headers or {}).get(_MS, '0')}-{meta.sequence.stream}"
+            g.waiting.discard(message_id)
+            if message_id in g.cancelled:
+                g.cancelled.discard(message_id)
+                withdrawn.append(msg.reply)
+                continue
             g.held[message_id] = (msg.reply, now)
             try:
                 message = decode_message(msg.data)
@@ -420,6 +431,8 @@ class JetStreamBroker:
                 log.error("nats: entry %s of %r is not a chute message", message_id, topic)
                 message = Message(data=None, headers={"chute-error": "undecodable entry"})
             out.append(replace(message, id=message_id, attempt=meta.num_delivered))
+        if withdrawn:
+            await self._call(f"ack on {topic!r}", lambda: self._respond(withdrawn, b"+ACK"))
         return out
 
     async def _pull(self, t: _Topic, g: _Group, count: int, block: float | None) -> list[Msg]:
@@ -474,6 +487,12 @@ class JetStreamBroker:
         return subjects
 
     async def ack(self, topic: str, group: str, ids: Sequence[str]) -> None:
+        t = self._topics.get(topic)
+        waiting = t.groups.get(group) if t else None
+        if waiting is not None and waiting.waiting:
+            cancel = waiting.waiting.intersection(ids)
+            waiting.waiting -= cancel
+            waiting.cancelled |= cancel
         subjects = self._take(topic, group, ids)
         await self._call(f"ack on {topic!r}", lambda: self._respond(subjects, b"+ACK"))
         g = self._topic(topic).groups[group] if subjects else None
@@ -482,6 +501,10 @@ class JetStreamBroker:
             g.meter.mark(len(subjects), time.time())
 
     async def nack(self, topic: str, group: str, ids: Sequence[str], *, delay: float = 0.0) -> None:
+        t = self._topics.get(topic)
+        g = t.groups.get(group) if t else None
+        if delay > 0 and g is not None:
+            g.waiting.update(i for i in ids if i in g.held)
         subjects = self._take(topic, group, ids)
         body = b"-NAK" if delay <= 0 else b'-NAK {"delay": %d}' % int(delay * 1e9)
         await self._call(f"nack on {topic!r}", lambda: self._respond(subjects, body))
