@@ -95,10 +95,13 @@ async def test_pool_scales_up_under_load_never_past_max_and_back_down_when_idle(
     broker, pool = await make_pool(SleepExecutor(gauge), FAST, on_final)
     samples: list[tuple[int, int]] = []  # (running in the executor, concurrency limit)
     back_at_min = anyio.Event()
+    up = anyio.Event()  # the autoscaler has taken its first look (its baseline)
 
     async def sample() -> None:
         while True:  # the test's 100 ms sampler, as the issue asks
             samples.append((gauge.running, pool.concurrency))
+            if pool.counters.scale is not None:
+                up.set()
             if done.is_set() and pool.concurrency == FAST.min:
                 back_at_min.set()
             await anyio.sleep(0.1)
@@ -108,11 +111,9 @@ async def test_pool_scales_up_under_load_never_past_max_and_back_down_when_idle(
         async with anyio.create_task_group() as tg:
             tg.start_soon(pool.run, stop, 5.0)
             tg.start_soon(sample)
-            # The pool is up once its autoscaler has reported a first look (its baseline).
             # Not wait_all_tasks_blocked: its 100 ms checks can lock in phase with the
             # autoscaler's 50 ms ticks and the sampler's 100 ms, and never see all asleep.
-            while pool.counters.scale is None:
-                await anyio.sleep(0.01)
+            await up.wait()
             # 160 items of 50 ms: 8 worker-seconds, far more than one worker drains in time
             await broker.publish("jobs", [Message(key=f"k{i}", data=i) for i in range(count)])
             await done.wait()
