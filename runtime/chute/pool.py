@@ -27,8 +27,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
-import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -135,13 +133,6 @@ class Slots:
         if self._freed is not None and self.taken < self.total:
             self._freed.set()  # every waiter tries again; the first ones win
             self._freed = None
-
-
-def retry_delay(cfg: PoolConfig, attempt: int) -> float:
-    """Exponential backoff from the retry table, with jitter so a burst spreads out."""
-    r = cfg.retry
-    base = min(r.max_backoff, r.backoff * math.pow(2, max(0, attempt - 1)))
-    return base * (1.0 + random.uniform(0.0, max(0.0, r.jitter)))
 
 
 class WorkerPool:
@@ -508,7 +499,7 @@ class WorkerPool:
         last = exc.permanent or message.attempt >= self.cfg.retry.attempts
         with self.deadline.shield():
             if not last:
-                delay = retry_delay(self.cfg, message.attempt)
+                delay = self.cfg.retry.delay(message.attempt)
                 log.warning(
                     "pool %s: item %r failed (attempt %d of %d), retrying in %.1fs: %s",
                     self.name, key, message.attempt, self.cfg.retry.attempts, delay, exc.reason,

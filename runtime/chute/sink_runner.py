@@ -16,8 +16,6 @@ again, so an outage costs one attempt per backoff, not one per batch.
 from __future__ import annotations
 
 import logging
-import math
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -26,7 +24,7 @@ import anyio.lowlevel
 import msgspec
 
 from .broker import Broker
-from .config import RetryConfig, dec_hook, describe_validation_error
+from .config import dec_hook, describe_validation_error
 from .errors import BrokerUnavailable, ConfigError
 from .message import Message
 from .sink import SINK_KEYS, Outcome, Refused, Sink, SinkSettings, SinkStats
@@ -58,11 +56,6 @@ def sink_settings(spec: dict[str, Any]) -> SinkSettings:
     if problems:
         raise ConfigError(problems)
     return settings
-
-
-def backoff(retry: RetryConfig, attempt: int) -> float:
-    base = min(retry.max_backoff, retry.backoff * math.pow(2, max(0, attempt - 1)))
-    return base * (1.0 + random.uniform(0.0, max(0.0, retry.jitter)))
 
 
 class SinkRunner:
@@ -148,7 +141,7 @@ class SinkRunner:
             reason = f"{type(exc).__name__}: {exc}"
             log.warning("sink %s: cannot deliver %d messages: %s", self.name, len(messages), reason)
             outcomes = [Refused(reason)] * len(messages)
-            pause = backoff(self.settings.retry, min(m.attempt for m in messages))
+            pause = self.settings.retry.delay(min(m.attempt for m in messages))
         if len(outcomes) != len(messages):
             raise RuntimeError(
                 f"sink {self.name}: send returned {len(outcomes)} outcomes for {len(messages)}"
@@ -169,7 +162,7 @@ class SinkRunner:
                 dead.append(self._dead_letter(message, outcome))
             else:
                 # Round so one nack covers the batch a failing far side refused.
-                delay = round(backoff(retry, message.attempt), 1)
+                delay = round(retry.delay(message.attempt), 1)
                 later.setdefault(delay, []).append(message.id)
         if dead:
             await self._retrying(
