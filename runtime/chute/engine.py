@@ -220,7 +220,9 @@ class Runtime:
         for name, spec in cfg.sinks.items():
             settings = sink_settings(spec)
             sink = self._build_plugin("sink", f"sinks.{name}", "", spec, SINK_KEYS, settings.topic)
-            runner = SinkRunner(name, settings, sink, self.broker, node=self.node)
+            runner = SinkRunner(
+                name, settings, sink, self.broker, node=self.node, deadline=self.deadline
+            )
             await runner.prepare(topics[settings.topic].visibility_timeout)
             self.sinks[name] = runner
         for name, spec in cfg.sources.items():

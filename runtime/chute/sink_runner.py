@@ -28,6 +28,7 @@ from .config import dec_hook, describe_validation_error
 from .errors import BrokerUnavailable, ConfigError
 from .message import Message
 from .sink import SINK_KEYS, Outcome, Refused, Sink, SinkSettings, SinkStats
+from .stopping import Deadline
 
 log = logging.getLogger("chute.sinks")
 
@@ -36,7 +37,8 @@ T = TypeVar("T")
 READ_BLOCK = 5.0
 _BROKER_DOWN = (BrokerUnavailable, ConnectionError, TimeoutError)
 _FINAL_WRITES = 10.0
-"""Seconds the shielded acks and dead letters of one batch may take at shutdown."""
+"""Seconds the shielded acks and dead letters of one batch may take (and never past
+the stop deadline)."""
 
 
 def sink_settings(spec: dict[str, Any]) -> SinkSettings:
@@ -60,7 +62,14 @@ def sink_settings(spec: dict[str, Any]) -> SinkSettings:
 
 class SinkRunner:
     def __init__(
-        self, name: str, settings: SinkSettings, sink: Sink, broker: Broker, *, node: str
+        self,
+        name: str,
+        settings: SinkSettings,
+        sink: Sink,
+        broker: Broker,
+        *,
+        node: str,
+        deadline: Deadline | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -75,6 +84,8 @@ class SinkRunner:
         self._waiting: set[anyio.CancelScope] = set()
         self.changed = anyio.Event()
         """Set (then replaced) each time a batch was settled."""
+        self.deadline = deadline or Deadline()
+        """When the shielded settling gives up once a stop began (the runtime shares one)."""
 
     def stats(self) -> SinkStats:
         return msgspec.structs.replace(self.counters)
@@ -146,7 +157,9 @@ class SinkRunner:
             raise RuntimeError(
                 f"sink {self.name}: send returned {len(outcomes)} outcomes for {len(messages)}"
             )
-        with anyio.CancelScope(shield=True), anyio.move_on_after(_FINAL_WRITES):
+        # Shielded so a shutdown does not turn delivered messages into duplicates,
+        # but only until the runtime's stop deadline (a second signal: now).
+        with self.deadline.shield(), anyio.move_on_after(_FINAL_WRITES):
             await self._settle(messages, outcomes)
         return pause
 
