@@ -315,8 +315,8 @@ class Runtime:
             sources_scope.cancel()
             pools_stop.set()
             # Operators move messages quickly; give them the same deadline.
-            operators_scope.deadline = anyio.current_time() + grace
-            tg.cancel_scope.deadline = anyio.current_time() + grace + 5.0
+            operators_scope.deadline = self.deadline.at
+            tg.cancel_scope.deadline = self.deadline.at + 5.0
 
     async def _run_sources(self, scope: anyio.CancelScope) -> None:
         with scope:

@@ -239,8 +239,9 @@ class WorkerPool:
                     scope.cancel()
                 # Drain: running items get the grace period, then are cancelled
                 # (their deliveries stay pending and come back later).
-                workers.cancel_scope.deadline = anyio.current_time() + grace
-                self.deadline.set(workers.cancel_scope.deadline)
+                # The runtime's deadline when it set one first (or a second signal).
+                self.deadline.set(anyio.current_time() + grace)
+                workers.cancel_scope.deadline = self.deadline.at
             with self.deadline.shield(extra=FINAL_FLUSH) as final:
                 await self._return_buffer()
                 await self._flush()
