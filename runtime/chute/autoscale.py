@@ -335,15 +335,22 @@ class Scaler:
 
     def tick(self, now: float, *, backlog: int | None = None) -> int:
         """Run the controller once and apply its target to ``concurrency``; return it."""
+        return self._tick(now, backlog).target
+
+    def _tick(self, now: float, backlog: int | None) -> PoolStats:
+        """``tick``, returning the stats it decided on, updated with its decision."""
+        stats = self.stats(now, backlog=backlog)
         before = self.state.target
-        target, self.state = decide(self.stats(now, backlog=backlog), self.config, self.state, now)
+        target, self.state = decide(stats, self.config, self.state, now)
         if target != before:
             log.info(
                 "pool %s: concurrency %d -> %d (%s)", self.pool, before, target, self.state.reason
             )
         if target != self.concurrency:
             self.set_concurrency(target, now)
-        return target
+        return msgspec.structs.replace(
+            stats, target=target, concurrency=self.concurrency, scale_changes=self.state.changes
+        )
 
     def observe(self, topic: TopicStats, group: str, now: float) -> int:
         """Take arrivals and the backlog from the broker's counters; return the backlog.
@@ -396,13 +403,12 @@ class Scaler:
         while True:
             await anyio.sleep(self.config.interval)
             backlog = await look()
-            now = clock()
-            target = self.tick(now, backlog=backlog)
-            if target != applied:
-                apply(target)
-                applied = target
+            stats = self._tick(clock(), backlog)
+            if stats.target != applied:
+                apply(stats.target)
+                applied = stats.target
             if report is not None:
-                report(self.stats(now, backlog=backlog))
+                report(stats)
 
 
 def describe_scale(stats: dict[str, Any]) -> str:

@@ -8,6 +8,8 @@ silent default). Each problem is one line: ``FILE: [TABLE] KEY: what is wrong``.
 from __future__ import annotations
 
 import difflib
+import math
+import random
 import re
 import tomllib
 from pathlib import Path
@@ -100,6 +102,11 @@ class RetryConfig(Strict):
     """The longest delay between two attempts."""
     jitter: float = 0.2
     """Random fraction added to each backoff, so retries of a burst spread out."""
+
+    def delay(self, attempt: int) -> float:
+        """Seconds before retrying after ``attempt`` failed: exponential, with jitter."""
+        base = min(self.max_backoff, self.backoff * math.pow(2, max(0, attempt - 1)))
+        return base * (1.0 + random.uniform(0.0, max(0.0, self.jitter)))
 
 
 class ScaleConfig(Strict):

@@ -220,7 +220,9 @@ class Runtime:
         for name, spec in cfg.sinks.items():
             settings = sink_settings(spec)
             sink = self._build_plugin("sink", f"sinks.{name}", "", spec, SINK_KEYS, settings.topic)
-            runner = SinkRunner(name, settings, sink, self.broker, node=self.node)
+            runner = SinkRunner(
+                name, settings, sink, self.broker, node=self.node, deadline=self.deadline
+            )
             await runner.prepare(topics[settings.topic].visibility_timeout)
             self.sinks[name] = runner
         for name, spec in cfg.sources.items():
@@ -313,8 +315,8 @@ class Runtime:
             sources_scope.cancel()
             pools_stop.set()
             # Operators move messages quickly; give them the same deadline.
-            operators_scope.deadline = anyio.current_time() + grace
-            tg.cancel_scope.deadline = anyio.current_time() + grace + 5.0
+            operators_scope.deadline = self.deadline.at
+            tg.cancel_scope.deadline = self.deadline.at + 5.0
 
     async def _run_sources(self, scope: anyio.CancelScope) -> None:
         with scope:

@@ -177,21 +177,20 @@ class _Cusum:
 class Histogram:
     """Counts of samples per upper bound (Prometheus' cumulative ``le`` buckets, made at read).
 
-    ``observe`` is one bisect and two adds: cheap enough for every item.
+    ``observe`` is one bisect and two adds: cheap enough for every item. The count of
+    samples is the last cumulative count (``+Inf``), so it is not kept apart.
     """
 
-    __slots__ = ("bounds", "count", "counts", "sum")
+    __slots__ = ("bounds", "counts", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
         self.sum = 0.0
-        self.count = 0
 
     def observe(self, value: float) -> None:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.sum += value
-        self.count += 1
 
     def cumulative(self) -> list[tuple[str, int]]:
         """``[(le, count of samples <= le), ..., ("+Inf", count)]``."""

@@ -27,8 +27,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
-import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -137,13 +135,6 @@ class Slots:
             self._freed = None
 
 
-def retry_delay(cfg: PoolConfig, attempt: int) -> float:
-    """Exponential backoff from the retry table, with jitter so a burst spreads out."""
-    r = cfg.retry
-    base = min(r.max_backoff, r.backoff * math.pow(2, max(0, attempt - 1)))
-    return base * (1.0 + random.uniform(0.0, max(0.0, r.jitter)))
-
-
 class WorkerPool:
     def __init__(
         self,
@@ -248,8 +239,9 @@ class WorkerPool:
                     scope.cancel()
                 # Drain: running items get the grace period, then are cancelled
                 # (their deliveries stay pending and come back later).
-                workers.cancel_scope.deadline = anyio.current_time() + grace
-                self.deadline.set(workers.cancel_scope.deadline)
+                # The runtime's deadline when it set one first (or a second signal).
+                self.deadline.set(anyio.current_time() + grace)
+                workers.cancel_scope.deadline = self.deadline.at
             with self.deadline.shield(extra=FINAL_FLUSH) as final:
                 await self._return_buffer()
                 await self._flush()
@@ -508,7 +500,7 @@ class WorkerPool:
         last = exc.permanent or message.attempt >= self.cfg.retry.attempts
         with self.deadline.shield():
             if not last:
-                delay = retry_delay(self.cfg, message.attempt)
+                delay = self.cfg.retry.delay(message.attempt)
                 log.warning(
                     "pool %s: item %r failed (attempt %d of %d), retrying in %.1fs: %s",
                     self.name, key, message.attempt, self.cfg.retry.attempts, delay, exc.reason,

@@ -16,29 +16,26 @@ again, so an outage costs one attempt per backoff, not one per batch.
 from __future__ import annotations
 
 import logging
-import math
-import random
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 import msgspec
 
 from .broker import Broker
-from .config import RetryConfig, dec_hook, describe_validation_error
-from .errors import BrokerUnavailable, ConfigError
+from .config import dec_hook, describe_validation_error
+from .errors import ConfigError
 from .message import Message
+from .reading import READ_BLOCK, BatchReader
 from .sink import SINK_KEYS, Outcome, Refused, Sink, SinkSettings, SinkStats
+from .stopping import Deadline
 
 log = logging.getLogger("chute.sinks")
 
-T = TypeVar("T")
-
-READ_BLOCK = 5.0
-_BROKER_DOWN = (BrokerUnavailable, ConnectionError, TimeoutError)
 _FINAL_WRITES = 10.0
-"""Seconds the shielded acks and dead letters of one batch may take at shutdown."""
+"""Seconds the shielded acks and dead letters of one batch may take (and never past
+the stop deadline)."""
 
 
 def sink_settings(spec: dict[str, Any]) -> SinkSettings:
@@ -60,26 +57,27 @@ def sink_settings(spec: dict[str, Any]) -> SinkSettings:
     return settings
 
 
-def backoff(retry: RetryConfig, attempt: int) -> float:
-    base = min(retry.max_backoff, retry.backoff * math.pow(2, max(0, attempt - 1)))
-    return base * (1.0 + random.uniform(0.0, max(0.0, retry.jitter)))
-
-
-class SinkRunner:
+class SinkRunner(BatchReader):
     def __init__(
-        self, name: str, settings: SinkSettings, sink: Sink, broker: Broker, *, node: str
+        self,
+        name: str,
+        settings: SinkSettings,
+        sink: Sink,
+        broker: Broker,
+        *,
+        node: str,
+        deadline: Deadline | None = None,
     ) -> None:
+        super().__init__(
+            broker, group=settings.group or name, consumer=f"{node}/{name}",
+            batch=settings.batch, who=f"sink {name}", log=log, deadline=deadline,
+        )  # fmt: skip
         self.name = name
         self.settings = settings
         self.sink = sink
-        self.broker = broker
         self.topic = settings.topic
-        self.group = settings.group or name
-        self.consumer = f"{node}/{name}"
         self.dead_topic = f"{name}.dead"
         self.counters = SinkStats(name=name, type=settings.type, topic=settings.topic)
-        self._stopping = False
-        self._waiting: set[anyio.CancelScope] = set()
         self.changed = anyio.Event()
         """Set (then replaced) each time a batch was settled."""
 
@@ -101,43 +99,16 @@ class SinkRunner:
                 await self.pump()
             tg.cancel_scope.cancel()
 
-    async def _stop_on(self, stop: anyio.Event) -> None:
-        await stop.wait()
-        self._stopping = True
-        for scope in self._waiting:
-            scope.cancel()
-
     async def pump(self, *, block: float | None = READ_BLOCK) -> int:
         """Deliver one batch; the number of messages read (0: none came)."""
-        messages = await self._read(block)
+        messages = await self.read(self.topic, block)
         if messages:
             pause = await self.deliver(messages)
             if pause:
-                with anyio.CancelScope() as waiting:
-                    self._waiting.add(waiting)
-                    try:
-                        await anyio.sleep(pause)
-                    finally:
-                        self._waiting.discard(waiting)
+                with self._interruptible():
+                    await anyio.sleep(pause)
         await anyio.lowlevel.checkpoint()
         return len(messages)
-
-    async def _read(self, block: float | None) -> list[Message]:
-        if self._stopping:
-            return []
-        with anyio.CancelScope() as waiting:
-            self._waiting.add(waiting)
-            try:
-                return await self._retrying(
-                    f"read {self.topic!r}",
-                    lambda: self.broker.read(
-                        self.topic, self.group, self.consumer,
-                        count=self.settings.batch, block=block,
-                    ),
-                )  # fmt: skip
-            finally:
-                self._waiting.discard(waiting)
-        return []
 
     async def deliver(self, messages: Sequence[Message]) -> float:
         """Send a batch and settle each message; the pause before the next read."""
@@ -148,12 +119,14 @@ class SinkRunner:
             reason = f"{type(exc).__name__}: {exc}"
             log.warning("sink %s: cannot deliver %d messages: %s", self.name, len(messages), reason)
             outcomes = [Refused(reason)] * len(messages)
-            pause = backoff(self.settings.retry, min(m.attempt for m in messages))
+            pause = self.settings.retry.delay(min(m.attempt for m in messages))
         if len(outcomes) != len(messages):
             raise RuntimeError(
                 f"sink {self.name}: send returned {len(outcomes)} outcomes for {len(messages)}"
             )
-        with anyio.CancelScope(shield=True), anyio.move_on_after(_FINAL_WRITES):
+        # Shielded so a shutdown does not turn delivered messages into duplicates,
+        # but only until the runtime's stop deadline (a second signal: now).
+        with self.deadline.shield(), anyio.move_on_after(_FINAL_WRITES):
             await self._settle(messages, outcomes)
         return pause
 
@@ -169,7 +142,7 @@ class SinkRunner:
                 dead.append(self._dead_letter(message, outcome))
             else:
                 # Round so one nack covers the batch a failing far side refused.
-                delay = round(backoff(retry, message.attempt), 1)
+                delay = round(retry.delay(message.attempt), 1)
                 later.setdefault(delay, []).append(message.id)
         if dead:
             await self._retrying(
@@ -204,15 +177,3 @@ class SinkRunner:
             "chute-message-id": message.id,
         }
         return Message(key=message.key, data=message.data, headers=headers)
-
-    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Retry while the broker is unreachable; the batch stays pending meanwhile."""
-        delay = 0.1
-        while True:
-            try:
-                return await call()
-            except _BROKER_DOWN as exc:
-                log.warning("sink %s: cannot %s (%s); retrying in %.1fs", self.name, what, exc,
-                            delay)  # fmt: skip
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 5.0)

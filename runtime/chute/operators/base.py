@@ -13,9 +13,9 @@ cannot hold the process: the batch then stays pending (at-least-once).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from functools import partial
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import anyio
 import anyio.lowlevel
@@ -24,18 +24,10 @@ from msgspec.structs import replace
 
 from ..broker import Broker
 from ..config import OperatorBase, TopicConfig
-from ..errors import BrokerUnavailable
 from ..message import Message
-from ..stopping import Deadline
+from ..reading import READ_BLOCK, BatchReader
 
 log = logging.getLogger("chute.operators")
-
-T = TypeVar("T")
-
-READ_BLOCK = 5.0
-"""Seconds one read waits for a message before it is issued again."""
-
-_RETRYABLE = (BrokerUnavailable, ConnectionError, TimeoutError)
 
 
 class OperatorStats(msgspec.Struct, kw_only=True):
@@ -63,27 +55,23 @@ class OperatorStats(msgspec.Struct, kw_only=True):
     """Shard: unhealthy shard topics and why (down, stalled, failing)."""
 
 
-class Operator:
+class Operator(BatchReader):
     """Base of the routing operators; ``run`` consumes ``inputs[0]`` until cancelled."""
 
     kind: ClassVar[str] = ""
 
     def __init__(self, name: str, cfg: OperatorBase, broker: Broker, *, node: str) -> None:
+        super().__init__(
+            broker, group=cfg.group or name, consumer=f"{node}/{name}",
+            batch=max(1, cfg.batch), who=name, log=log,
+        )  # fmt: skip
         self.name = name
-        self.broker = broker
-        self.group = cfg.group or name
         self.start = cfg.start
-        self.consumer = f"{node}/{name}"
-        self.batch = max(1, cfg.batch)
         self.inputs: list[str] = []
         self.outputs: list[str] = []
         self.dead_letter = f"{name}.dead"
         """Topic for messages an operator cannot route (bad input)."""
         self._stats = OperatorStats(name=name, type=self.kind)
-        self._stopping = False
-        self._waiting: set[anyio.CancelScope] = set()
-        self.deadline = Deadline()
-        """When the shielded ack gives up once a stop began (the runtime shares its own)."""
 
     def stats(self) -> OperatorStats:
         return replace(
@@ -121,16 +109,6 @@ class Operator:
         """Tasks that run beside the readers (the shard's health watch)."""
         return []
 
-    def stop(self) -> None:
-        """Finish the batch in hand, then return from ``run``."""
-        self._stopping = True
-        for scope in self._waiting:
-            scope.cancel()
-
-    async def _stop_on(self, stop: anyio.Event) -> None:
-        await stop.wait()
-        self.stop()
-
     async def _consume(self, topic: str) -> None:
         while not self._stopping:
             await self.pump(topic)
@@ -150,23 +128,6 @@ class Operator:
         raise NotImplementedError
 
     # -- shared steps -----------------------------------------------------
-
-    async def read(self, topic: str, block: float | None = READ_BLOCK) -> list[Message]:
-        """The next batch; empty once ``stop`` was called (a wait for one is abandoned)."""
-        if self._stopping:
-            return []
-        with anyio.CancelScope() as waiting:
-            self._waiting.add(waiting)
-            try:
-                return await self._retrying(
-                    f"read {topic!r}",
-                    lambda: self.broker.read(
-                        topic, self.group, self.consumer, count=self.batch, block=block
-                    ),
-                )
-            finally:
-                self._waiting.discard(waiting)
-        return []
 
     async def forward(
         self, topic: str, messages: Sequence[Message], routes: Mapping[str, list[Message]]
@@ -200,14 +161,3 @@ class Operator:
         reason = f"{type(exc).__name__}: {exc}"
         log.warning("%s: message %s dead-lettered: %s", self.name, message.id, reason)
         self.dead(message, reason, bucket)
-
-    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Retry while the broker is unreachable; the batch stays pending meanwhile."""
-        delay = 0.1
-        while True:
-            try:
-                return await call()
-            except _RETRYABLE as exc:
-                log.warning("%s: cannot %s (%s); retrying in %.1fs", self.name, what, exc, delay)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 5.0)
