@@ -273,8 +273,11 @@ class RedisBroker:
         """The group vanished (Redis restarted without persistence, or someone deleted it).
 
         Recreated at the stream's start, not its end: what the stream holds now
-        was published since, and redelivering beats losing it.
+        was published since, and redelivering beats losing it. Any other error
+        than NOGROUP is raised again: the callers pass every ``ResponseError``.
         """
+        if "NOGROUP" not in str(exc):
+            raise exc
         log.warning("consumer group %s on %s is gone (%s); recreating it", g.name, t.key, exc)
         await self._conn.call(partial(self._create_group, t.key, g.name, "0"))
 
@@ -397,8 +400,6 @@ class RedisBroker:
             except TimeoutError:
                 return []
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
                 await self._recover_group(t, g, exc)
                 continue
             break
@@ -461,8 +462,6 @@ class RedisBroker:
             take = partial(retries.take_due, self.redis, t.key, g.name, name, count, now)
             claimed, next_due = await self._conn.call(take, deadline=deadline)
         except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
             await self._recover_group(t, g, exc)
             return []
         deleted: list[Any] = []
@@ -476,8 +475,6 @@ class RedisBroker:
             try:
                 reply = await self._conn.call(partial(self._cmd, *args), deadline=deadline)
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
                 await self._recover_group(t, g, exc)
                 return []
             cursor = reply[0]

@@ -78,12 +78,12 @@ async def snapshot(
     lower bound rather than an exact maximum.
     """
     groups = await _groups(redis, key)
+    try:
+        added = int((await redis.xinfo_stream(key)).get("entries-added", 0))
+    except ResponseError:  # no stream yet
+        return 0, []
     if not groups:
-        try:
-            return int((await redis.xinfo_stream(key)).get("entries-added", 0)), []
-        except ResponseError:  # no stream yet
-            return 0, []
-    added = int((await redis.xinfo_stream(key)).get("entries-added", 0))
+        return added, []
     pipe = redis.pipeline(transaction=False)
     for info in groups:
         pipe.zrange(due_key(as_str(info["name"])), 0, 999)

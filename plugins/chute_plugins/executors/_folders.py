@@ -304,9 +304,12 @@ class Folders:
             return
         target = self.outputs / safe_name(name)
         target.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):  # an earlier run's: out of the way
+        # An earlier run's, out of the way; looked for first, so that an item
+        # whose name is new costs no folder made for nothing and removed in a thread.
+        if os.path.lexists(target):
             self._trash.append(tempfile.mkdtemp(prefix="old-", dir=self.scratch))
-            os.rename(target, os.path.join(self._trash[-1], "output"))
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(target, os.path.join(self._trash[-1], "output"))
         os.replace(folder.output, target)
         os.mkdir(folder.output, 0o700)
 

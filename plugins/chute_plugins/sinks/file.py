@@ -24,17 +24,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import anyio.to_thread
-import msgspec
 from chute.config import Size, Strict
 from chute.context import PluginContext
 from chute.errors import ConfigError
 from chute.message import Message
 from chute.sink import Outcome
 
-_encoder = msgspec.json.Encoder()
+from ._body import Body, encode_body
 
 
 class FileOptions(Strict):
@@ -44,7 +43,7 @@ class FileOptions(Strict):
     """Rotate before the file would grow past this; 0 never rotates."""
     keep: int = 5
     """Rotated files kept (``<path>.1`` is the newest)."""
-    body: Literal["message", "data"] = "message"
+    body: Body = "message"
     """Each line: the whole message (id, key, data, headers, created_at), or its data."""
 
 
@@ -60,10 +59,7 @@ class FileSink:
         self._size = 0
 
     async def send(self, messages: Sequence[Message]) -> Sequence[Outcome]:
-        if self.options.body == "data":
-            lines = [_encoder.encode(m.data) + b"\n" for m in messages]
-        else:
-            lines = [_encoder.encode(_line(m)) + b"\n" for m in messages]
+        lines = [encode_body(m, self.options.body) + b"\n" for m in messages]
         # One thread hop per batch: the write and its fsync block.
         await anyio.to_thread.run_sync(self._append, lines)
         return [None] * len(messages)
@@ -119,11 +115,6 @@ class FileSink:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-
-def _line(m: Message) -> dict[str, object]:
-    return {"id": m.id, "key": m.key, "data": m.data, "headers": m.headers,
-            "created_at": m.created_at}  # fmt: skip
 
 
 def _numbered(path: Path, n: int) -> Path:

@@ -24,18 +24,18 @@ timeout = "10s"
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import aiohttp
 import anyio
-import msgspec
 from chute.config import Duration, Strict
 from chute.context import PluginContext
 from chute.errors import ConfigError
 from chute.message import Message
 from chute.sink import Outcome, Refused
 
-_encoder = msgspec.json.Encoder()
+from ._body import Body, encode_body
+
 _RETRYABLE_4XX = frozenset({408, 429})
 
 
@@ -46,7 +46,7 @@ class HttpOptions(Strict):
     """Extra request headers, such as ``Authorization``."""
     timeout: Duration = Duration(10.0)
     """Longest wait for one request's answer; a timeout is retried."""
-    body: Literal["message", "data"] = "message"
+    body: Body = "message"
     """The JSON body: the whole message (id, key, data, headers, created_at), or its data."""
     concurrency: int = 8
     """Requests in flight at once within a batch."""
@@ -86,12 +86,11 @@ class HttpSink:
 
     async def _post(self, message: Message) -> Outcome:
         o = self.options
-        body = message.data if o.body == "data" else _whole(message)
         headers = {"Content-Type": "application/json", "Idempotency-Key": message.id,
                    "X-Chute-Key": message.key, **o.headers}  # fmt: skip
         try:
             async with self._client().post(
-                o.url, data=_encoder.encode(body), headers=headers
+                o.url, data=encode_body(message, o.body), headers=headers
             ) as reply:
                 if 200 <= reply.status < 300:
                     return None
@@ -105,8 +104,3 @@ class HttpSink:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-def _whole(m: Message) -> dict[str, object]:
-    return {"id": m.id, "key": m.key, "data": m.data, "headers": m.headers,
-            "created_at": m.created_at}  # fmt: skip

@@ -115,8 +115,29 @@ class Verdict:
     LINKED_FOLDER = "in a folder reached through a symbolic link"
 
 
-def classify(root: bytes, path: bytes, matcher: Matcher, skip_empty: bool,
-             follow_symlinks: bool = False) -> FileItem | str | None:  # fmt: skip
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What makes a path under ``root`` an item: fixed for a source's life, given once."""
+
+    root: bytes
+    matcher: Matcher
+    skip_empty: bool
+    follow_symlinks: bool = False
+
+    def sort(self, paths: list[bytes]) -> tuple[list[FileItem], list[tuple[bytes, str]]]:
+        """The items among ``paths``, and the bad input with its reason (others are not ours)."""
+        items: list[FileItem] = []
+        problems: list[tuple[bytes, str]] = []
+        for path in paths:
+            verdict = classify(self, path)
+            if isinstance(verdict, FileItem):
+                items.append(verdict)
+            elif verdict is not None:
+                problems.append((path, verdict))
+        return items, problems
+
+
+def classify(rules: Rules, path: bytes) -> FileItem | str | None:
     """The item at ``path``; or a reason it is bad input; or None when it is simply not ours.
 
     A symbolic link is not followed unless ``follow_symlinks``, and then only
@@ -124,8 +145,9 @@ def classify(root: bytes, path: bytes, matcher: Matcher, skip_empty: bool,
     would hand whoever can write there any file chute's user can read. Links
     to directories are never walked, so a link loop cannot trap a walk.
     """
+    root = rules.root
     relpath = path[len(root) :].lstrip(b"/")
-    if not relpath or not matcher.wanted(relpath):
+    if not relpath or not rules.matcher.wanted(relpath):
         return None
     try:
         st = os.lstat(path)
@@ -135,7 +157,7 @@ def classify(root: bytes, path: bytes, matcher: Matcher, skip_empty: bool,
                 return Verdict.LINKED_FOLDER
         target = b""
         if stat.S_ISLNK(st.st_mode):
-            if not follow_symlinks:
+            if not rules.follow_symlinks:
                 return Verdict.LINK
             target = os.path.realpath(path, strict=True)
             if not target.startswith(root.rstrip(b"/") + b"/"):
@@ -149,7 +171,7 @@ def classify(root: bytes, path: bytes, matcher: Matcher, skip_empty: bool,
         return f"{Verdict.UNREADABLE}: {exc.strerror}"
     if not stat.S_ISREG(st.st_mode):
         return Verdict.NOT_A_FILE
-    if st.st_size == 0 and skip_empty:
+    if st.st_size == 0 and rules.skip_empty:
         return Verdict.EMPTY
     return FileItem(path, relpath, st.st_size, st.st_mtime_ns, target)
 
@@ -161,29 +183,22 @@ class Listing:
     subdirs: list[bytes]
 
 
-def list_dir(root: bytes, directory: bytes, matcher: Matcher, skip_empty: bool, recursive: bool,
-             follow_symlinks: bool = False) -> Listing:  # fmt: skip
+def list_dir(rules: Rules, directory: bytes, recursive: bool) -> Listing:
     """One folder's items, bad entries and (when recursive) subfolders to walk next."""
-    listing = Listing([], [], [])
     try:
         entries = list(os.scandir(directory))
     except OSError as exc:
-        listing.problems.append((directory, f"cannot list the folder: {exc.strerror}"))
-        return listing
+        return Listing([], [(directory, f"cannot list the folder: {exc.strerror}")], [])
+    subdirs: list[bytes] = []
     for entry in entries:
-        path = entry.path
         try:
             is_dir = entry.is_dir(follow_symlinks=False)
         except OSError:
             is_dir = False
-        if is_dir and recursive and matcher.walk_into(path):
-            listing.subdirs.append(path)
-        verdict = classify(root, path, matcher, skip_empty, follow_symlinks)
-        if isinstance(verdict, FileItem):
-            listing.items.append(verdict)
-        elif verdict is not None:
-            listing.problems.append((path, verdict))
-    return listing
+        if is_dir and recursive and rules.matcher.walk_into(entry.path):
+            subdirs.append(entry.path)
+    items, problems = rules.sort([entry.path for entry in entries])
+    return Listing(items, problems, subdirs)
 
 
 def still_same(item: FileItem) -> bool:

@@ -59,8 +59,8 @@ from ._files import (
     DEFAULT_IGNORE,
     FileItem,
     Matcher,
+    Rules,
     alias_name,
-    classify,
     display,
     dispose,
     is_utf8,
@@ -155,7 +155,7 @@ class WatchSource:
                 self._dirs[action] = os.fsencode(os.path.realpath(ctx.resolve(folder)))
         ignore = [*(DEFAULT_IGNORE if options.ignore_defaults else ()), *options.ignore]
         self.matcher = Matcher(options.glob, ignore, list(self._dirs.values()))
-        self._follow = options.follow_symlinks
+        self.rules = Rules(self.root, self.matcher, options.skip_empty, options.follow_symlinks)
         self.mode: Literal["inotify", "watchfiles", "polling"] = (
             "polling" if options.polling else "inotify" if ino.available() else "watchfiles"
         )
@@ -320,10 +320,7 @@ class WatchSource:
                     if exc.errno == errno.ENOSPC:
                         log.error("inotify watch limit reached (fs.inotify.max_user_watches)")
                     self._report([(folder, f"cannot watch the folder: {exc.strerror}")])
-            listing = await anyio.to_thread.run_sync(
-                list_dir, self.root, folder, self.matcher, self.options.skip_empty, recursive,
-                self._follow,
-            )  # fmt: skip
+            listing = await anyio.to_thread.run_sync(list_dir, self.rules, folder, recursive)
             self._report(listing.problems)
             items.extend(listing.items)
             queue.extend(listing.subdirs)
@@ -422,14 +419,9 @@ class WatchSource:
                 candidates.append(path)
             elif mask & ino.IN_CREATE:
                 created.append(path)
-        items: list[FileItem] = []
-        problems: list[tuple[bytes, str]] = []
-        for path in candidates + [p for p in created if _complete_on_create(p)]:
-            verdict = classify(self.root, path, self.matcher, self.options.skip_empty, self._follow)
-            if isinstance(verdict, FileItem):
-                items.append(verdict)
-            elif verdict is not None:
-                problems.append((path, verdict))
+        items, problems = self.rules.sort(
+            candidates + [p for p in created if _complete_on_create(p)]
+        )
         self._report(problems)
         await self._offer(items)
         for folder in new_dirs:
@@ -488,20 +480,15 @@ class WatchSource:
 
     async def _changed(self, paths: list[bytes]) -> None:
         def look() -> tuple[list[FileItem], list[bytes], list[tuple[bytes, str]]]:
-            items, dirs, problems = [], [], []
+            files, dirs = [], []
             for path in paths:
                 with contextlib.suppress(OSError):
                     if stat.S_ISDIR(os.lstat(path).st_mode):
                         if self.options.recursive and self.matcher.walk_into(path):
                             dirs.append(path)
                         continue
-                verdict = classify(
-                    self.root, path, self.matcher, self.options.skip_empty, self._follow
-                )
-                if isinstance(verdict, FileItem):
-                    items.append(verdict)
-                elif verdict is not None:
-                    problems.append((path, verdict))
+                files.append(path)
+            items, problems = self.rules.sort(files)
             return items, dirs, problems
 
         items, dirs, problems = await anyio.to_thread.run_sync(look)
@@ -552,14 +539,10 @@ class WatchSource:
         busy = open_for_writing(self.root)
         done: list[FileItem] = []
         moving: list[FileItem] = []
-        problems: list[tuple[bytes, str]] = []
-        for path, (size, mtime_ns, _) in ready.items():
-            verdict = classify(self.root, path, self.matcher, self.options.skip_empty, self._follow)
-            if isinstance(verdict, FileItem):
-                still = verdict.size == size and verdict.mtime_ns == mtime_ns
-                (done if still and path not in busy else moving).append(verdict)
-            elif verdict is not None:
-                problems.append((path, verdict))
+        items, problems = self.rules.sort(list(ready))
+        for item in items:
+            still = ready[item.path][:2] == (item.size, item.mtime_ns)
+            (done if still and item.path not in busy else moving).append(item)
         return done, moving, problems
 
 

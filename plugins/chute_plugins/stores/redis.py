@@ -343,15 +343,15 @@ class RedisStore(OneItemCalls):
         return await self._conn.call(run)
 
     async def forget_dead(self, pool: str, keys: Sequence[str]) -> list[str]:
-        async def run() -> list[str]:
-            forgotten = []
-            for key in keys:
-                item_keys = [self._item(pool, key), self._counts(pool), self._failures]
-                if await self._forget_dead(keys=item_keys, args=[_member(pool, key)]):
-                    forgotten.append(key)
-            return forgotten
+        async def run() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    item_keys = [self._item(pool, key), self._counts(pool), self._failures]
+                    await self._forget_dead(item_keys, [_member(pool, key)], client=pipe)
+                return await pipe.execute()
 
-        return await self._conn.call(run)
+        replies = await self._conn.call(run) if keys else []
+        return [key for key, gone in zip(keys, replies, strict=True) if gone]
 
 
 def _record(pool: str, key: str, row: dict[bytes, bytes]) -> ItemRecord:
