@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.watched import WATCH_INBOX, fill_inbox
 from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,22 +59,12 @@ def test_kill_9_while_4_items_run_then_restart_at_once_never_runs_one_item_twice
     script, log, locks = tmp_path / "sleeper.py", tmp_path / "ran.log", tmp_path / "locks"
     script.write_text(SLEEPER)
     locks.mkdir()
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    for n in range(4):
-        (inbox / f"item-{n}.txt").write_text(str(n))
+    fill_inbox(tmp_path, (f"item-{n}.txt" for n in range(4)))
     config = tmp_path / "jobs.toml"
     argv = [sys.executable, str(script), str(log), str(locks), "3"]
     config.write_text(
-        f"""\
-workdir = "work"
-
-[sources.inbox]
-type = "watch"
-topic = "files"
-path = "inbox"
-glob = "*.txt"
-
+        WATCH_INBOX
+        + f"""
 [pools.work]
 topic = "files"
 concurrency = 4
