@@ -1,4 +1,4 @@
-"""Fixtures shared across the suite. Redis: see tests/redis_server.py."""
+"""Fixtures shared across the suite. The servers: see tests/servers.py."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.mqtt_server import MosquittoServer
+from tests.multinode import Node
+from tests.nats_server import NatsServer
 from tests.redis_server import RedisServer, drop_prefix, shared_url, unique_prefix
 
 
@@ -49,3 +51,23 @@ def mosquitto() -> Iterator[MosquittoServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    """A private nats-server (JetStream) that the test may stop, kill and restart."""
+    server = NatsServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[Node]]:
+    """``chute run`` processes a test starts (tests/multinode.py): killed at its end."""
+    started: list[Node] = []
+    yield started
+    for node in started:
+        node.kill()

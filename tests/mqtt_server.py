@@ -8,48 +8,24 @@ mosquitto-clients``).
 from __future__ import annotations
 
 import getpass
-import os
-import shutil
 import socket
 import subprocess
-import tempfile
-import time
 from pathlib import Path
 
-import pytest
+from tests.servers import ServerProcess, require_program
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def require_program(name: str, package: str) -> str:
-    """The program's path, or fail (CI) / skip (locally) with the reason."""
-    binary = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
-    if binary is None:
-        reason = f"{name} is not on PATH (apt-get install {package})"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}: these tests must run under CI", pytrace=False)
-        pytest.skip(reason)
-    return binary
-
-
-class MosquittoServer:
+class MosquittoServer(ServerProcess):
     """One mosquitto with persistence in its own folder (sessions survive a restart)."""
+
+    program = "mosquitto"
 
     def __init__(self, directory: Path | None = None, *, listener: str = "") -> None:
         """``listener``: lines added to the listener's settings (TLS, passwords)."""
-        self.binary = require_program("mosquitto", "mosquitto")
-        self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="chute-mqtt-")
-        self.dir = directory or Path(self._tmp.name)  # type: ignore[union-attr]
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(directory)
         self.listener = listener
 
-    def start(self) -> None:
+    def command(self) -> list[str]:
         conf = self.dir / "mosquitto.conf"
         # Started as root, mosquitto drops to its own user, which cannot write
         # our folder; as anyone else the "user" line changes nothing.
@@ -62,40 +38,14 @@ class MosquittoServer:
         )
         listener = self.listener or "allow_anonymous true\n"
         conf.write_text(f"listener {self.port} 127.0.0.1\n{listener}{common}")
-        self.proc = subprocess.Popen(
-            [self.binary, "-c", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError as exc:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mosquitto on port {self.port} did not start") from exc
-                time.sleep(0.02)  # waiting for an external process: nothing to wait on
+        return [self.binary, "-c", str(conf)]
 
-    def stop(self, *, kill: bool = False) -> None:
-        if self.proc is None:
-            return
-        if kill:
-            self.proc.kill()
-        else:
-            self.proc.terminate()
-        self.proc.wait(10)
-        self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        self.stop(kill=True)
-        if self._tmp is not None:
-            self._tmp.cleanup()
+    def answers(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+        except OSError:
+            return False
+        return True
 
     def pub(self, topic: str, *payloads: str, qos: int = 1) -> None:
         """Publish with ``mosquitto_pub`` (one line of stdin per message)."""

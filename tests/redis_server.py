@@ -7,112 +7,41 @@ it; locally they are skipped with the reason.
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 import uuid
-from pathlib import Path
 
-import pytest
 import redis
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.servers import ServerProcess, shared_server
 
 
-def require_redis_server() -> str:
-    """The redis-server binary, or fail (CI) / skip (locally) with the reason."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        reason = "redis-server is not on PATH (apt-get install redis-server)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}: the Redis tests must run under CI", pytrace=False)
-        pytest.skip(reason)
-    return binary
-
-
-class RedisServer:
+class RedisServer(ServerProcess):
     """One redis-server process with append-only persistence (fsync on every write)."""
 
-    def __init__(self, directory: Path | None = None, port: int | None = None) -> None:
-        self.binary = require_redis_server()
-        self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="chute-redis-")
-        self.dir = directory or Path(self._tmp.name)  # type: ignore[union-attr]
-        self.port = port or _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+    program = "redis-server"
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
-        args = [
+    def command(self) -> list[str]:
+        return [
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
             "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always",
             "--save", "", "--daemonize", "no", "--loglevel", "warning",
         ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + 10
+
+    def answers(self) -> bool:
         try:
-            while True:
-                try:
-                    if client.ping():
-                        return
-                except (redis.ConnectionError, redis.BusyLoadingError) as exc:
-                    if self.proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(
-                            f"redis-server on port {self.port} did not start"
-                        ) from exc
-                    time.sleep(0.02)  # waiting for an external process: nothing to wait on
-        finally:
-            client.close()
-
-    def stop(self, *, kill: bool = False) -> None:
-        if self.proc is None:
-            return
-        if kill:
-            self.proc.kill()
-        else:
-            self.proc.terminate()
-        self.proc.wait(10)
-        self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        self.stop(kill=True)
-        if self._tmp is not None:
-            self._tmp.cleanup()
-
-
-_shared: RedisServer | None = None
+            with redis.Redis(port=self.port, socket_connect_timeout=0.5) as client:
+                return bool(client.ping())
+        except (redis.ConnectionError, redis.BusyLoadingError):
+            return False
 
 
 def shared_url() -> str:
     """A Redis for tests that do not stop it: CHUTE_REDIS_URL, or one server per session."""
-    global _shared
-    url = os.environ.get("CHUTE_REDIS_URL")
-    if url:
-        return url
-    if _shared is None:
-        server = RedisServer()
-        server.start()
-        atexit.register(server.close)
-        _shared = server
-    return _shared.url
+    return os.environ.get("CHUTE_REDIS_URL") or shared_server(RedisServer).url
 
 
 def unique_prefix() -> str:

@@ -21,6 +21,8 @@ import pytest
 from chute.config import config_from_dict
 from chute.engine import Runtime
 
+from tests.servers import free_port, wait_for_port
+
 REPO = Path(__file__).resolve().parent.parent
 POOL = {
     "topic": "jobs",
@@ -247,7 +249,7 @@ def test_half_open_connections_under_a_low_descriptor_limit_do_not_stop_the_api(
     tmp_path: Path,
 ) -> None:
     """The issue's 220 idle connections against a runtime limited to 128 descriptors."""
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "chute.toml"
     config.write_text(
         f"[api]\nenabled = true\nport = {port}\n[topics.jobs]\n[pools.work]\n"
@@ -264,7 +266,7 @@ def test_half_open_connections_under_a_low_descriptor_limit_do_not_stop_the_api(
     )  # fmt: skip
     idle: list[socket.socket] = []
     try:
-        _wait_until_answers(port, proc)
+        wait_for_port(port, proc)
         for _ in range(220):
             try:
                 idle.append(socket.create_connection(("127.0.0.1", port), timeout=2))
@@ -284,24 +286,6 @@ def test_half_open_connections_under_a_low_descriptor_limit_do_not_stop_the_api(
             sock.close()
         proc.terminate()
         proc.communicate(timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_until_answers(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("the API never came up")
 
 
 async def test_a_configured_token_guards_reads_too(tmp_path: Path) -> None:

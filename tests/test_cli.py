@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,13 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import free_port, wait_for_port
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def chute(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -61,25 +56,13 @@ def start(config: Path) -> subprocess.Popen[str]:
     )
 
 
-def wait_for_api(port: int, proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("the API never came up")
-
-
 def test_publish_through_the_api_and_stop_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "ran.log"
     config = write_config(tmp_path, port)
     proc = start(config)
     try:
-        wait_for_api(port, proc)
+        wait_for_port(port, proc)
         url = f"http://127.0.0.1:{port}"
         one = chute(
             "publish",
@@ -116,7 +99,7 @@ def test_sigterm_lets_running_items_finish(tmp_path: Path) -> None:
     config = write_config(tmp_path, port)
     proc = start(config)
     try:
-        wait_for_api(port, proc)
+        wait_for_port(port, proc)
         body = "\n".join(json.dumps({"n": n, "log": str(log), "sleep": 1.0}) for n in (1, 2))
         published = chute("publish", "--config", str(config), "jobs", input=body)
         assert published.returncode == 0, published.stderr
@@ -147,7 +130,7 @@ def test_publish_to_an_unknown_topic_is_refused(tmp_path: Path) -> None:
     config = write_config(tmp_path, port)
     proc = start(config)
     try:
-        wait_for_api(port, proc)
+        wait_for_port(port, proc)
         result = chute("publish", "--config", str(config), "nope", '{"n": 1}')
         assert result.returncode == 1
         assert "unknown topic 'nope'" in result.stderr
@@ -175,7 +158,7 @@ executor = {{ type = "python", function = "tests.helpers.tasks:rejects", path = 
 """)
     proc = start(config)
     try:
-        wait_for_api(port, proc)
+        wait_for_port(port, proc)
         url = f"http://127.0.0.1:{port}"
         lines = "\n".join(json.dumps({"data": {"n": n}, "key": f"k{n}"}) for n in range(20))
         published = chute("publish", "--config", str(config), "jobs", input=lines)

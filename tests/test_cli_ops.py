@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from .test_cli import REPO, chute, free_port, start, wait_for_api, write_config
+from tests.servers import free_port, wait_for_port
+
+from .test_cli import REPO, chute, start, write_config
 
 
 def test_api_port_in_use_is_one_line_and_exit_3(tmp_path: Path) -> None:
@@ -62,7 +64,7 @@ def test_status_watch_redraws_until_interrupted(tmp_path: Path) -> None:
     config = write_config(tmp_path, port)
     proc = start(config)
     try:
-        wait_for_api(port, proc)
+        wait_for_port(port, proc)
         watch = subprocess.Popen(
             [sys.executable, "-m", "chute", "status", str(config), "--watch", "--interval", "0.2"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -168,7 +170,7 @@ def test_tail_prints_messages_as_they_are_published(tmp_path: Path) -> None:
     config = write_config(tmp_path, port)
     proc = start(config)
     try:
-        wait_for_api(port, proc)
+        wait_for_port(port, proc)
         tail = subprocess.Popen(
             [sys.executable, "-m", "chute", "tail", "jobs", "--config", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -14,7 +14,6 @@ import collections
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -23,23 +22,12 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.durable_tasks import ran
+from tests.helpers.watched import WATCH_INBOX, done_names, fill_inbox
 
 FILES = 2000
 KILLS = 5
 STAGES = ("s1", "s2", "s3")
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _done(db_path: Path, stage: str) -> set[str]:
-    if not db_path.exists():
-        return set()
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        rows = db.execute("SELECT key FROM items WHERE pool = ? AND status = 'done'", (stage,))
-        # A watched file's key is relpath@size@mtime_ns; the stages log the name.
-        return {bytes(key).decode().split("@")[0] for (key,) in rows}
-    finally:
-        db.close()
 
 
 def _config(tmp_path: Path) -> Path:
@@ -54,15 +42,7 @@ topic = "{topic}"
 executor = {{ type = "python", function = "tests.helpers.durable_tasks:{stage}", path = ["{REPO}"] }}
 """)  # fmt: skip
     config = tmp_path / "chaos.toml"
-    config.write_text(f"""\
-workdir = "work"
-
-[sources.inbox]
-type = "watch"
-topic = "files"
-path = "inbox"
-glob = "*.txt"
-{"".join(pools)}""")  # fmt: skip
+    config.write_text(WATCH_INBOX + "".join(pools))
     return config
 
 
@@ -74,11 +54,7 @@ def test_kill_9_five_times_on_three_stages_then_every_item_passed_every_stage(
     seed = int(os.environ.get("CHUTE_CHAOS_SEED", random.randrange(2**32)))
     print(f"\ncrash-pipeline seed: {seed} (rerun with CHUTE_CHAOS_SEED={seed})")
     rng = random.Random(seed)
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    names = [f"file-{n:04d}.txt" for n in range(FILES)]
-    for name in names:
-        (inbox / name).write_text(name)
+    names = fill_inbox(tmp_path, (f"file-{n:04d}.txt" for n in range(FILES)))
     config = _config(tmp_path)
     log = tmp_path / "ran.log"
     state = tmp_path / "work" / "state.db"
@@ -96,10 +72,10 @@ def test_kill_9_five_times_on_three_stages_then_every_item_passed_every_stage(
             assert proc.poll() is None, f"the runtime exited by itself: {output.read_text()}"
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            unsettled = {s: set(ran(log, s)) - _done(state, s) for s in STAGES}
+            unsettled = {s: set(ran(log, s)) - done_names(state, s) for s in STAGES}
             for names_in_flight in unsettled.values():
                 in_flight |= names_in_flight
-            counts = {s: len(_done(state, s)) for s in STAGES}
+            counts = {s: len(done_names(state, s)) for s in STAGES}
             print(f"kill {k + 1} after {delay:.2f}s: done {counts}, in flight "
                   f"{ {s: len(v) for s, v in unsettled.items()} }")  # fmt: skip
         final = subprocess.run([*cmd, "--until-idle"], cwd=tmp_path, env=env, stdout=out,
@@ -112,7 +88,7 @@ def test_kill_9_five_times_on_three_stages_then_every_item_passed_every_stage(
         missing = expected - runs.keys()
         assert not missing, f"{stage}: {len(missing)} never ran, e.g. {sorted(missing)[:5]}"
         assert runs.keys() == expected, sorted(runs.keys() - expected)[:5]
-        assert _done(state, stage) == expected
+        assert done_names(state, stage) == expected
         twice = {name for name, n in runs.items() if n > 1}
         print(f"{stage}: {sum(runs.values())} runs for {FILES} items; {len(twice)} ran more "
               f"than once; {len(in_flight)} were in flight in some stage at a kill")  # fmt: skip

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.watched import WATCH_INBOX, done_names, fill_inbox
+
 FILES = 2000
 KILLS = 5
 CONCURRENCY = 4
@@ -35,18 +37,6 @@ time.sleep(random.uniform(0.005, 0.02))
 """
 
 
-def _done(db_path: Path) -> set[str]:
-    if not db_path.exists():
-        return set()
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        rows = db.execute("SELECT key FROM items WHERE pool = ? AND status = 'done'", (POOL,))
-        # A watched file's key is relpath@size@mtime_ns; the executor logs the name.
-        return {bytes(key).decode().split("@")[0] for (key,) in rows}
-    finally:
-        db.close()
-
-
 def _logged(log: Path) -> set[str]:
     return set(log.read_text().splitlines()) if log.exists() else set()
 
@@ -55,17 +45,9 @@ def _config(tmp_path: Path, script: Path, log: Path) -> Path:
     argv = [sys.executable, str(script), str(log), "{name}"]
     config = tmp_path / "chaos.toml"
     config.write_text(
-        f"""\
-broker = "memory"
-state = "sqlite"
-workdir = "work"
-
-[sources.inbox]
-type = "watch"
-topic = "files"
-path = "inbox"
-glob = "*.txt"
-
+        'broker = "memory"\nstate = "sqlite"\n'
+        + WATCH_INBOX
+        + f"""
 [pools.{POOL}]
 topic = "files"
 concurrency = {CONCURRENCY}
@@ -85,11 +67,7 @@ def test_kill_9_five_times_then_until_idle_finishes_everything(tmp_path: Path) -
     script = tmp_path / "executor.py"
     script.write_text(EXECUTOR)
     log = tmp_path / "ran.log"
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    names = [f"file-{n:04d}.txt" for n in range(FILES)]
-    for name in names:
-        (inbox / name).write_text(name)
+    names = fill_inbox(tmp_path, (f"file-{n:04d}.txt" for n in range(FILES)))
     config = _config(tmp_path, script, log)
     cmd = [sys.executable, "-m", "chute", "run", str(config)]
     repo = Path(__file__).resolve().parents[1]
@@ -107,7 +85,7 @@ def test_kill_9_five_times_then_until_idle_finishes_everything(tmp_path: Path) -
             proc.wait()
             time.sleep(0.3)  # executors orphaned by the kill finish (and log) on their own
             # In flight at this kill: started, and no outcome recorded.
-            unsettled = _logged(log) - _done(tmp_path / "work" / "state.db")
+            unsettled = _logged(log) - done_names(tmp_path / "work" / "state.db", POOL)
             in_flight |= unsettled
             print(f"kill {k + 1} after {delay:.2f}s: {len(unsettled)} in flight")
         final = subprocess.run(

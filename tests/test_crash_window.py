@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import collections
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.watched import WATCH_INBOX, done_names, fill_inbox
 
 FILES = 600
 KILLS = 3
@@ -35,17 +36,6 @@ say("start")
 time.sleep(0.01)
 say("end")
 """
-
-
-def _committed(db_path: Path) -> set[str]:
-    if not db_path.exists():
-        return set()
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        rows = db.execute("SELECT key FROM items WHERE status = 'done'")
-        return {bytes(key).decode().split("@")[0] for (key,) in rows}
-    finally:
-        db.close()
 
 
 def _runs(log: Path) -> tuple[collections.Counter[str], collections.Counter[str]]:
@@ -65,22 +55,12 @@ def test_a_kill_9_reruns_only_the_running_items_and_those_finished_in_the_commit
 ) -> None:
     script, log = tmp_path / "executor.py", tmp_path / "ran.log"
     script.write_text(EXECUTOR)
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    for n in range(FILES):
-        (inbox / f"file-{n:04d}.txt").write_text(str(n))
+    fill_inbox(tmp_path, (f"file-{n:04d}.txt" for n in range(FILES)))
     argv = [sys.executable, str(script), str(log), "{name}"]
     config = tmp_path / "window.toml"
     config.write_text(
-        f"""\
-workdir = "work"
-
-[sources.inbox]
-type = "watch"
-topic = "files"
-path = "inbox"
-glob = "*.txt"
-
+        WATCH_INBOX
+        + f"""
 [pools.work]
 topic = "files"
 concurrency = {CONCURRENCY}
@@ -106,7 +86,7 @@ executor = {{ type = "command", argv = [{", ".join(f'"{a}"' for a in argv)}] }}
             proc.wait()
             time.sleep(0.3)  # the warden has killed the running executors by now
             started, ended = _runs(log)
-            done = _committed(db)
+            done = done_names(db)
             running = {
                 n for n in started
                 if started[n] - started_before.get(n, 0) > ended[n] - ended_before.get(n, 0)

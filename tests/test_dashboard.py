@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from .test_cli import REPO, free_port, wait_for_api
+from tests.servers import free_port, wait_for_port
+
+from .test_cli import REPO
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -66,7 +68,7 @@ def test_the_dashboard_shows_every_pool_and_moves(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        wait_for_api(port, proc)
+        wait_for_port(port, proc)
         url = f"http://127.0.0.1:{port}"
         token = (tmp_path / ".chute" / "photos" / "api.token").read_text().strip()
         request = urllib.request.Request(

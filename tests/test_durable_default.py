@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from tests.helpers.durable_tasks import ran
+from tests.helpers.watched import WATCH_INBOX, fill_inbox
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,21 +57,9 @@ def _run(config: Path, log: Path, *args: str, stop_after: float | None = None,
 def test_ctrl_c_keeps_what_waits_between_two_pools(tmp_path: Path) -> None:
     """Watch folder -> pool a (output mid) -> pool b; Ctrl-C 1.2 s in, then run again:
     b runs every one of the 12 files (memory: the results waiting in ``mid`` were gone)."""
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    names = [f"file-{n:02d}.txt" for n in range(12)]
-    for name in names:
-        (inbox / name).write_text(name)
+    names = fill_inbox(tmp_path, (f"file-{n:02d}.txt" for n in range(12)))
     config = tmp_path / "chute.toml"
-    config.write_text(f"""\
-workdir = "work"
-
-[sources.inbox]
-type = "watch"
-topic = "files"
-path = "inbox"
-glob = "*.txt"
-
+    config.write_text(WATCH_INBOX + f"""
 [pools.a]
 topic = "files"
 output = "mid"

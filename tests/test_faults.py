@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.watched import WATCH_INBOX, fill_inbox
+from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CHUTE = [sys.executable, "-m", "chute"]
@@ -57,22 +59,12 @@ def test_kill_9_while_4_items_run_then_restart_at_once_never_runs_one_item_twice
     script, log, locks = tmp_path / "sleeper.py", tmp_path / "ran.log", tmp_path / "locks"
     script.write_text(SLEEPER)
     locks.mkdir()
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    for n in range(4):
-        (inbox / f"item-{n}.txt").write_text(str(n))
+    fill_inbox(tmp_path, (f"item-{n}.txt" for n in range(4)))
     config = tmp_path / "jobs.toml"
     argv = [sys.executable, str(script), str(log), str(locks), "3"]
     config.write_text(
-        f"""\
-workdir = "work"
-
-[sources.inbox]
-type = "watch"
-topic = "files"
-path = "inbox"
-glob = "*.txt"
-
+        WATCH_INBOX
+        + f"""
 [pools.work]
 topic = "files"
 concurrency = 4
@@ -98,12 +90,6 @@ executor = {{ type = "command", argv = {argv!r} }}
     assert ended == [f"item-{n}.txt" for n in range(4)], lines  # each finished once: the reruns
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _no_file_may_grow() -> None:
     """The runtime's disk is full: no file it writes may grow (pipes still work)."""
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
@@ -118,7 +104,7 @@ def test_a_full_disk_pauses_the_pool_and_burns_no_attempt(tmp_path: Path) -> Non
         f"with open({str(log)!r}, 'a') as f:\n"
         "    f.write(os.environ['WORK_ITEM_NAME'] + ' ' + os.environ['WORK_ITEM_ATTEMPT'] + '\\n')\n"
     )
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "jobs.toml"
     config.write_text(
         f"""\

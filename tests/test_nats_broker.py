@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.mqtt_server import free_port
+from tests.servers import free_port
 
 
 def test_an_unreachable_nats_server_is_one_line_and_exit_3(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from chute_plugins.brokers.redis_streams import RedisBroker
 from chute_plugins.stores.redis import RedisStore
 
 from tests.redis_server import RedisServer
+from tests.servers import free_port
 
 pytestmark = pytest.mark.redis
 
@@ -53,12 +53,6 @@ async def eventually(check: Callable[[], bool | Awaitable[bool]], what: str) -> 
             return
         assert time.monotonic() < deadline, f"timed out waiting until {what}"
         await asyncio.sleep(0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_out_of_memory_is_ridden_out_and_shown_in_healthz_and_status(

@@ -25,8 +25,8 @@ import redis
 from chute.message import Message
 from chute_plugins.brokers.redis_streams import RedisBroker
 
+from tests.multinode import Node, done_count, events, wait_until, write_config
 from tests.redis_server import RedisServer, unique_prefix
-from tests.test_redis_multinode import Node, done_count, events, wait_until, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 

@@ -14,7 +14,6 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import anyio
 import msgspec
 import pytest
 import redis.asyncio as aioredis
@@ -25,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.redis_server import drop_prefix, shared_url, unique_prefix
-from tests.sources.conftest import Collector, build, make_context
+from tests.sources.conftest import Collector, build, make_context, until_caught_up
 
 pytestmark = pytest.mark.redis
 
@@ -211,14 +210,7 @@ async def test_the_redis_source_sets_aside_binary_field_names_byte_for_byte(
         src = build(RedisStreamSource, {"url": shared_url(), "stream": stream},
                     make_context(tmp_path))  # fmt: skip
         out = Collector()
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(src.run, out)
-                with anyio.fail_after(10):
-                    await src.caught_up()
-                tg.cancel_scope.cancel()
-        finally:
-            await src.aclose()
+        await until_caught_up(src, out)
         assert [m.data for m in out.messages] == [{"order": "o-2"}]
         [(_, fields)] = await raw_entries(raw, stream + ":dead")
         assert fields[:2] == [b"chute-error", b"not UTF-8"]

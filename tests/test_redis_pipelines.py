@@ -10,7 +10,6 @@ that what the request was to do was done.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -25,7 +24,7 @@ from chute_plugins.stores.redis import RedisStore
 
 from tests.helpers.redis_proxy import KillingProxy
 from tests.redis_server import drop_prefix, shared_url, unique_prefix
-from tests.sources.conftest import Collector, build, make_context
+from tests.sources.conftest import Collector, build, make_context, until_caught_up
 
 pytestmark = pytest.mark.redis
 
@@ -144,15 +143,7 @@ async def test_the_redis_source_sets_aside_an_unreadable_entry_despite_a_cut(
                 make_context(tmp_path))  # fmt: skip
     out = Collector()
     proxy.arm(b"chute-error")
-    async with asyncio.timeout(10):
-        task = asyncio.create_task(src.run(out))
-        try:
-            await src.caught_up()
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await src.aclose()
+    await until_caught_up(src, out)
     assert proxy.kills == 1
     assert [m.data for m in out.messages] == [{"total": 3}]
     dead = await raw.xrange(stream + ":dead")

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from tests.examples.test_thumbnails import CONFIGS, ffmpeg, png_size  # noqa: F401 (fixture)
-from tests.mqtt_server import MosquittoServer, require_program
+from tests.mqtt_server import MosquittoServer
+from tests.servers import require_program
 
 CLIPS = ["cam1-0001", "cam1-0002", "cam2-0001"]
 

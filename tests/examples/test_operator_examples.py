@@ -121,9 +121,6 @@ def test_face_scripts_follow_the_executor_contract(tmp_path: Path) -> None:
 
 
 def test_faces_chain_end_to_end() -> None:
-    pytest.importorskip(
-        "chute_plugins.executors.command", reason="the command executor (branch exec)"
-    )
     done = chute_run("faces.toml")
     results = sorted(line for line in done.stdout.splitlines() if line.startswith("photo-"))
     assert results == [

@@ -13,16 +13,13 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
-from chute.config import config_from_dict, dec_hook
-from chute.context import PluginContext
+from chute.config import config_from_dict
 from chute.engine import Runtime
 from chute.errors import ConfigError, ItemFailed
-from chute.executor import WorkItem
-from chute.message import Message
 from chute.store import ItemStatus
-from chute_plugins.brokers.memory import MemoryBroker
 from chute_plugins.executors import _spawn, command
-from chute_plugins.executors.command import CommandExecutor, CommandOptions
+
+from .helpers import executor, item
 
 PY = sys.executable
 
@@ -38,19 +35,6 @@ def spawn_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     elif request.param == "posix_spawn in threads":
         monkeypatch.setattr(command, "_CPUS", 0)
     return str(request.param)
-
-
-def executor(tmp_path: Path, **options: Any) -> CommandExecutor:
-    ctx = PluginContext(
-        name="work", topic="in", base_dir=tmp_path, workdir=tmp_path / "work",
-        node="test", broker=MemoryBroker(),
-    )  # fmt: skip
-    return CommandExecutor(msgspec.convert(options, CommandOptions, dec_hook=dec_hook), ctx)
-
-
-def item(data: Any, name: str = "item-1", attempt: int = 1) -> WorkItem:
-    message = Message(id="1-0", key=name, data=data, attempt=attempt)
-    return WorkItem(name=name, data=data, attempt=attempt, message=message, pool="work")
 
 
 def script(tmp_path: Path, body: str) -> str:

@@ -16,31 +16,15 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
-from chute.config import config_from_dict, dec_hook
-from chute.context import PluginContext
+from chute.config import config_from_dict
 from chute.engine import Runtime
 from chute.errors import ExecutorUnavailable, ItemFailed
-from chute.executor import WorkItem
-from chute.message import Message
 from chute.store import ItemStatus
-from chute_plugins.brokers.memory import MemoryBroker
 from chute_plugins.executors import _spawn
-from chute_plugins.executors.command import CommandExecutor, CommandOptions
+
+from .helpers import executor, item
 
 PY = sys.executable
-
-
-def _executor(tmp_path: Path, **options: Any) -> CommandExecutor:
-    ctx = PluginContext(
-        name="work", topic="in", base_dir=tmp_path, workdir=tmp_path / "work",
-        node="test", broker=MemoryBroker(),
-    )  # fmt: skip
-    return CommandExecutor(msgspec.convert(options, CommandOptions, dec_hook=dec_hook), ctx)
-
-
-def _item(data: Any, name: str = "item-1") -> WorkItem:
-    message = Message(id="1-0", key=name, data=data, attempt=1)
-    return WorkItem(name=name, data=data, attempt=1, message=message, pool="work")
 
 
 def _script(tmp_path: Path, body: str, name: str = "tool.py") -> str:
@@ -67,7 +51,7 @@ def _children(program: str) -> list[int]:
 async def test_a_child_whose_pidfd_cannot_be_opened_is_killed_and_reaped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ex = _executor(tmp_path, argv=["sleep", "30"])
+    ex = executor(tmp_path, argv=["sleep", "30"])
 
     def out_of_descriptors(pid: int, flags: int = 0) -> int:
         raise OSError(errno.EMFILE, "Too many open files")
@@ -75,7 +59,7 @@ async def test_a_child_whose_pidfd_cannot_be_opened_is_killed_and_reaped(
     monkeypatch.setattr(os, "pidfd_open", out_of_descriptors)
     try:
         with pytest.raises(ExecutorUnavailable, match="Too many open files"), anyio.fail_after(10):
-            await ex.run(_item({}))
+            await ex.run(item({}))
         assert _children("sleep") == [], "the child was left running (or unreaped)"
     finally:
         monkeypatch.undo()
@@ -92,20 +76,20 @@ async def test_a_spawn_refused_for_lack_of_processes_is_the_runtimes_fault(
     if spawner is _spawn.PopenSpawn:
         monkeypatch.setattr(_spawn, "_LIBC", None)
     monkeypatch.setattr(spawner, "spawn", no_processes_left)
-    ex = _executor(tmp_path, argv=["true"])
+    ex = executor(tmp_path, argv=["true"])
     try:
         with pytest.raises(ExecutorUnavailable, match="Resource temporarily unavailable"):
-            await ex.run(_item({}))
+            await ex.run(item({}))
     finally:
         await ex.aclose()
 
 
 async def test_a_result_file_larger_than_max_result_fails_the_item(tmp_path: Path) -> None:
     big = _script(tmp_path, "import os; open(os.environ['WORK_RESULT_FILE'], 'w').write('[' + '1,' * 600 + '1]')\n")  # fmt: skip
-    ex = _executor(tmp_path, argv=[PY, big], max_result="1KiB")
+    ex = executor(tmp_path, argv=[PY, big], max_result="1KiB")
     try:
         with pytest.raises(ItemFailed, match="larger than max_result"):
-            await ex.run(_item({}))
+            await ex.run(item({}))
     finally:
         await ex.aclose()
 
@@ -128,10 +112,10 @@ async def test_a_folder_full_of_files_is_removed_off_the_event_loop(
         real(path, *args, **kwargs)
 
     monkeypatch.setattr(shutil, "rmtree", rmtree)
-    ex = _executor(tmp_path, argv=[PY, litter])
+    ex = executor(tmp_path, argv=[PY, litter])
     try:
         for n in range(3):  # the second and third replace the first's outputs
-            await ex.run(_item({}, "same-name"))
+            await ex.run(item({}, "same-name"))
             assert not list((tmp_path / "work" / "run").glob("*/item-*/junk-0")) or n == 2
     finally:
         removed_while_running = list(where)
@@ -226,9 +210,9 @@ async def test_a_program_missing_during_a_deploy_is_waited_for(tmp_path: Path) -
 async def test_a_program_named_by_the_item_that_is_missing_is_the_items_failure(
     tmp_path: Path,
 ) -> None:
-    ex = _executor(tmp_path, argv=["{tool}"])
+    ex = executor(tmp_path, argv=["{tool}"])
     try:
         with pytest.raises(ItemFailed, match="cannot start"):
-            await ex.run(_item({"tool": str(tmp_path / "no-such-tool")}))
+            await ex.run(item({"tool": str(tmp_path / "no-such-tool")}))
     finally:
         await ex.aclose()

@@ -100,7 +100,7 @@ async def test_a_far_side_that_never_answers_well_ends_in_the_dead_letters(
 
 
 async def test_an_unreachable_url_is_retried_then_dead_lettered(tmp_path: Path) -> None:
-    from tests.mqtt_server import free_port
+    from tests.servers import free_port
 
     url = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
     doc = sink_config(

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import anyio
 
-from tests.mqtt_server import MosquittoServer, require_program
+from tests.mqtt_server import MosquittoServer
+from tests.servers import require_program
 
 from .conftest import dead_letters, drained, running, sink_config
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -10,6 +9,8 @@ from typing import Any
 
 import anyio
 import msgspec
+import pytest
+import redis.asyncio as aioredis
 from chute.config import dec_hook
 from chute.context import PluginContext
 from chute.message import Message
@@ -82,7 +83,33 @@ async def running(source: Any) -> AsyncIterator[Collector]:
     await source.aclose()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+async def until_caught_up(source: Any, emit: Callable[[Sequence[Message]], Any]) -> None:
+    """Run a ``redis`` source until it has read all the stream held, then close it."""
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(source.run, emit)
+            with anyio.fail_after(WAIT):
+                await source.caught_up()
+            tg.cancel_scope.cancel()
+    finally:
+        await source.aclose()
+
+
+@pytest.fixture
+def base_url(redis_url: str) -> str:
+    """The shared Redis, without the ``?prefix=`` the ``redis_url`` fixture adds."""
+    return redis_url.partition("?")[0]
+
+
+@pytest.fixture
+def stream(redis_url: str) -> str:
+    """A stream key under the test's own prefix (dropped at the end)."""
+    return redis_url.partition("prefix=")[2] + "orders"
+
+
+@pytest.fixture
+async def raw(base_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain client, to write and inspect the stream as another program would."""
+    client = aioredis.Redis.from_url(base_url, decode_responses=True)
+    yield client
+    await client.aclose()

@@ -16,7 +16,9 @@ from aiohttp import web
 from chute.config import dec_hook
 from chute_plugins.sources.http import HttpOptions, HttpSource
 
-from .conftest import build, free_port, make_context, running
+from tests.servers import free_port
+
+from .conftest import build, make_context, running
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

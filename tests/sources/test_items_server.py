@@ -17,7 +17,9 @@ from chute.errors import ConfigError
 from chute.items_server import ItemsServer, is_loopback
 from chute_plugins.sources.http import HttpSource
 
-from .conftest import build, free_port, make_context, running
+from tests.servers import free_port
+
+from .conftest import build, make_context, running
 
 
 def make_folder(root: Path) -> Path:

@@ -11,7 +11,8 @@ import anyio
 from chute import Runtime
 from chute.config import config_from_dict
 
-from tests.mqtt_server import MosquittoServer, require_program
+from tests.mqtt_server import MosquittoServer
+from tests.servers import require_program
 
 
 def config(tmp_path: Path, server: MosquittoServer, **source: Any) -> Any:

@@ -13,7 +13,8 @@ import pytest
 from chute import Runtime
 from chute.config import config_from_dict
 
-from tests.mqtt_server import MosquittoServer, require_program
+from tests.mqtt_server import MosquittoServer
+from tests.servers import require_program
 
 from .test_mqtt import until_lines
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
@@ -17,24 +17,9 @@ from chute.message import Message
 from chute_plugins.brokers.memory import MemoryBroker
 from chute_plugins.sources.redis_stream import RedisStreamOptions, RedisStreamSource
 
+from .conftest import until_caught_up
+
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def base_url(redis_url: str) -> str:
-    return redis_url.partition("?")[0]
-
-
-@pytest.fixture
-def stream(redis_url: str) -> str:
-    return redis_url.partition("prefix=")[2] + "orders"
-
-
-@pytest.fixture
-async def raw(base_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(base_url, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 def cli_xadd(url: str, stream: str, *fields: str) -> None:
@@ -71,14 +56,6 @@ class Collector:
         return [str(i) for i in range(len(messages))]
 
 
-async def run_until_caught_up(src: RedisStreamSource, emit: Collector) -> None:
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(src.run, emit.emit)
-        with anyio.fail_after(10):
-            await src.caught_up()
-        tg.cancel_scope.cancel()
-
-
 async def test_entries_from_redis_cli_become_messages_and_bad_ones_are_set_aside(
     base_url: str, stream: str, raw: aioredis.Redis, tmp_path: Path
 ) -> None:
@@ -88,10 +65,7 @@ async def test_entries_from_redis_cli_become_messages_and_bad_ones_are_set_aside
     cli_xadd(base_url, stream, "order", "o-4", "json", '{"total": 3}')
     src = source(base_url, stream, tmp_path, data_field="json", key_field="order")
     out = Collector()
-    try:
-        await run_until_caught_up(src, out)
-    finally:
-        await src.aclose()
+    await until_caught_up(src, out.emit)
     assert [(m.key, m.data) for m in out.messages] == [("o-1", {"total": 12.5}),
                                                        ("o-4", {"total": 3})]  # fmt: skip
     assert out.messages[0].headers["redis-stream"] == stream
@@ -123,10 +97,7 @@ async def test_an_entry_is_acked_only_after_the_publish_and_comes_back_after_a_c
 
     again = source(base_url, stream, tmp_path)  # the same node, restarted
     out = Collector()
-    try:
-        await run_until_caught_up(again, out)
-    finally:
-        await again.aclose()
+    await until_caught_up(again, out.emit)
     assert [m.data for m in out.messages] == [{"n": "1"}, {"n": "2"}]
     assert (await raw.xpending(stream, "chute-orders"))["pending"] == 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
@@ -18,26 +18,11 @@ from chute.message import Message
 from chute_plugins.brokers.memory import MemoryBroker
 from chute_plugins.sources.redis_stream import RedisStreamOptions, RedisStreamSource
 
+from .conftest import until_caught_up
+
 pytestmark = pytest.mark.redis
 
 GROUP = "chute-orders"
-
-
-@pytest.fixture
-def base_url(redis_url: str) -> str:
-    return redis_url.partition("?")[0]
-
-
-@pytest.fixture
-def stream(redis_url: str) -> str:
-    return redis_url.partition("prefix=")[2] + "orders"
-
-
-@pytest.fixture
-async def raw(base_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(base_url, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 def source(
@@ -86,14 +71,7 @@ async def test_a_restarted_node_rereads_its_own_pending_entries_at_once(
     # reading its own pending entries at start gets them back now.
     again = source(base_url, stream, tmp_path, pid=200, claim_after="10m")
     out = Gate(open_=True)
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(again.run, out)
-            with anyio.fail_after(10):
-                await again.caught_up()
-            tg.cancel_scope.cancel()
-    finally:
-        await again.aclose()
+    await until_caught_up(again, out)
     assert [m.data["n"] for m in out.messages] == ["0", "1", "2"]
     consumers = await raw.xinfo_consumers(stream, GROUP)
     assert [c["name"] for c in consumers] == ["edge-1"]
@@ -111,14 +89,7 @@ async def test_consumers_long_idle_with_nothing_pending_are_removed(
     await asyncio.sleep(0.3)
     src = source(base_url, stream, tmp_path, pid=300, forget_after="200ms", claim_after="10m")
     out = Gate(open_=True)
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(src.run, out)
-            with anyio.fail_after(10):
-                await src.caught_up()
-            tg.cancel_scope.cancel()
-    finally:
-        await src.aclose()
+    await until_caught_up(src, out)
     names = {c["name"] for c in await raw.xinfo_consumers(stream, GROUP)}
     assert names == {"holding-1234", "edge-1"}
 
