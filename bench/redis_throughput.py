@@ -42,6 +42,7 @@ from chute.config import config_from_dict
 from chute.engine import Runtime
 from chute.message import Message, encode_message
 from chute_plugins.brokers.redis_streams import RedisBroker
+from topic_throughput import through
 
 PAYLOAD = {"path": "inbox/video-000000.mp4", "size": 1048576, "note": "x" * 40}
 BATCH = 500
@@ -122,29 +123,7 @@ def _streams(reply: Any) -> Any:
 async def broker_throughput(url: str, count: int) -> float:
     """The broker API alone, as the pool uses it: publish, read 500, run the no-op, ack."""
     broker = RedisBroker(f"{url}?prefix=bench-{uuid.uuid4().hex[:8]}:")
-    await broker.start()
-    await broker.declare_topic("jobs", capacity=100_000)
-    await broker.ensure_group("jobs", "g", visibility_timeout=60)
-
-    async def produce() -> None:
-        for start in range(0, count, BATCH):
-            n = min(BATCH, count - start)
-            await broker.publish("jobs", [Message(key="k", data=PAYLOAD) for _ in range(n)])
-
-    async def consume() -> None:
-        seen = 0
-        while seen < count:
-            got = await broker.read("jobs", "g", "c", count=BATCH, block=1.0)
-            for message in got:
-                noop(message.data)
-            await broker.ack("jobs", "g", [m.id for m in got])
-            seen += len(got)
-
-    begin = time.perf_counter()
-    await asyncio.gather(produce(), consume())
-    elapsed = time.perf_counter() - begin
-    await broker.aclose()
-    return count / elapsed
+    return await through(broker, count, BATCH, noop)
 
 
 def runtime(url: str, function: str, concurrency: int) -> Runtime:
