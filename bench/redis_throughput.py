@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +41,8 @@ from chute.engine import Runtime
 from chute.message import Message, encode_message
 from chute_plugins.brokers.redis_streams import RedisBroker
 from topic_throughput import through
+
+from bench._procs import BenchError, redis_server
 
 PAYLOAD = {"path": "inbox/video-000000.mp4", "size": 1048576, "note": "x" * 40}
 BATCH = 500
@@ -185,20 +185,6 @@ async def chute_latency(url: str, samples: int) -> float:
 # -- running ------------------------------------------------------------------
 
 
-def start_redis() -> tuple[subprocess.Popen[bytes], str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is not on PATH; pass --url")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL)  # fmt: skip
-    time.sleep(0.3)
-    return proc, f"redis://127.0.0.1:{port}/0"
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=200_000)
@@ -206,11 +192,8 @@ async def main() -> None:
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--url", default="")
     args = parser.parse_args()
-    proc = None
-    url = args.url
-    if not url:
-        proc, url = start_redis()
-    try:
+    with contextlib.ExitStack() as stack:
+        url = args.url or stack.enter_context(redis_server())
         best_b = best_a = best_c = 0.0
         for _ in range(args.rounds):  # interleaved, best of each: all see the same noise
             best_b = max(best_b, await baseline_throughput(url, args.count))
@@ -218,10 +201,6 @@ async def main() -> None:
             best_c = max(best_c, await chute_throughput(url, args.count))
         lat_b = await baseline_latency(url, args.samples)
         lat_c = await chute_latency(url, args.samples)
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait()
     print(
         f"redis {url}, {args.count} messages of ~100 B, batches of {BATCH}, best of {args.rounds}"
     )
@@ -237,4 +216,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except BenchError as exc:  # redis-server missing or not starting: one line
+        sys.exit(f"{exc}; or pass --url")
