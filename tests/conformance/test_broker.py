@@ -303,11 +303,3 @@ async def test_concurrent_producer_and_consumers_lose_nothing(broker: Broker, ba
 
     await asyncio.wait_for(asyncio.gather(produce(), consume("c1"), consume("c2")), timeout=60)
     assert sorted(seen) == list(range(total))
-
-
-async def test_a_new_group_starts_at_the_retained_start_by_default(broker: Broker) -> None:
-    await broker.declare_topic("t", capacity=1000)
-    ids = await broker.publish("t", msgs(3))
-    await broker.ensure_group("t", "g", visibility_timeout=30)
-    got = await broker.read("t", "g", "c", count=10, block=None)
-    assert [m.id for m in got] == ids
