@@ -29,6 +29,16 @@ def free_port() -> int:
         return port
 
 
+def wait_listening(port: int) -> None:
+    """Until something accepts connections on 127.0.0.1:``port`` (a server just started), or 5 s."""
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.025)
+
+
 @contextlib.contextmanager
 def redis_server() -> Iterator[str]:
     """A private redis-server (no persistence) on a free port; yields its URL."""

@@ -1,4 +1,4 @@
-"""Shared parts of the watch benchmarks: a writer process, inotifywait, executor hooks.
+"""Shared parts of the watch benchmarks: a writer process, inotifywait, executor hooks, the runtime.
 
 Times are ``CLOCK_MONOTONIC`` nanoseconds, one clock for every process on the
 machine, so a close in the writer process and an event in this one compare.
@@ -15,6 +15,11 @@ import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import anyio
+import anyio.to_thread
+from chute.config import config_from_dict
+from chute.engine import Runtime
 
 WRITER = r"""
 import os, sys, time
@@ -126,6 +131,40 @@ def install_hook(name: str, fn: Callable[[Any], Any]) -> str:
     module.run = fn  # type: ignore[attr-defined]
     sys.modules[name] = module
     return f"{name}:run"
+
+
+def watch_runtime(folder: Path, record: Callable[[Any], Any], *, hook: str, concurrency: int,
+                  workdir: str = "work") -> Runtime:  # fmt: skip
+    """The whole runtime on ``folder``: a ``watch`` source, the memory broker, a pool whose
+    python executor calls ``record`` with each item."""
+    doc = {
+        "workdir": str(folder.parent / workdir),
+        "sources": {"inbox": {"type": "watch", "topic": "files", "path": str(folder),
+                              "rescan": 0}},
+        "pools": {"work": {"topic": "files", "concurrency": concurrency, "track": False,
+                           "executor": {"type": "python", "function": install_hook(hook, record)}}},
+    }  # fmt: skip
+    return Runtime(config_from_dict(doc, path="bench.toml", base_dir=str(folder.parent)))
+
+
+async def write_into_runtime(
+    folder: Path, record: Callable[[Any], Any], *, hook: str, count: int, gap: float, size: int,
+    chunks: int, settle: float,
+) -> tuple[dict[str, int], dict[str, int]]:  # fmt: skip
+    """The writer drops ``count`` files into a running ``watch_runtime`` (4 workers), inotifywait
+    watching the same folder; ``settle`` s later, each file's close time and inotifywait's."""
+    runtime = watch_runtime(folder, record, hook=hook, concurrency=4)
+    inotifywait = InotifyWait(folder)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(runtime.run)
+            await runtime.sources["inbox"][0].ready.wait()
+            closes = await anyio.to_thread.run_sync(run_writer, folder, count, gap, size, chunks)
+            await anyio.sleep(settle)  # let the last events arrive before reading the figures
+            runtime.stop()
+    finally:
+        inotifywait.stop()
+    return closes, inotifywait.seen
 
 
 def percentile(values: list[float], q: float) -> float:

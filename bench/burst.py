@@ -34,10 +34,8 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from _watchbench import InotifyWait, install_hook, move_in, stage
-from chute.config import config_from_dict
+from _watchbench import InotifyWait, move_in, stage, watch_runtime
 from chute.context import PluginContext
-from chute.engine import Runtime
 from chute.message import Message
 from chute_plugins.brokers.memory import MemoryBroker
 from chute_plugins.sources.watch import WatchOptions, WatchSource
@@ -116,15 +114,7 @@ async def phase_engine(folder: Path, count: int) -> None:
     def record(data: Any) -> None:
         tally.add([data["name"]])
 
-    doc = {
-        "workdir": str(folder.parent / "work"),
-        "sources": {"inbox": {"type": "watch", "topic": "files", "path": str(folder),
-                              "rescan": 0}},
-        "pools": {"work": {"topic": "files", "concurrency": 8, "track": False,
-                           "executor": {"type": "python",
-                                        "function": install_hook("chute_burst_hook", record)}}},
-    }  # fmt: skip
-    runtime = Runtime(config_from_dict(doc, path="burst.toml", base_dir=str(folder.parent)))
+    runtime = watch_runtime(folder, record, hook="chute_burst_hook", concurrency=8)
     floor = InotifyWait(folder)
     async with anyio.create_task_group() as tg:
         await tg.start(runtime.run)
@@ -155,16 +145,10 @@ async def phase_start_scan(folder: Path, count: int) -> None:
 
     await anyio.to_thread.run_sync(stage, folder, count, 1024)
     bare = await anyio.to_thread.run_sync(bare_listing, folder)
-    doc = {
-        "workdir": str(folder.parent / "work-scan"),
-        "sources": {"inbox": {"type": "watch", "topic": "files", "path": str(folder),
-                              "rescan": 0}},
-        "pools": {"work": {"topic": "files", "concurrency": 8, "track": False,
-                           "executor": {"type": "python",
-                                        "function": install_hook("chute_scan_hook", record)}}},
-    }  # fmt: skip
     start = time.monotonic_ns()
-    runtime = Runtime(config_from_dict(doc, path="scan.toml", base_dir=str(folder.parent)))
+    runtime = watch_runtime(
+        folder, record, hook="chute_scan_hook", concurrency=8, workdir="work-scan"
+    )
     async with anyio.create_task_group() as tg:
         await tg.start(runtime.run)
         with anyio.fail_after(120):

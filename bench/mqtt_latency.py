@@ -20,7 +20,6 @@ import asyncio
 import importlib
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chute.config import config_from_dict
 from chute.engine import Runtime
+
+from bench._procs import free_port, wait_listening
 
 TOPIC = "bench/latency"
 started: dict[int, float] = {}
@@ -55,19 +56,12 @@ def start_mosquitto(folder: str) -> tuple[subprocess.Popen[bytes], int]:
         sys.exit(
             "mosquitto and mosquitto_sub are needed (apt-get install mosquitto mosquitto-clients)"
         )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     conf = Path(folder) / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest none\n")
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.025)
+    wait_listening(port)
     return proc, port
 
 

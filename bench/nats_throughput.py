@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,8 @@ from chute.config import config_from_dict
 from chute.engine import Runtime
 from chute.message import Message, encode_message
 from chute_plugins.brokers.nats_jetstream import JetStreamBroker
+
+from bench._procs import free_port, wait_listening
 
 PAYLOAD = {"path": "inbox/video-000000.mp4", "size": 1048576, "note": "x" * 40}
 BATCH = 500
@@ -120,18 +121,11 @@ def start_server() -> tuple[subprocess.Popen[bytes], str, tempfile.TemporaryDire
     binary = shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin")
     if binary is None:
         sys.exit("nats-server is not installed (apt-get install nats-server)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     folder = tempfile.TemporaryDirectory(prefix="bench-nats-")
     proc = subprocess.Popen([binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", folder.name],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.025)
+    wait_listening(port)
     return proc, f"nats://127.0.0.1:{port}", folder
 
 

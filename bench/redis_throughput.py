@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +40,9 @@ from chute.config import config_from_dict
 from chute.engine import Runtime
 from chute.message import Message, encode_message
 from chute_plugins.brokers.redis_streams import RedisBroker
+from topic_throughput import through
+
+from bench._procs import BenchError, redis_server
 
 PAYLOAD = {"path": "inbox/video-000000.mp4", "size": 1048576, "note": "x" * 40}
 BATCH = 500
@@ -122,29 +123,7 @@ def _streams(reply: Any) -> Any:
 async def broker_throughput(url: str, count: int) -> float:
     """The broker API alone, as the pool uses it: publish, read 500, run the no-op, ack."""
     broker = RedisBroker(f"{url}?prefix=bench-{uuid.uuid4().hex[:8]}:")
-    await broker.start()
-    await broker.declare_topic("jobs", capacity=100_000)
-    await broker.ensure_group("jobs", "g", visibility_timeout=60)
-
-    async def produce() -> None:
-        for start in range(0, count, BATCH):
-            n = min(BATCH, count - start)
-            await broker.publish("jobs", [Message(key="k", data=PAYLOAD) for _ in range(n)])
-
-    async def consume() -> None:
-        seen = 0
-        while seen < count:
-            got = await broker.read("jobs", "g", "c", count=BATCH, block=1.0)
-            for message in got:
-                noop(message.data)
-            await broker.ack("jobs", "g", [m.id for m in got])
-            seen += len(got)
-
-    begin = time.perf_counter()
-    await asyncio.gather(produce(), consume())
-    elapsed = time.perf_counter() - begin
-    await broker.aclose()
-    return count / elapsed
+    return await through(broker, count, BATCH, noop)
 
 
 def runtime(url: str, function: str, concurrency: int) -> Runtime:
@@ -206,20 +185,6 @@ async def chute_latency(url: str, samples: int) -> float:
 # -- running ------------------------------------------------------------------
 
 
-def start_redis() -> tuple[subprocess.Popen[bytes], str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is not on PATH; pass --url")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL)  # fmt: skip
-    time.sleep(0.3)
-    return proc, f"redis://127.0.0.1:{port}/0"
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=200_000)
@@ -227,11 +192,8 @@ async def main() -> None:
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--url", default="")
     args = parser.parse_args()
-    proc = None
-    url = args.url
-    if not url:
-        proc, url = start_redis()
-    try:
+    with contextlib.ExitStack() as stack:
+        url = args.url or stack.enter_context(redis_server())
         best_b = best_a = best_c = 0.0
         for _ in range(args.rounds):  # interleaved, best of each: all see the same noise
             best_b = max(best_b, await baseline_throughput(url, args.count))
@@ -239,10 +201,6 @@ async def main() -> None:
             best_c = max(best_c, await chute_throughput(url, args.count))
         lat_b = await baseline_latency(url, args.samples)
         lat_c = await chute_latency(url, args.samples)
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait()
     print(
         f"redis {url}, {args.count} messages of ~100 B, batches of {BATCH}, best of {args.rounds}"
     )
@@ -258,4 +216,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except BenchError as exc:  # redis-server missing or not starting: one line
+        sys.exit(f"{exc}; or pass --url")

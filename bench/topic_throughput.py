@@ -23,7 +23,9 @@ import asyncio
 import sqlite3
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from chute.broker import Broker
@@ -93,7 +95,11 @@ def sqlite_single_baseline(count: int, durability: str) -> float:
     return count / elapsed
 
 
-async def through(broker: Broker, count: int, batch: int) -> float:
+async def through(
+    broker: Broker, count: int, batch: int, each: Callable[[Any], object] | None = None
+) -> float:
+    """Publish ``count`` messages in batches, read them back, call ``each`` (if any) on every
+    one's data, ack; messages per second. The broker is started here and closed."""
     await broker.start()
     try:
         await broker.declare_topic("bench", capacity=100_000)
@@ -108,6 +114,9 @@ async def through(broker: Broker, count: int, batch: int) -> float:
             seen = 0
             while seen < count:
                 messages = await broker.read("bench", "g", "c1", count=batch, block=1.0)
+                if each is not None:  # not a call per message where nothing is run
+                    for message in messages:
+                        each(message.data)
                 await broker.ack("bench", "g", [m.id for m in messages])
                 seen += len(messages)
 

@@ -27,10 +27,8 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from _watchbench import InotifyWait, install_hook, latencies, line, percentile, run_writer
-from chute.config import config_from_dict
+from _watchbench import InotifyWait, latencies, line, percentile, run_writer, write_into_runtime
 from chute.context import PluginContext
-from chute.engine import Runtime
 from chute.message import Message
 from chute_plugins.brokers.memory import MemoryBroker
 from chute_plugins.sources.watch import WatchOptions, WatchSource
@@ -89,29 +87,13 @@ async def phase_engine(folder: Path, args: argparse.Namespace) -> tuple[list[flo
         started.setdefault(data["name"], time.monotonic_ns())
         sizes[data["name"]] = data["size"]
 
-    doc = {
-        "workdir": str(folder.parent / "work"),
-        "sources": {"inbox": {"type": "watch", "topic": "files", "path": str(folder),
-                              "rescan": 0}},
-        "pools": {"work": {"topic": "files", "concurrency": 4, "track": False,
-                           "executor": {"type": "python",
-                                        "function": install_hook("chute_bench_hook", record)}}},
-    }  # fmt: skip
-    runtime = Runtime(config_from_dict(doc, path="bench.toml", base_dir=str(folder.parent)))
-    inotifywait = InotifyWait(folder)
-    async with anyio.create_task_group() as tg:
-        await tg.start(runtime.run)
-        source = runtime.sources["inbox"][0]
-        await source.ready.wait()
-        closes = await anyio.to_thread.run_sync(
-            run_writer, folder, args.count, args.gap, args.size, args.chunks
-        )
-        await anyio.sleep(0.5)
-        runtime.stop()
-    inotifywait.stop()
+    closes, floor = await write_into_runtime(
+        folder, record, hook="chute_bench_hook", count=args.count, gap=args.gap, size=args.size,
+        chunks=args.chunks, settle=0.5,
+    )  # fmt: skip
     ours = latencies(closes, started)
     partial = sum(1 for size in sizes.values() if size != args.size // args.chunks * args.chunks)
-    report("close -> executor started", ours, latencies(closes, inotifywait.seen), partial,
+    report("close -> executor started", ours, latencies(closes, floor), partial,
            args.count)  # fmt: skip
     return ours, partial
 

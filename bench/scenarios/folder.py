@@ -21,12 +21,10 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from chute.config import config_from_dict
-from chute.engine import Runtime
 
 from bench._procs import percentile
 from bench._table import Results, Row
-from bench._watchbench import InotifyWait, install_hook, latencies, run_writer
+from bench._watchbench import latencies, write_into_runtime
 from bench.peers import APPS
 from bench.scenarios import Mode
 
@@ -85,30 +83,18 @@ async def measure(folder: Path, count: int) -> dict[str, list[float]]:
     def record(data: Any) -> None:
         started.setdefault(data["name"], time.monotonic_ns())
 
-    doc = {
-        "workdir": str(folder.parent / "work"),
-        "sources": {"inbox": {"type": "watch", "topic": "files", "path": str(folder),
-                              "rescan": 0}},
-        "pools": {"work": {"topic": "files", "concurrency": 4, "track": False,
-                           "executor": {"type": "python",
-                                        "function": install_hook("chute_folder_hook", record)}}},
-    }  # fmt: skip
-    runtime = Runtime(config_from_dict(doc, path="bench.toml", base_dir=str(folder.parent)))
-    inotifywait = InotifyWait(folder)
     watchfiles = await anyio.to_thread.run_sync(WatchfilesPeer, folder)
     try:
-        async with anyio.create_task_group() as tg:
-            await tg.start(runtime.run)
-            await runtime.sources["inbox"][0].ready.wait()
-            closes = await anyio.to_thread.run_sync(run_writer, folder, count, GAP, SIZE, CHUNKS)
-            await anyio.sleep(2.5)  # watchfiles' own debounce may hold the last ones back
-            runtime.stop()
+        # watchfiles' own debounce may hold the last ones back: 2.5 s to settle
+        closes, inotifywait = await write_into_runtime(
+            folder, record, hook="chute_folder_hook", count=count, gap=GAP, size=SIZE,
+            chunks=CHUNKS, settle=2.5,
+        )  # fmt: skip
     finally:
-        inotifywait.stop()
         watchfiles.stop()
     return {
         "chute": latencies(closes, started),
-        "inotifywait": latencies(closes, inotifywait.seen),
+        "inotifywait": latencies(closes, inotifywait),
         "watchfiles": latencies(closes, watchfiles.after(closes)),
     }
 

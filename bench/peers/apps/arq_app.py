@@ -1,5 +1,5 @@
-"""arq 0.28: asyncio workers polling every 10 ms (``poll_delay``; the default 0.5 s caps a
-worker at a few jobs per poll and puts ~300 ms between enqueue and start), results not kept
+"""arq 0.28: asyncio workers polling every 10 ms (``poll_delay``; the default 0.5 s would put up
+to half a second between enqueue and start), results not kept
 (``keep_result=0``), ``max_jobs`` 10 (the default) unless the bench sets ``BENCH_MAX_JOBS``."""
 
 from __future__ import annotations
