@@ -106,7 +106,10 @@ async def chute(url: str, count: int) -> float:
         begin = time.perf_counter()
         for start in range(0, count, BATCH):
             n = min(BATCH, count - start)
-            await rt.publish_many("jobs", [Message(key="k", data=PAYLOAD) for _ in range(n)])
+            # One key per message: messages that share a key are one item, run one at a time.
+            await rt.publish_many(
+                "jobs", [Message(key=f"m{start + i}", data=PAYLOAD) for i in range(n)]
+            )
         while pool.counters.succeeded < count:
             await pool.changed.wait()
         elapsed = time.perf_counter() - begin

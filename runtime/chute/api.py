@@ -137,7 +137,8 @@ def build_app(rt: Runtime, *, token: str) -> web.Application:
     api = rt.config.api
 
     async def healthz(_: web.Request) -> web.Response:
-        """Liveness: the process answers. The broker's health is ``/readyz``'s business."""
+        """200 while the broker and every pool are healthy; 503 with the broker's problem
+        otherwise (``/readyz`` adds whether everything has started)."""
         healthy = bool(getattr(rt.broker, "healthy", True))
         healthy = healthy and all(p.counters.healthy for p in rt.pools.values())
         body: dict[str, Any] = {"ok": healthy}
