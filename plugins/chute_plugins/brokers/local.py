@@ -257,14 +257,8 @@ class LocalBroker:
     @staticmethod
     def _retain(t: Topic, journal: ldb.Journal) -> None:
         """A topic without groups keeps its newest ``capacity`` messages."""
-        msgs = t.msgs
         cut = t.end - t.capacity
-        while msgs:
-            seq = next(iter(msgs))
-            if seq >= cut:
-                break
-            del msgs[seq]
-            t.dropped += 1
+        t.dropped += _drop_head(t.msgs, cut)
         journal.add(ldb.DELETE_RANGE, [(t.base, t.base + cut)])
 
     # -- reading ----------------------------------------------------------
@@ -414,13 +408,7 @@ class LocalBroker:
     def _trim(self, t: Topic) -> None:
         """Drop from memory the head that every group has acknowledged (already off disk)."""
         t.acks_since_trim = 0
-        floor = min((needed_from(g) for g in t.groups.values()), default=t.end)
-        msgs = t.msgs
-        while msgs:
-            seq = next(iter(msgs))
-            if seq >= floor:
-                break
-            del msgs[seq]
+        _drop_head(t.msgs, min((needed_from(g) for g in t.groups.values()), default=t.end))
 
     # -- statistics ---------------------------------------------------------
 
@@ -441,3 +429,15 @@ class LocalBroker:
 
     def topic_names(self) -> list[str]:
         return list(self._topics)
+
+
+def _drop_head(msgs: dict[int, Message], below: int) -> int:
+    """Drop the messages before offset ``below`` (the dict is in offset order); how many."""
+    dropped = 0
+    while msgs:
+        seq = next(iter(msgs))
+        if seq >= below:
+            break
+        del msgs[seq]
+        dropped += 1
+    return dropped
