@@ -52,6 +52,7 @@ from msgspec.structs import replace
 from . import _local_db as ldb
 from ._local_state import Group, Topic, load_topics
 from .memory import (
+    TRIM_EVERY,
     Delivery,
     check_start,
     due_again,
@@ -68,9 +69,6 @@ from .memory import (
 )
 
 log = logging.getLogger("chute.brokers.local")
-
-_TRIM_EVERY = 8192
-"""Acks between drops of a multi-group topic's acknowledged head from memory."""
 
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -367,7 +365,7 @@ class LocalBroker:
             journal.add(ldb.UNNEED, [(~g.bit, row_id) for (row_id,) in ids_])
             journal.add(ldb.DELETE_DONE, ids_)
             t.acks_since_trim += len(done)
-            if t.acks_since_trim >= _TRIM_EVERY:
+            if t.acks_since_trim >= TRIM_EVERY:
                 self._trim(t)
         if retried:
             journal.add(ldb.SETTLED, retried)

@@ -33,7 +33,7 @@ from chute.message import Message
 from chute.meters import RateMeter
 from msgspec.structs import replace
 
-_TRIM_EVERY = 8192
+TRIM_EVERY = 8192
 """Acks between attempts to drop acknowledged entries from a topic's head.
 
 Trimming scans the pending deliveries, so it runs once per this many acks;
@@ -440,7 +440,7 @@ class MemoryBroker:
         g.acked += acked
         g.meter.mark(acked, time.time())
         t.acks_since_trim += acked
-        if t.acks_since_trim >= _TRIM_EVERY:
+        if t.acks_since_trim >= TRIM_EVERY:
             self._trim(t)
         if t.writers and acked:
             wake(t.writers)
