@@ -59,7 +59,7 @@ from .memory import (
     extend,
     group_stats,
     needed_from,
-    park,
+    park_pending,
     seq_of,
     stamp,
     unacked,
@@ -382,17 +382,10 @@ class LocalBroker:
             return
         journal = self._check_open()
         due = time.time() + max(0.0, delay)
-        rows = []
-        for message_id in ids:
-            delivery = g.pending.pop(message_id, None)
-            if delivery is None:
-                continue
-            seq = seq_of(message_id)
-            park(g, seq, message_id, delivery.attempt, due)
-            rows.append((t.base + seq, g.bit, delivery.attempt, due))
-        if not rows:
+        parked = park_pending(g, ids, due)
+        if not parked:
             return
-        journal.add(ldb.REDELIVERED, rows)
+        journal.add(ldb.REDELIVERED, [(t.base + seq, g.bit, n, due) for seq, n in parked])
         if t.readers:
             wake(t.readers)
         await self._commit()

@@ -196,6 +196,19 @@ def park(g: Group, seq: int, message_id: str, attempt: int, due: float) -> None:
     heapq.heappush(g.due, (due, next(_due_order), message_id))
 
 
+def park_pending(g: Group, ids: Sequence[str], due: float) -> list[tuple[int, int]]:
+    """Park the deliveries in ``ids`` still pending until ``due`` (a nack); their
+    (offset, attempt) pairs."""
+    out = []
+    for message_id in ids:
+        delivery = g.pending.pop(message_id, None)
+        if delivery is not None:
+            seq = seq_of(message_id)
+            park(g, seq, message_id, delivery.attempt, due)
+            out.append((seq, delivery.attempt))
+    return out
+
+
 def due_again(g: Group, consumer: str, count: int, now: float) -> list[tuple[int, int]]:
     """Deliveries due again, handed to ``consumer``: parked ones past their delay, then
     stale ones. Returns (offset, new attempt) for each."""
@@ -450,11 +463,7 @@ class MemoryBroker:
         g = t.groups.get(group)
         if g is None:
             return
-        due = time.time() + max(0.0, delay)
-        for message_id in ids:
-            delivery = g.pending.pop(message_id, None)
-            if delivery is not None:
-                park(g, seq_of(message_id), message_id, delivery.attempt, due)
+        park_pending(g, ids, time.time() + max(0.0, delay))
         if t.readers:
             wake(t.readers)
 
