@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import itertools
 import time
 from collections.abc import Iterable, Sequence
-from itertools import repeat
+from itertools import count, repeat
 
 from chute.broker import GroupStats, TopicStats
 from chute.errors import ClosedError, ConfigError
@@ -43,7 +42,7 @@ capacity is counted in unacknowledged entries, not in the log's length."""
 # is shared with the durable local broker, which keeps the same state in
 # memory and journals each change.
 
-_due_order = itertools.count()
+_due_order = count()
 """Breaks ties between deliveries due at the same time, in the order they were parked."""
 
 
