@@ -193,7 +193,6 @@ class Journal:
                  *, wal: Path | None) -> None:  # fmt: skip
         self.db = db
         self.loop = loop
-        self.failed: BaseException | None = None
         self._ops: list[tuple[str, Sequence[tuple[Any, ...]]]] = []
         self._marks: dict[tuple[str, int, int], tuple[Any, ...]] = {}
         self._waiters: list[asyncio.Future[None]] = []
@@ -241,7 +240,7 @@ class Journal:
             try:
                 self._write(ops, marks)
             except Exception as exc:  # every waiter must hear of it, whatever it is
-                error = self.failed = BrokerUnavailable(f"the local broker cannot write: {exc}")
+                error = BrokerUnavailable(f"the local broker cannot write: {exc}")
         if self._syncer is None or error is not None:
             _settle(waiters, error)
         elif waiters:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import sqlite3
 import time
 
@@ -13,45 +11,19 @@ from chute.message import Message
 from chute.meters import RateMeter
 
 from . import _local_db as ldb
-
-_due_order = itertools.count()
-"""Breaks ties between deliveries due at the same time, in the order they were parked."""
+from . import memory
 
 _decode = msgspec.msgpack.Decoder(Message).decode
 
 
-class Delivery:
-    """Bookkeeping shared by the messages handed out in one read."""
+class Group(memory.Group):
+    """A memory broker group with its bit in the ``need`` mask of the file's messages."""
 
-    __slots__ = ("at", "attempt", "consumer")
-
-    def __init__(self, consumer: str, at: float, attempt: int) -> None:
-        self.consumer = consumer
-        self.at = at
-        self.attempt = attempt
-
-
-class Group:
-    __slots__ = ("acked", "active", "bit", "cursor", "due", "last_seen", "meter", "name",
-                 "parked", "pending", "visibility_timeout")  # fmt: skip
+    __slots__ = ("bit",)
 
     def __init__(self, name: str, bit: int, cursor: int, visibility_timeout: float) -> None:
-        self.name = name
+        super().__init__(name, cursor, visibility_timeout)
         self.bit = bit
-        self.cursor = cursor
-        self.visibility_timeout = visibility_timeout
-        # id -> Delivery, in delivery order (the oldest first).
-        self.pending: dict[str, Delivery] = {}
-        # id -> (seq, attempt) for deliveries waiting out a delay.
-        self.parked: dict[str, tuple[int, int]] = {}
-        # (due time, seq, id) for parked deliveries.
-        self.due: list[tuple[float, int, str]] = []
-        self.last_seen: dict[str, float] = {}
-        self.acked = 0
-        self.meter = RateMeter()
-        self.active = True
-        """False for a group read back from the file until ensure_group names it again:
-        a group the config no longer reads must not block publishers for ever."""
 
 
 class Topic:
@@ -78,39 +50,6 @@ class Topic:
     @property
     def head(self) -> int:
         return next(iter(self.msgs), self.end)
-
-
-def seq_of(message_id: str) -> int:
-    return int(message_id.rpartition("-")[2])
-
-
-def wake(waiters: list[asyncio.Future[None]]) -> None:
-    for waiter in waiters:
-        if not waiter.done():
-            waiter.set_result(None)
-    waiters.clear()
-
-
-def park(g: Group, seq: int, message_id: str, attempt: int, due: float) -> None:
-    g.parked[message_id] = (seq, attempt)
-    heapq.heappush(g.due, (due, next(_due_order), message_id))
-
-
-async def wait_on(waiters: list[asyncio.Future[None]], limit: float | None) -> None:
-    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    waiters.append(waiter)
-    try:
-        if limit is None:
-            await waiter
-        else:
-            await asyncio.wait_for(waiter, limit)
-    except TimeoutError:
-        pass
-    finally:
-        if not waiter.done():
-            waiter.cancel()
-        if waiter in waiters:
-            waiters.remove(waiter)
 
 
 def load_topics(db: sqlite3.Connection, default_capacity: int) -> dict[str, Topic]:
@@ -146,5 +85,5 @@ def load_topics(db: sqlite3.Connection, default_capacity: int) -> dict[str, Topi
                     break
                 if need & bit:  # delivered by the last run, never acknowledged
                     attempt, due = retries.get((seq, bit), (1, 0.0))
-                    park(g, seq, t.msgs[seq].id, attempt, max(due, now))
+                    memory.park(g, seq, t.msgs[seq].id, attempt, max(due, now))
     return topics

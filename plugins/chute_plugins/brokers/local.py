@@ -36,9 +36,7 @@ API instead.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
-import sqlite3
 import time
 from collections.abc import Sequence
 from itertools import repeat
@@ -46,18 +44,31 @@ from pathlib import Path
 from typing import IO
 
 import msgspec
-from chute.broker import GroupStats, TopicStats
+from chute.broker import TopicStats
 from chute.errors import ClosedError, ConfigError, InvalidMessage
 from chute.message import Message
 from msgspec.structs import replace
 
 from . import _local_db as ldb
-from ._local_state import Delivery, Group, Topic, load_topics, park, seq_of, wait_on, wake
+from ._local_state import Group, Topic, load_topics
+from .memory import (
+    TRIM_EVERY,
+    Delivery,
+    check_start,
+    due_again,
+    extend,
+    group_stats,
+    needed_from,
+    park_pending,
+    seq_of,
+    stamp,
+    unacked,
+    wait_for_more,
+    wait_on,
+    wake,
+)
 
 log = logging.getLogger("chute.brokers.local")
-
-_TRIM_EVERY = 8192
-"""Acks between drops of a multi-group topic's acknowledged head from memory."""
 
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -97,7 +108,8 @@ class LocalBroker:
         try:
             db = ldb.connect(self.path)
             try:
-                self._load(db)
+                # The last run's pending deliveries are due again now.
+                self._topics = load_topics(db, self.default_capacity)
             except BaseException:
                 db.close()
                 raise
@@ -108,10 +120,6 @@ class LocalBroker:
         wal = Path(f"{self.path}-wal") if self.where.durability == "power" else None
         self._journal = ldb.Journal(db, asyncio.get_running_loop(), wal=wal)
         self._closed = False
-
-    def _load(self, db: sqlite3.Connection) -> None:
-        """Read back the last run's topics; its pending deliveries are due again now."""
-        self._topics = load_topics(db, self.default_capacity)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -159,6 +167,7 @@ class LocalBroker:
 
     async def ensure_group(self, topic: str, group: str, *, visibility_timeout: float,
                            start: str = "earliest") -> None:  # fmt: skip
+        check_start(start)
         journal = self._check_open()
         t = self._topic(topic)
         existing = t.groups.get(group)
@@ -166,8 +175,6 @@ class LocalBroker:
             existing.visibility_timeout = visibility_timeout
             existing.active = True
             return
-        if start not in ("earliest", "latest"):
-            raise ValueError(f"start must be 'earliest' or 'latest', got {start!r}")
         used = {g.bit for g in t.groups.values()}
         bit = next((1 << i for i in range(ldb.MAX_GROUPS) if 1 << i not in used), 0)
         if not bit:
@@ -187,7 +194,7 @@ class LocalBroker:
         ids: list[str] = []
         start = 0
         while start < len(messages):
-            room = t.capacity - self._unacked(t) if t.groups else len(messages)
+            room = t.capacity - unacked(t.groups.values(), t.end) if t.groups else len(messages)
             if room <= 0:
                 await wait_on(t.writers, None)
                 self._check_open()
@@ -215,54 +222,30 @@ class LocalBroker:
                     backlog + len(g.pending) + len(g.parked), "the broker file",
                 )  # fmt: skip
 
-    @staticmethod
-    def _unacked(t: Topic) -> int:
-        """Entries some group of this run has not acknowledged yet: what capacity bounds."""
-        end = t.end
-        most = 0
-        for g in t.groups.values():
-            if g.active:
-                most = max(most, end - g.cursor + len(g.pending) + len(g.parked))
-        return most
-
     def _append(self, t: Topic, messages: Sequence[Message]) -> list[str]:
         journal = self._check_open()
         now = time.time()
-        ms = max(int(now * 1000), t.last_ms)
-        t.last_ms = ms
         first = t.end
-        prefix = f"{ms}-"
-        ids = [prefix + str(i) for i in range(first, first + len(messages))]
+        ms, ids, stamped = stamp(messages, first, t.last_ms, now)
         need = 0
         for g in t.groups.values():
             need |= g.bit
         base = t.base
-        accepted: list[Message] = []
         rows = []
-        seq = first
-        for message, message_id in zip(messages, ids, strict=True):
-            if message.id:  # already on a topic: republish a copy, never rename the original
-                message = replace(message, id=message_id, attempt=1)
-            else:
-                message.id = message_id
-                if not message.created_at:
-                    message.created_at = now
+        for seq, message in enumerate(stamped, base + first):
             try:
-                body = _encode(message)
+                rows.append((seq, ms, need, _encode(message)))
             except (TypeError, ValueError, OverflowError) as exc:
                 raise InvalidMessage(
                     f"cannot publish to topic {t.name!r}: the message is not JSON-like data ({exc})"
                 ) from None
-            accepted.append(message)
-            rows.append((base + seq, ms, need, body))
-            seq += 1
         # Only once every message could be encoded: a refused batch leaves no trace.
-        t.msgs.update(zip(range(first, seq), accepted, strict=True))
-        msgs = t.msgs
-        t.end = seq
+        seq = first + len(stamped)
+        t.msgs.update(zip(range(first, seq), stamped, strict=True))
+        t.end, t.last_ms = seq, ms
         journal.add(ldb.INSERT, rows)
         journal.mark(ldb.TOPIC_END, base, 0, (seq, ms, base >> ldb.SEQ_BITS))
-        if not t.groups and len(msgs) > t.capacity:
+        if not t.groups and len(t.msgs) > t.capacity:
             self._retain(t, journal)
         t.meter.mark(len(ids), now)
         if t.readers:
@@ -272,14 +255,8 @@ class LocalBroker:
     @staticmethod
     def _retain(t: Topic, journal: ldb.Journal) -> None:
         """A topic without groups keeps its newest ``capacity`` messages."""
-        msgs = t.msgs
         cut = t.end - t.capacity
-        while msgs:
-            seq = next(iter(msgs))
-            if seq >= cut:
-                break
-            del msgs[seq]
-            t.dropped += 1
+        t.dropped += _drop_head(t.msgs, cut)
         journal.add(ldb.DELETE_RANGE, [(t.base, t.base + cut)])
 
     # -- reading ----------------------------------------------------------
@@ -297,26 +274,9 @@ class LocalBroker:
             now = time.time()
             g.last_seen[consumer] = now
             batch = self._take(t, g, consumer, count, now)
-            if batch or deadline is None:
+            if batch or deadline is None or not await wait_for_more(g, t.readers, deadline, now):
                 return batch
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return batch
-            next_due = self._next_due(g)
-            if next_due is not None:
-                remaining = min(remaining, max(0.0, next_due - now) + 0.001)
-            await wait_on(t.readers, remaining)
             self._check_open()
-
-    @staticmethod
-    def _next_due(g: Group) -> float | None:
-        candidates = []
-        if g.due:
-            candidates.append(g.due[0][0])
-        if g.pending:
-            oldest = next(iter(g.pending.values()))
-            candidates.append(oldest.at + g.visibility_timeout)
-        return min(candidates) if candidates else None
 
     def _take(self, t: Topic, g: Group, consumer: str, count: int, now: float) -> list[Message]:
         batch: list[Message] = []
@@ -359,33 +319,15 @@ class LocalBroker:
     def _redeliver(
         self, t: Topic, g: Group, consumer: str, count: int, now: float
     ) -> list[Message]:
-        """Deliveries due again: parked ones past their delay, then stale ones."""
-        out: list[Message] = []
-        again: list[tuple[int, int, int, float]] = []
-        while g.due and g.due[0][0] <= now and len(out) < count:
-            _, _, message_id = heapq.heappop(g.due)
-            parked = g.parked.pop(message_id, None)
-            if parked is not None:  # else acked meanwhile
-                seq, attempt = parked
-                g.pending[message_id] = Delivery(consumer, now, attempt + 1)
-                out.append(replace(t.msgs[seq], attempt=attempt + 1))
-                again.append((t.base + seq, g.bit, attempt + 1, 0.0))
-        if len(out) < count and g.pending:
-            limit = now - g.visibility_timeout
-            stale: list[tuple[str, int]] = []
-            for message_id, delivery in g.pending.items():
-                if len(out) + len(stale) >= count or delivery.at > limit:
-                    break
-                stale.append((message_id, delivery.attempt))
-            for message_id, attempt in stale:
-                del g.pending[message_id]  # re-inserted last: the dict stays in delivery order
-                g.pending[message_id] = Delivery(consumer, now, attempt + 1)
-                seq = seq_of(message_id)
-                out.append(replace(t.msgs[seq], attempt=attempt + 1))
-                again.append((t.base + seq, g.bit, attempt + 1, 0.0))
-        if again:
-            self._check_open().add(ldb.REDELIVERED, again)
-        return out
+        """Deliveries due again, their new attempt counts journalled."""
+        again = due_again(g, consumer, count, now)
+        if not again:
+            return []
+        self._check_open().add(
+            ldb.REDELIVERED, [(t.base + seq, g.bit, attempt, 0.0) for seq, attempt in again]
+        )
+        msgs = t.msgs
+        return [replace(msgs[seq], attempt=attempt) for seq, attempt in again]
 
     # -- acknowledging ----------------------------------------------------
 
@@ -423,7 +365,7 @@ class LocalBroker:
             journal.add(ldb.UNNEED, [(~g.bit, row_id) for (row_id,) in ids_])
             journal.add(ldb.DELETE_DONE, ids_)
             t.acks_since_trim += len(done)
-            if t.acks_since_trim >= _TRIM_EVERY:
+            if t.acks_since_trim >= TRIM_EVERY:
                 self._trim(t)
         if retried:
             journal.add(ldb.SETTLED, retried)
@@ -440,17 +382,10 @@ class LocalBroker:
             return
         journal = self._check_open()
         due = time.time() + max(0.0, delay)
-        rows = []
-        for message_id in ids:
-            delivery = g.pending.pop(message_id, None)
-            if delivery is None:
-                continue
-            seq = seq_of(message_id)
-            park(g, seq, message_id, delivery.attempt, due)
-            rows.append((t.base + seq, g.bit, delivery.attempt, due))
-        if not rows:
+        parked = park_pending(g, ids, due)
+        if not parked:
             return
-        journal.add(ldb.REDELIVERED, rows)
+        journal.add(ldb.REDELIVERED, [(t.base + seq, g.bit, n, due) for seq, n in parked])
         if t.readers:
             wake(t.readers)
         await self._commit()
@@ -458,65 +393,42 @@ class LocalBroker:
     async def extend(self, topic: str, group: str, ids: Sequence[str]) -> None:
         t = self._topics.get(topic)
         g = t.groups.get(group) if t is not None else None
-        if g is None:
-            return
-        now = time.time()
-        for message_id in ids:
-            delivery = g.pending.pop(message_id, None)
-            if delivery is not None:  # re-inserted last: the dict stays in delivery order
-                g.pending[message_id] = Delivery(delivery.consumer, now, delivery.attempt)
+        if g is not None:
+            extend(g, ids, time.time())
 
     def _trim(self, t: Topic) -> None:
         """Drop from memory the head that every group has acknowledged (already off disk)."""
         t.acks_since_trim = 0
-        floor = t.end
-        for g in t.groups.values():
-            floor = min(floor, g.cursor)
-            if g.pending:
-                floor = min(floor, min(map(seq_of, g.pending)))
-            if g.parked:
-                floor = min(floor, min(seq for seq, _ in g.parked.values()))
-        msgs = t.msgs
-        while msgs:
-            seq = next(iter(msgs))
-            if seq >= floor:
-                break
-            del msgs[seq]
+        _drop_head(t.msgs, min((needed_from(g) for g in t.groups.values()), default=t.end))
 
-    # -- waiting and statistics -------------------------------------------
+    # -- statistics ---------------------------------------------------------
 
     async def stats(self, topic: str) -> TopicStats:
         t = self._topics.get(topic)
         if t is None:
             return TopicStats(topic=topic, capacity=self.default_capacity)
         now = time.time()
-        groups = []
-        for g in t.groups.values():
-            if not g.active:  # left by an earlier run: not this run's work (logged once)
-                continue
-            oldest = 0.0
-            if g.pending:
-                oldest = max(0.0, now - next(iter(g.pending.values())).at)
-            groups.append(
-                GroupStats(
-                    name=g.name,
-                    consumers=len(g.last_seen),
-                    lag=t.end - g.cursor,
-                    pending=len(g.pending) + len(g.parked),
-                    oldest_pending_age=oldest,
-                    acked=g.acked,
-                    ack_rate=g.meter.rate(now),
-                )
-            )
         return TopicStats(
             topic=t.name,
-            length=self._unacked(t) if t.groups else len(t.msgs),
+            length=unacked(t.groups.values(), t.end) if t.groups else len(t.msgs),
             capacity=t.capacity,
             dropped=t.dropped,
             published=t.meter.total,
             publish_rate=t.meter.rate(now),
-            groups=groups,
+            groups=group_stats(t.groups.values(), t.end, now),
         )
 
     def topic_names(self) -> list[str]:
         return list(self._topics)
+
+
+def _drop_head(msgs: dict[int, Message], below: int) -> int:
+    """Drop the messages before offset ``below`` (the dict is in offset order); how many."""
+    dropped = 0
+    while msgs:
+        seq = next(iter(msgs))
+        if seq >= below:
+            break
+        del msgs[seq]
+        dropped += 1
+    return dropped

@@ -23,8 +23,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
-from collections.abc import Sequence
-from itertools import repeat
+from collections.abc import Iterable, Sequence
+from itertools import count, repeat
 
 from chute.broker import GroupStats, TopicStats
 from chute.errors import ClosedError, ConfigError
@@ -32,14 +32,21 @@ from chute.message import Message
 from chute.meters import RateMeter
 from msgspec.structs import replace
 
-_TRIM_EVERY = 8192
+TRIM_EVERY = 8192
 """Acks between attempts to drop acknowledged entries from a topic's head.
 
 Trimming scans the pending deliveries, so it runs once per this many acks;
 capacity is counted in unacknowledged entries, not in the log's length."""
 
+# The bookkeeping below (deliveries, groups, redelivery, waiting, statistics)
+# is shared with the durable local broker, which keeps the same state in
+# memory and journals each change.
 
-class _Delivery:
+_due_order = count()
+"""Breaks ties between deliveries due at the same time, in the order they were parked."""
+
+
+class Delivery:
     """Bookkeeping shared by the messages handed out in one read."""
 
     __slots__ = ("at", "attempt", "consumer")
@@ -50,9 +57,10 @@ class _Delivery:
         self.attempt = attempt
 
 
-class _Group:
+class Group:
     __slots__ = (
         "acked",
+        "active",
         "cursor",
         "due",
         "last_seen",
@@ -67,15 +75,18 @@ class _Group:
         self.name = name
         self.cursor = cursor
         self.visibility_timeout = visibility_timeout
-        # id -> _Delivery, in delivery order (the oldest first).
-        self.pending: dict[str, _Delivery] = {}
-        # id -> (message, attempt) for nacked deliveries waiting out their delay.
-        self.parked: dict[str, tuple[Message, int]] = {}
-        # (due time, seq, id) for nacked deliveries waiting out their delay.
+        # id -> Delivery, in delivery order (the oldest first).
+        self.pending: dict[str, Delivery] = {}
+        # id -> (offset, attempt) for nacked deliveries waiting out their delay.
+        self.parked: dict[str, tuple[int, int]] = {}
+        # (due time, tie-breaker, id) for parked deliveries.
         self.due: list[tuple[float, int, str]] = []
         self.last_seen: dict[str, float] = {}
         self.acked = 0
         self.meter = RateMeter()
+        self.active = True
+        """False for a group the local broker read back from its file until ensure_group
+        names it again: a group the config no longer reads must not block publishers."""
 
 
 class _Topic:
@@ -98,7 +109,7 @@ class _Topic:
         self.capacity = capacity
         self.log: list[Message] = []
         self.base = 0  # absolute offset of log[0]
-        self.groups: dict[str, _Group] = {}
+        self.groups: dict[str, Group] = {}
         self.readers: list[asyncio.Future[None]] = []
         self.writers: list[asyncio.Future[None]] = []
         self.meter = RateMeter()
@@ -111,15 +122,194 @@ class _Topic:
         return self.base + len(self.log)
 
 
-def _offset(message_id: str) -> int:
+def seq_of(message_id: str) -> int:
+    """The offset in its topic of the message with this id (``<ms>-<offset>``)."""
     return int(message_id.rpartition("-")[2])
 
 
-def _wake(waiters: list[asyncio.Future[None]]) -> None:
+def check_start(start: str) -> None:
+    if start not in ("earliest", "latest"):
+        raise ConfigError([f"start: expected 'earliest' or 'latest', got {start!r}"])
+
+
+def stamp(
+    messages: Sequence[Message], first: int, last_ms: int, now: float
+) -> tuple[int, list[str], list[Message]]:
+    """Ids for messages about to take offsets ``first``...: (their ms, the ids, the messages).
+
+    Ids are <ms>-<offset>: the offset is unique and increasing, so ids order
+    like Redis stream ids and an ack can find the offset again (``seq_of``).
+    """
+    ms = max(int(now * 1000), last_ms)
+    prefix = f"{ms}-"
+    ids = [prefix + str(i) for i in range(first, first + len(messages))]
+    stamped: list[Message] = []
+    for message, message_id in zip(messages, ids, strict=True):
+        if message.id:  # already on a topic: republish a copy, never rename the original
+            message = replace(message, id=message_id, attempt=1)
+        else:
+            message.id = message_id
+            if not message.created_at:
+                message.created_at = now
+        stamped.append(message)
+    return ms, ids, stamped
+
+
+def unacked(groups: Iterable[Group], end: int) -> int:
+    """Entries some active group has not acknowledged yet: what capacity bounds.
+
+    Not the log's length: one old delivery still pending must not block
+    the topic while everything after it has been acknowledged.
+    """
+    most = 0
+    for g in groups:
+        if g.active:
+            most = max(most, end - g.cursor + len(g.pending) + len(g.parked))
+    return most
+
+
+def needed_from(g: Group) -> int:
+    """The lowest offset the group still needs (its cursor, or a delivery not acked)."""
+    floor = g.cursor
+    if g.pending:
+        floor = min(floor, min(map(seq_of, g.pending)))
+    if g.parked:
+        floor = min(floor, min(seq for seq, _ in g.parked.values()))
+    return floor
+
+
+def next_due(g: Group) -> float | None:
+    """Wall-clock time at which some delivery becomes due again, if any."""
+    candidates = []
+    if g.due:
+        candidates.append(g.due[0][0])
+    if g.pending:
+        oldest = next(iter(g.pending.values()))
+        candidates.append(oldest.at + g.visibility_timeout)
+    return min(candidates) if candidates else None
+
+
+def park(g: Group, seq: int, message_id: str, attempt: int, due: float) -> None:
+    """Hold a delivery back until ``due``; it keeps its attempt count."""
+    g.parked[message_id] = (seq, attempt)
+    heapq.heappush(g.due, (due, next(_due_order), message_id))
+
+
+def park_pending(g: Group, ids: Sequence[str], due: float) -> list[tuple[int, int]]:
+    """Park the deliveries in ``ids`` still pending until ``due`` (a nack); their
+    (offset, attempt) pairs."""
+    out = []
+    for message_id in ids:
+        delivery = g.pending.pop(message_id, None)
+        if delivery is not None:
+            seq = seq_of(message_id)
+            park(g, seq, message_id, delivery.attempt, due)
+            out.append((seq, delivery.attempt))
+    return out
+
+
+def due_again(g: Group, consumer: str, count: int, now: float) -> list[tuple[int, int]]:
+    """Deliveries due again, handed to ``consumer``: parked ones past their delay, then
+    stale ones. Returns (offset, new attempt) for each."""
+    out: list[tuple[int, int]] = []
+    while g.due and g.due[0][0] <= now and len(out) < count:
+        _, _, message_id = heapq.heappop(g.due)
+        parked = g.parked.pop(message_id, None)
+        if parked is not None:  # else acked meanwhile
+            seq, attempt = parked
+            g.pending[message_id] = Delivery(consumer, now, attempt + 1)
+            out.append((seq, attempt + 1))
+    if len(out) >= count or not g.pending:
+        return out
+    limit = now - g.visibility_timeout
+    stale: list[tuple[str, int]] = []
+    for message_id, delivery in g.pending.items():
+        if len(out) + len(stale) >= count or delivery.at > limit:
+            break
+        stale.append((message_id, delivery.attempt))
+    for message_id, attempt in stale:
+        del g.pending[message_id]  # re-inserted last: the dict stays in delivery order
+        g.pending[message_id] = Delivery(consumer, now, attempt + 1)
+        out.append((seq_of(message_id), attempt + 1))
+    return out
+
+
+def extend(g: Group, ids: Sequence[str], now: float) -> None:
+    """Reset the visibility clock of the deliveries in ``ids`` still pending."""
+    record: Delivery | None = None
+    for message_id in ids:
+        delivery = g.pending.pop(message_id, None)
+        if delivery is None:
+            continue  # acked, or nacked and parked
+        if record is None or (record.attempt, record.consumer) != (
+            delivery.attempt,
+            delivery.consumer,
+        ):
+            record = Delivery(delivery.consumer, now, delivery.attempt)
+        # Re-inserted last: the dict stays in delivery order, oldest first.
+        g.pending[message_id] = record
+
+
+def wake(waiters: list[asyncio.Future[None]]) -> None:
     for waiter in waiters:
         if not waiter.done():
             waiter.set_result(None)
     waiters.clear()
+
+
+async def wait_on(waiters: list[asyncio.Future[None]], limit: float | None) -> None:
+    """Until ``wake(waiters)``, or ``limit`` seconds."""
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    waiters.append(waiter)
+    try:
+        if limit is None:
+            await waiter
+        else:
+            await asyncio.wait_for(waiter, limit)
+    except TimeoutError:
+        pass
+    finally:
+        if not waiter.done():
+            waiter.cancel()
+        if waiter in waiters:
+            waiters.remove(waiter)
+
+
+async def wait_for_more(
+    g: Group, readers: list[asyncio.Future[None]], deadline: float, now: float
+) -> bool:
+    """Wait for a publish, or for a delivery to fall due; False once ``deadline`` passed."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return False
+    due = next_due(g)
+    if due is not None:
+        remaining = min(remaining, max(0.0, due - now) + 0.001)
+    await wait_on(readers, remaining)
+    return True
+
+
+def group_stats(groups: Iterable[Group], end: int, now: float) -> list[GroupStats]:
+    """Statistics of a topic's active groups; ``end`` is the topic's next offset."""
+    out = []
+    for g in groups:
+        if not g.active:  # left by an earlier run of the local broker: not this run's work
+            continue
+        oldest = 0.0
+        if g.pending:
+            oldest = max(0.0, now - next(iter(g.pending.values())).at)
+        out.append(
+            GroupStats(
+                name=g.name,
+                consumers=len(g.last_seen),
+                lag=end - g.cursor,
+                pending=len(g.pending) + len(g.parked),
+                oldest_pending_age=oldest,
+                acked=g.acked,
+                ack_rate=g.meter.rate(now),
+            )
+        )
+    return out
 
 
 class MemoryBroker:
@@ -131,7 +321,6 @@ class MemoryBroker:
         self.healthy = True
         self._topics: dict[str, _Topic] = {}
         self._closed = False
-        self._due_seq = 0
 
     async def start(self) -> None:
         self._closed = False
@@ -139,8 +328,8 @@ class MemoryBroker:
     async def aclose(self) -> None:
         self._closed = True
         for topic in self._topics.values():
-            _wake(topic.readers)
-            _wake(topic.writers)
+            wake(topic.readers)
+            wake(topic.writers)
 
     def _topic(self, name: str) -> _Topic:
         topic = self._topics.get(name)
@@ -154,13 +343,12 @@ class MemoryBroker:
     async def ensure_group(
         self, topic: str, group: str, *, visibility_timeout: float, start: str = "earliest"
     ) -> None:
-        if start not in ("earliest", "latest"):
-            raise ConfigError([f"start: expected 'earliest' or 'latest', got {start!r}"])
+        check_start(start)
         t = self._topic(topic)
         existing = t.groups.get(group)
         if existing is None:
             cursor = t.base if start == "earliest" else t.end
-            t.groups[group] = _Group(group, cursor, visibility_timeout)
+            t.groups[group] = Group(group, cursor, visibility_timeout)
         else:
             existing.visibility_timeout = visibility_timeout
 
@@ -176,9 +364,9 @@ class MemoryBroker:
         ids: list[str] = []
         start = 0
         while start < len(messages):
-            room = t.capacity - self._unacked(t)
+            room = t.capacity - unacked(t.groups.values(), t.end)
             if room <= 0:
-                await self._wait(t.writers, None)
+                await wait_on(t.writers, None)
                 self._check_open()
                 continue
             chunk = messages[start : start + room]
@@ -186,37 +374,11 @@ class MemoryBroker:
             start += len(chunk)
         return ids
 
-    @staticmethod
-    def _unacked(t: _Topic) -> int:
-        """Entries some group has not acknowledged yet: what capacity bounds.
-
-        Not the log's length: one old delivery still pending must not block
-        the topic while everything after it has been acknowledged.
-        """
-        end = t.end
-        most = 0
-        for g in t.groups.values():
-            most = max(most, end - g.cursor + len(g.pending) + len(g.parked))
-        return most
-
     def _append(self, t: _Topic, messages: Sequence[Message]) -> list[str]:
         now = time.time()
-        # Ids are <ms>-<offset>: the offset is unique and increasing, so ids
-        # order like Redis stream ids and an ack can find the offset again.
-        ms = max(int(now * 1000), t.last_ms)
-        t.last_ms = ms
-        first = t.end
-        prefix = f"{ms}-"
-        ids = [prefix + str(i) for i in range(first, first + len(messages))]
+        t.last_ms, ids, stamped = stamp(messages, t.end, t.last_ms, now)
         log = t.log
-        for message, message_id in zip(messages, ids, strict=True):
-            if message.id:  # already on a topic: republish a copy, never rename the original
-                message = replace(message, id=message_id, attempt=1)
-            else:
-                message.id = message_id
-                if not message.created_at:
-                    message.created_at = now
-            log.append(message)
+        log.extend(stamped)
         t.meter.mark(len(ids), now)
         if not t.groups and len(log) > t.capacity:
             # Nobody reads it, so nobody acknowledges: keep the newest entries.
@@ -225,7 +387,7 @@ class MemoryBroker:
             t.base += excess
             t.dropped += excess
         if t.readers:
-            _wake(t.readers)
+            wake(t.readers)
         return ids
 
     # -- reading ----------------------------------------------------------
@@ -243,31 +405,19 @@ class MemoryBroker:
             now = time.time()
             g.last_seen[consumer] = now
             batch = self._take(t, g, consumer, count, now)
-            if batch or deadline is None:
+            if batch or deadline is None or not await wait_for_more(g, t.readers, deadline, now):
                 return batch
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return batch
-            next_due = self._next_due(g)
-            if next_due is not None:
-                remaining = min(remaining, max(0.0, next_due - now) + 0.001)
-            await self._wait(t.readers, remaining)
             self._check_open()
 
-    def _next_due(self, g: _Group) -> float | None:
-        """Wall-clock time at which some delivery becomes due again, if any."""
-        candidates = []
-        if g.due:
-            candidates.append(g.due[0][0])
-        if g.pending:
-            oldest = next(iter(g.pending.values()))
-            candidates.append(oldest.at + g.visibility_timeout)
-        return min(candidates) if candidates else None
-
-    def _take(self, t: _Topic, g: _Group, consumer: str, count: int, now: float) -> list[Message]:
+    @staticmethod
+    def _take(t: _Topic, g: Group, consumer: str, count: int, now: float) -> list[Message]:
         batch: list[Message] = []
         if g.due or g.pending:
-            batch = self._redeliver(t, g, consumer, count, now)
+            log, base = t.log, t.base
+            batch = [
+                replace(log[seq - base], attempt=attempt)
+                for seq, attempt in due_again(g, consumer, count, now)
+            ]
             count -= len(batch)
         if count <= 0:
             return batch
@@ -275,40 +425,13 @@ class MemoryBroker:
         fresh = t.log[start : start + count]
         if fresh:
             g.cursor += len(fresh)
-            record = _Delivery(consumer, now, 1)
+            record = Delivery(consumer, now, 1)
             g.pending.update(zip([m.id for m in fresh], repeat(record)))
             if batch:
                 batch.extend(fresh)
             else:
                 batch = fresh
         return batch
-
-    def _redeliver(
-        self, t: _Topic, g: _Group, consumer: str, count: int, now: float
-    ) -> list[Message]:
-        """Deliveries due again: nacked ones past their delay, then stale ones."""
-        out: list[Message] = []
-        while g.due and g.due[0][0] <= now and len(out) < count:
-            _, _, message_id = heapq.heappop(g.due)
-            parked = g.parked.pop(message_id, None)
-            if parked is not None:  # else acked meanwhile
-                message, attempt = parked
-                g.pending[message_id] = _Delivery(consumer, now, attempt + 1)
-                out.append(replace(message, attempt=attempt + 1))
-        if len(out) >= count or not g.pending:
-            return out
-        limit = now - g.visibility_timeout
-        stale: list[tuple[str, int]] = []
-        for message_id, delivery in g.pending.items():
-            if len(out) + len(stale) >= count or delivery.at > limit:
-                break
-            stale.append((message_id, delivery.attempt))
-        for message_id, attempt in stale:
-            del g.pending[message_id]  # re-inserted last: the dict stays in delivery order
-            g.pending[message_id] = _Delivery(consumer, now, attempt + 1)
-            message = t.log[_offset(message_id) - t.base]
-            out.append(replace(message, attempt=attempt + 1))
-        return out
 
     # -- acknowledging ----------------------------------------------------
 
@@ -329,110 +452,48 @@ class MemoryBroker:
         g.acked += acked
         g.meter.mark(acked, time.time())
         t.acks_since_trim += acked
-        if t.acks_since_trim >= _TRIM_EVERY:
+        if t.acks_since_trim >= TRIM_EVERY:
             self._trim(t)
         if t.writers and acked:
-            _wake(t.writers)
+            wake(t.writers)
 
     async def nack(self, topic: str, group: str, ids: Sequence[str], *, delay: float = 0.0) -> None:
         t = self._topic(topic)
         g = t.groups.get(group)
         if g is None:
             return
-        due = time.time() + max(0.0, delay)
-        for message_id in ids:
-            delivery = g.pending.pop(message_id, None)
-            if delivery is None:
-                continue
-            g.parked[message_id] = (t.log[_offset(message_id) - t.base], delivery.attempt)
-            self._due_seq += 1
-            heapq.heappush(g.due, (due, self._due_seq, message_id))
+        park_pending(g, ids, time.time() + max(0.0, delay))
         if t.readers:
-            _wake(t.readers)
+            wake(t.readers)
 
     async def extend(self, topic: str, group: str, ids: Sequence[str]) -> None:
         g = self._topic(topic).groups.get(group)
-        if g is None:
-            return
-        record: _Delivery | None = None
-        now = time.time()
-        for message_id in ids:
-            delivery = g.pending.pop(message_id, None)
-            if delivery is None:
-                continue  # acked, or nacked and parked
-            if record is None or (record.attempt, record.consumer) != (
-                delivery.attempt,
-                delivery.consumer,
-            ):
-                record = _Delivery(delivery.consumer, now, delivery.attempt)
-            # Re-inserted last: the dict stays in delivery order, oldest first.
-            g.pending[message_id] = record
+        if g is not None:
+            extend(g, ids, time.time())
 
-    def _floor(self, t: _Topic) -> int:
-        """The lowest offset some group still needs."""
-        floor = t.end
-        for g in t.groups.values():
-            floor = min(floor, g.cursor)
-            if g.pending:
-                floor = min(floor, min(map(_offset, g.pending)))
-            if g.parked:
-                floor = min(floor, min(map(_offset, g.parked)))
-        return floor
-
-    def _trim(self, t: _Topic) -> None:
+    @staticmethod
+    def _trim(t: _Topic) -> None:
         """Drop the head of the log that every group has acknowledged."""
         t.acks_since_trim = 0
-        floor = self._floor(t)
+        floor = min((needed_from(g) for g in t.groups.values()), default=t.end)
         drop = floor - t.base
         if drop > 0:
             del t.log[:drop]
             t.base = floor
 
-    # -- waiting and statistics -------------------------------------------
-
-    async def _wait(self, waiters: list[asyncio.Future[None]], limit: float | None) -> None:
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters.append(waiter)
-        try:
-            if limit is None:
-                await waiter
-            else:
-                await asyncio.wait_for(waiter, limit)
-        except TimeoutError:
-            pass
-        finally:
-            if not waiter.done():
-                waiter.cancel()
-            if waiter in waiters:
-                waiters.remove(waiter)
+    # -- statistics ---------------------------------------------------------
 
     async def stats(self, topic: str) -> TopicStats:
         t = self._topic(topic)
         now = time.time()
-        groups = []
-        for g in t.groups.values():
-            oldest = 0.0
-            if g.pending:
-                oldest = max(0.0, now - next(iter(g.pending.values())).at)
-            groups.append(
-                GroupStats(
-                    name=g.name,
-                    consumers=len(g.last_seen),
-                    lag=t.end - g.cursor,
-                    pending=len(g.pending) + len(g.parked),
-                    oldest_pending_age=oldest,
-                    acked=g.acked,
-                    ack_rate=g.meter.rate(now),
-                )
-            )
         return TopicStats(
             topic=t.name,
-            length=self._unacked(t) if t.groups else len(t.log),
+            length=unacked(t.groups.values(), t.end) if t.groups else len(t.log),
             capacity=t.capacity,
             dropped=t.dropped,
             published=t.meter.total,
             publish_rate=t.meter.rate(now),
-            groups=groups,
+            groups=group_stats(t.groups.values(), t.end, now),
         )
 
     def topic_names(self) -> list[str]:
