@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 import subprocess
 import sys
 import time
@@ -240,3 +242,22 @@ async def test_a_message_that_cannot_be_stored_is_refused_and_leaves_no_trace(
         assert [m.id for m in got] == ids
     finally:
         await broker.aclose()
+
+
+def _modes(folder: Path) -> dict[str, int]:
+    return {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.glob("broker.db*")}
+
+
+async def test_the_broker_files_are_private(tmp_path: Path) -> None:
+    # They hold every queued item's data, as the state store's files hold its keys.
+    old = os.umask(0o022)
+    try:
+        broker = await opened(tmp_path)
+        await broker.declare_topic("t", capacity=10)
+        await broker.publish("t", [Message(key="k", data={"secret": 1})])
+        modes = _modes(tmp_path)
+        await broker.aclose()
+    finally:
+        os.umask(old)
+    assert set(modes) >= {"broker.db", "broker.db-wal", "broker.db-shm", "broker.db.lock"}
+    assert modes == dict.fromkeys(modes, 0o600)

@@ -27,6 +27,8 @@ from urllib.parse import parse_qsl
 
 from chute.errors import BrokerUnavailable
 
+from chute_plugins._private import make_private
+
 DURABILITY = ("process", "power")
 """``process``: a commit survives the process dying (kill -9, OOM, a crash);
 the last commits before a power cut or kernel panic may be lost (WAL with
@@ -115,7 +117,9 @@ def lock_exclusively(path: Path) -> IO[bytes]:
     """Hold ``<db>.lock`` until closed; one line naming the holder when another runtime has it."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        make_private(path)  # the file holds every queued item's data
         lock = open(f"{path}.lock", "a+b")  # noqa: SIM115 - held until the broker closes
+        os.chmod(lock.fileno(), 0o600)
     except OSError as exc:
         raise BrokerUnavailable(
             f"cannot open the local broker file {path}: {exc.strerror}"

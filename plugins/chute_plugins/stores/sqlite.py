@@ -26,7 +26,6 @@ import fcntl
 import logging
 import os
 import sqlite3
-import stat
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -36,6 +35,8 @@ import anyio
 import msgspec
 from chute.errors import ClosedError, ConfigError
 from chute.store import Claim, Finish, ItemRecord, ItemStatus, OneItemCalls
+
+from chute_plugins._private import make_private
 
 log = logging.getLogger("chute.stores.sqlite")
 
@@ -195,7 +196,7 @@ class SqliteStore(OneItemCalls):
         target = ":memory:"
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            _private(self.path)
+            make_private(self.path)
             target = str(self.path)
         db = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
         try:
@@ -390,17 +391,6 @@ class SqliteStore(OneItemCalls):
             (limit,),
         )
         return [_record(row) for row in rows]
-
-
-def _private(path: Path) -> None:
-    """The database (and its -wal and -shm, which SQLite creates with the database's
-    mode) readable by us only: it holds item keys and the last lines of stderr."""
-    with contextlib.suppress(FileExistsError):
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-    for each in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}.lock")):
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_IMODE(each.stat().st_mode) & 0o077:  # made by an earlier chute
-                each.chmod(0o600)
 
 
 def _add_counts(db: sqlite3.Connection) -> None:
