@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 def test_the_systemd_unit_verifies_cleanly(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
+        if os.environ.get("CI"):
+            pytest.fail("systemd-analyze is missing: .ci/run installs systemd")
         pytest.skip("systemd-analyze is not installed on this machine")
     unit = (REPO / "deploy" / "chute.service").read_text()
     assert "KillMode=mixed" in unit  # executors get their SIGTERM from chute, not systemd
