@@ -28,9 +28,15 @@ class Row:
     met: bool | None = None
     """Whether chute met the floor (None: no floor on this row)."""
     note: str = ""
+    paired: float | None = None
+    """Where chute and the peer took turns round by round: the median of the rounds' own
+    ratios, which stands for chute / peer (a slow minute moves the two medians apart,
+    not a round's ratio)."""
 
     @property
     def ratio(self) -> float:
+        if self.paired is not None:
+            return self.paired
         if not self.peer or not self.peer_value or math.isnan(self.peer_value):
             return float("nan")
         return self.chute / self.peer_value

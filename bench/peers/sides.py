@@ -48,10 +48,12 @@ def driver(side: str, url: str, *args: object, timeout: float = 900) -> dict[str
 
 def chute_config(url: str, kind: str, concurrency: int, workdir: Path) -> Path:
     python_step = {"type": "python", "function": "chute_app:run", "path": [str(APPS)]}
-    executor = python_step if kind == "noop" else {
-        "type": "chain", "resume": False,
-        "steps": [{"type": "command", "argv": ["/bin/true"]}, python_step],
-    }  # fmt: skip
+    true = {"type": "command", "argv": ["/bin/true"]}
+    executor = {
+        "noop": python_step,
+        "spawn": {"type": "chain", "resume": False, "steps": [true, python_step]},
+        "true": true,
+    }[kind]
     doc = {
         "broker": url,
         "workdir": str(workdir),

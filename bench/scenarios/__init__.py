@@ -20,7 +20,7 @@ class Mode:
     """(b) /bin/true jobs per run."""
     concurrency: tuple[int, ...]
     rounds: int
-    """(b) rounds of the bare spawn loops (the median counts)."""
+    """(b) rounds in which chute and the bare spawn loops take turns."""
     files: int
     """(c) files dropped."""
     starts: int
@@ -29,7 +29,7 @@ class Mode:
 
 MODES = {
     "full": Mode("full", jobs=10_000, enqueue=10_000, samples=50, gaps=(0.05, 0.6),
-                 spawns=2000, concurrency=(2, 8), rounds=3, files=200, starts=5),
+                 spawns=2000, concurrency=(2, 8), rounds=5, files=200, starts=5),
     "quick": Mode("quick", jobs=2000, enqueue=1000, samples=15, gaps=(0.02, 0.15),
                   spawns=300, concurrency=(2, 8), rounds=1, files=40, starts=1),
     "smoke": Mode("smoke", jobs=200, enqueue=100, samples=3, gaps=(0.01, 0.03),

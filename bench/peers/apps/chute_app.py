@@ -2,11 +2,14 @@
 
 Runs in chute's own environment. The bodies are coroutine functions, so the
 pool awaits them on its event loop; ``spawn`` items go through a chain whose
-first step is a ``command`` executor running ``/bin/true``.
+first step is a ``command`` executor running ``/bin/true``. ``true`` items run
+``/bin/true`` and nothing else, as the bare spawn loops do: no body tells
+when they are done, so ``wait_acked`` asks the broker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -52,3 +55,14 @@ async def send(kind: str, total: int) -> None:
 async def send_many(kind: str, total: int, n: int) -> None:
     broker = await _started()
     await broker.publish(TOPIC, [Message(data={"kind": kind, "total": total}) for _ in range(n)])
+
+
+async def wait_acked() -> None:
+    """Until the pool has acknowledged every job sent: XINFO GROUPS every 5 ms (the
+    broker's own stats cost more round trips, which would slow what is measured)."""
+    broker = await _started()
+    while True:
+        groups = await broker.redis.xinfo_groups(broker.prefix + TOPIC)
+        if all(g["lag"] == 0 and g["pending"] == 0 for g in groups):
+            return
+        await asyncio.sleep(0.005)

@@ -6,7 +6,8 @@ None. Commands print one JSON line:
 
 - ``enqueue N single|batch``: N noop jobs, no worker running -> ``{"rate": jobs/s}``
 - ``drain N KIND``: with workers running, N jobs sent (batched where the
-  framework offers it) -> ``{"seconds": first send to last job done}``
+  framework offers it) -> ``{"seconds": first send to last job done}``; KIND
+  ``true`` (chute only) is done when the broker has every job acknowledged
 - ``latency SAMPLES GAP_MIN GAP_MAX SEED``: after each random idle gap one
   ``mark`` job -> ``{"ms": [enqueue -> start, ...]}``
 - ``prime``: one ``mark`` job, left for a worker that is not started yet
@@ -52,7 +53,9 @@ async def main(app_name: str, command: str, args: list[str]) -> dict[str, object
             for _ in range(n):
                 await app.send(kind, n)
         sent = time.perf_counter()
-        if r.blpop([DONE], timeout=600) is None:
+        if kind == "true":  # no body to say it is done: only chute's app can tell
+            await asyncio.wait_for(app.wait_acked(), 600)
+        elif r.blpop([DONE], timeout=600) is None:
             raise SystemExit(f"{app_name}: {n} {kind} jobs not done in 600 s")
         end = time.perf_counter()
         return {"seconds": end - begin, "send_seconds": sent - begin}
