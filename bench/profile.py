@@ -5,6 +5,7 @@ config), attaches ``py-spy record`` to the worker for the drain, and prints
 the functions with the most samples, on their own and with what they call.
 
     python -m bench.profile noop [--count 20000]
+    python -m bench.profile count [--count 20000]   (no-op jobs without the INCR: the engine alone)
     python -m bench.profile spawn [--count 2000] [--concurrency 8]
 
 Needs py-spy (``pip install -e '.[bench]'``) and ptrace rights over the worker.
@@ -21,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench._procs import BenchError, redis_server
+from bench._procs import BenchError, cpu_seconds, redis_server
 from bench.peers.sides import driver, start
 
 
@@ -51,7 +52,7 @@ def report(raw: Path, top: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["noop", "spawn"])
+    parser.add_argument("kind", choices=["noop", "count", "spawn"])
     parser.add_argument("--count", type=int, default=0)
     parser.add_argument("--concurrency", type=int, default=0)
     parser.add_argument("--top", type=int, default=25)
@@ -60,23 +61,27 @@ def main() -> int:
     if spy is None:
         print("bench: py-spy is missing: pip install -e '.[bench]'", file=sys.stderr)
         return 3
-    count = args.count or (20_000 if args.kind == "noop" else 2000)
-    concurrency = args.concurrency or (16 if args.kind == "noop" else 8)
+    count = args.count or (2000 if args.kind == "spawn" else 20_000)
+    concurrency = args.concurrency or (8 if args.kind == "spawn" else 16)
+    jobs = "spawn" if args.kind == "spawn" else "noop"  # what the driver sends
     try:
         with redis_server() as url, tempfile.TemporaryDirectory() as tmp:
             raw = Path(tmp) / "profile.txt"
             with start("chute", url, args.kind, concurrency, Path(tmp)) as workers:
-                driver("chute", url, "drain", 1, args.kind, timeout=120)
+                driver("chute", url, "drain", 1, jobs, timeout=120)
                 spying = subprocess.Popen(
                     [spy, "record", "--format", "raw", "--rate", "250", "--nonblocking",
                      "-o", str(raw), "--pid", str(workers.pids[0])],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
-                done = driver("chute", url, "drain", count, args.kind)
+                before = cpu_seconds(workers.pids)
+                done = driver("chute", url, "drain", count, jobs)
+                cpu_us = (cpu_seconds(workers.pids) - before) / count * 1e6
                 spying.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
                 spying.wait(timeout=30)
-            print(f"{count} {args.kind} jobs in {float(done['seconds']):.2f} s "  # type: ignore[arg-type]
-                  f"({count / float(done['seconds']):.0f}/s)")  # type: ignore[arg-type]  # fmt: skip
+            seconds = float(done["seconds"])  # type: ignore[arg-type]
+            print(f"{count} {args.kind} jobs in {seconds:.2f} s ({count / seconds:.0f}/s), "
+                  f"worker CPU {cpu_us:.1f} us per job")  # fmt: skip
             if not raw.exists():
                 raise BenchError("py-spy wrote no profile (ptrace not allowed?)")
             report(raw, args.top)

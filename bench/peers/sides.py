@@ -53,6 +53,7 @@ def chute_config(url: str, kind: str, concurrency: int, workdir: Path) -> Path:
         "noop": python_step,
         "spawn": {"type": "chain", "resume": False, "steps": [true, python_step]},
         "true": true,
+        "count": {**python_step, "function": "chute_app:count"},
     }[kind]
     doc = {
         "broker": url,

@@ -8,11 +8,12 @@ the broker has it acknowledged). They take turns round by round, in reverse
 order every other round, and a row's ratio is the median of the rounds' own
 ratios, chute over the best bare loop of that round.
 
-Against the frameworks, chute runs their job: ``/bin/true`` then the shared
-body (one INCR), through ``chute run`` on Redis: a pool of C whose executor is
-a chain of a ``command`` step and a ``python`` step. Celery, Dramatiq, arq and
-RQ run C jobs at once; ``xargs -P C`` and GNU ``parallel -j C`` run the bare
-command. Figure: jobs per second from the first job sent to the last one done.
+``xargs -P C`` and GNU ``parallel -j C`` run the bare command too, and take
+their turns beside them. Against the frameworks, chute runs their job:
+``/bin/true`` then the shared body (one INCR), through ``chute run`` on
+Redis: a pool of C whose executor is a chain of a ``command`` step and a
+``python`` step; Celery, Dramatiq, arq and RQ run C jobs at once. Figure:
+jobs per second from the first job sent to the last one done.
 """
 
 from __future__ import annotations
@@ -62,8 +63,19 @@ def command_line(argv: list[str], count: int) -> dict[str, Any]:
     return {"rate": count / elapsed}
 
 
-def in_turns(count: int, concurrency: int, rounds: int) -> dict[str, list[float]]:
-    """Rates per round of every bare loop, the embedded pool and a running ``chute run``."""
+TOOLS = ("xargs -P", "parallel -j")
+"""The command-line peers: they run ``/bin/true`` alone, as the bare loops do."""
+
+
+def tool_line(name: str, concurrency: int) -> list[str]:
+    if name == "xargs -P":
+        return [tool("xargs"), "-P", str(concurrency), "-n", "1", "/bin/true"]
+    return [tool("parallel"), "--will-cite", "-j", str(concurrency), "/bin/true"]
+
+
+def in_turns(count: int, concurrency: int, rounds: int, peers: bool) -> dict[str, list[float]]:
+    """Rates per round of every bare loop, the embedded pool, a running ``chute run`` and
+    (with ``peers``) ``xargs -P`` and GNU ``parallel``."""
     with (
         redis_server() as url,
         tempfile.TemporaryDirectory() as tmp,
@@ -79,6 +91,10 @@ def in_turns(count: int, concurrency: int, rounds: int) -> dict[str, list[float]
             for name, loop in loops.LOOPS.items()
         }
         turns[RUN] = through_chute_run
+        for name in TOOLS if peers else ():
+            turns[name] = lambda name=name: command_line(tool_line(name, concurrency), count)[
+                "rate"
+            ]
         rates: dict[str, list[float]] = {name: [] for name in turns}
         for n in range(rounds):
             for name, turn in list(turns.items())[:: 1 if n % 2 == 0 else -1]:
@@ -90,7 +106,7 @@ def in_turns(count: int, concurrency: int, rounds: int) -> dict[str, list[float]
 def versus_bare(rates: dict[str, list[float]], ours: str) -> tuple[str, float, float, float]:
     """(the best bare loop's name, its median, ``ours``'s median, the median of the rounds'
     ratios of ``ours`` over the best bare loop of the round)."""
-    bare = [name for name in rates if name not in (EMBEDDED, RUN)]
+    bare = [name for name in rates if name not in (EMBEDDED, RUN, *TOOLS)]
     best = max(bare, key=lambda name: statistics.median(rates[name]))
     ratios = [ours_rate / max(rates[name][i] for name in bare)
               for i, ours_rate in enumerate(rates[ours])]  # fmt: skip
@@ -106,21 +122,14 @@ def run(mode: Mode, results: Results, peers: bool) -> None:
     details: dict[str, Any] = {}
     for c in mode.concurrency:
         print(f"  (b) concurrency {c}", flush=True)
-        rates = in_turns(mode.spawns, c, mode.rounds)
+        rates = in_turns(mode.spawns, c, mode.rounds, peers)
         got = {"chute": framework("chute", mode.spawns, c)}
-        if peers:
-            for side in FRAMEWORKS:
-                t0 = time.perf_counter()
-                got[side] = framework(side, mode.spawns, c)
-                print(f"  (b) {side}: {time.perf_counter() - t0:.1f} s", flush=True)
-            got["xargs -P"] = command_line([tool("xargs"), "-P", str(c), "-n", "1", "/bin/true"],
-                                           mode.spawns)  # fmt: skip
-            got["parallel -j"] = command_line(
-                [tool("parallel"), "--will-cite", "-j", str(c), "/bin/true"], mode.spawns
-            )
+        for side in FRAMEWORKS if peers else ():
+            t0 = time.perf_counter()
+            got[side] = framework(side, mode.spawns, c)
+            print(f"  (b) {side}: {time.perf_counter() - t0:.1f} s", flush=True)
         details[str(c)] = {"rounds": rates, **got}
         what = f"{mode.spawns:,} x /bin/true, concurrency {c}"
-        with_incr = f"{mode.spawns:,} x (/bin/true then INCR), concurrency {c}"
         for ours, how in [(EMBEDDED, "embedded (local broker)"),
                           (RUN, "chute run (Redis)")]:  # fmt: skip
             best_name, best, median, paired = versus_bare(rates, ours)
@@ -129,16 +138,29 @@ def run(mode: Mode, results: Results, peers: bool) -> None:
                                   note=f"median of {mode.rounds} rounds' ratios",
                                   paired=paired))  # fmt: skip
             row.met = row.ratio >= 0.95
-        ours_rate = got["chute"]["rate"]
-        others = {k: v["rate"] for k, v in got.items() if k != "chute"}
-        if not others:
-            results.add(Row("b", f"{with_incr}, chute run (Redis)", ours_rate, "",
-                            float("nan"), "jobs/s"))  # fmt: skip
-        else:
-            fastest = max(others, key=lambda k: others[k])
-            for name, rate in others.items():
-                row = results.add(Row("b", f"{with_incr}, chute run (Redis)", ours_rate,
-                                      name, rate, "jobs/s", note=got[name].get("workers", "")))  # fmt: skip
+        if peers:  # the same work: /bin/true alone, in turns
+            ratios = {name: [ours / theirs for ours, theirs in zip(rates[RUN], rates[name],
+                                                                   strict=True)]
+                      for name in TOOLS}  # fmt: skip
+            fastest = max(TOOLS, key=lambda name: statistics.median(rates[name]))
+            for name in TOOLS:
+                row = results.add(Row("b", f"{what}, chute run (Redis)",
+                                      statistics.median(rates[RUN]), name,
+                                      statistics.median(rates[name]), "jobs/s",
+                                      note=f"median of {mode.rounds} rounds' ratios",
+                                      paired=statistics.median(ratios[name])))  # fmt: skip
                 if name == fastest:
                     row.floor, row.met = ">= 1x fastest peer", row.ratio >= 1
+        # Against the frameworks, their job: /bin/true, then the shared body.
+        with_incr = f"{mode.spawns:,} x (/bin/true then INCR), concurrency {c}, chute run (Redis)"
+        ours_rate = got["chute"]["rate"]
+        if not peers:
+            results.add(Row("b", with_incr, ours_rate, "", float("nan"), "jobs/s"))
+            continue
+        fastest = max(FRAMEWORKS, key=lambda side: got[side]["rate"])
+        for side in FRAMEWORKS:
+            row = results.add(Row("b", with_incr, ours_rate, side, got[side]["rate"], "jobs/s",
+                                  note=got[side]["workers"]))  # fmt: skip
+            if side == fastest:
+                row.floor, row.met = ">= 1x fastest peer", row.ratio >= 1
     results.details["b"] = details
