@@ -31,6 +31,19 @@ def test_api_port_in_use_is_one_line_and_exit_3(tmp_path: Path) -> None:
     assert errors == [f"chute: the API cannot listen on 127.0.0.1:{port}: Address already in use"]
 
 
+def test_serve_items_port_in_use_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = chute("serve-items", str(tmp_path), "--port", str(port))
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"chute: serve-items cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+
+
 def test_publish_with_redis_down_is_one_line_and_exit_3(tmp_path: Path) -> None:
     config = tmp_path / "redis.toml"
     config.write_text(

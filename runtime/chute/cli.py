@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -344,8 +345,9 @@ def serve_items(ctx: click.Context, directory: str, glob: str, host: str, port: 
     except ConfigError as exc:
         _fail_config(exc)
     except OSError as exc:
-        click.echo(f"chute serve-items: cannot listen on {host}:{port}: {exc.strerror}", err=True)
-        sys.exit(1)
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        click.echo(f"chute: serve-items cannot listen on {host}:{port}: {why}", err=True)
+        sys.exit(EXIT_OPERATIONAL)
     except KeyboardInterrupt:
         sys.exit(130)
 
