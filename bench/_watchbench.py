@@ -21,6 +21,8 @@ import anyio.to_thread
 from chute.config import config_from_dict
 from chute.engine import Runtime
 
+from bench._procs import percentile
+
 WRITER = r"""
 import os, sys, time
 folder, count, gap, size, chunks = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
@@ -165,14 +167,6 @@ async def write_into_runtime(
     finally:
         inotifywait.stop()
     return closes, inotifywait.seen
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def latencies(closes: dict[str, int], seen: dict[str, int]) -> list[float]:

@@ -29,10 +29,14 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import anyio
 import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from chute.autoscale import Scaler
 from chute.config import Duration, PoolConfig, ScaleConfig
 from chute.executor import WorkItem
@@ -40,6 +44,8 @@ from chute.message import Message
 from chute.pool import WorkerPool
 from chute.store import ItemStatus
 from chute_plugins.brokers.memory import MemoryBroker
+
+from bench._procs import percentile
 
 Phase = tuple[float, float, float]
 """(length in S, load at the start, load at the end) with load = λ·S, in busy workers."""
@@ -223,13 +229,6 @@ async def drive(
     await broker.aclose()
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def chart(run: Run, s_mean: float, width: int = 16, rows: int = 40) -> str:
     """Time down the page: concurrency as '#' (out of 16), running as '+', backlog on a log scale."""
     if not run.samples:
@@ -308,7 +307,7 @@ def report(name: str, runs: dict[str, Run], s_mean: float) -> list[tuple[str, bo
             (b[0] - a[0]) * a[1] for a, b in itertools.pairwise(run.samples)
             if a[0] < end
         )  # fmt: skip
-        p50, p95 = percentile(run.waits, 0.5), percentile(run.waits, 0.95)
+        p50, p95 = percentile(run.waits, 50), percentile(run.waits, 95)
         figures[label] = (p95, worker_s, stats.scale_changes)
         print(f"{label:<22} {len(run.waits):6d} {p50 * 1000:7.0f}ms {p95 * 1000:7.0f}ms "
               f"{worker_s:9.1f} {stats.busy_seconds:7.1f} {stats.scale_changes:7d} "

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -34,6 +35,9 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from _watchbench import InotifyWait, move_in, stage, watch_runtime
 from chute.context import PluginContext
 from chute.message import Message

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from chute.config import config_from_dict
 from chute.engine import Runtime
 
-from bench._procs import free_port, wait_listening
+from bench._procs import free_port, percentile, wait_listening
 
 TOPIC = "bench/latency"
 started: dict[int, float] = {}
@@ -43,11 +43,6 @@ started: dict[int, float] = {}
 
 def mark_start(data: Any) -> None:
     started[int(data["n"])] = time.perf_counter()
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 def start_mosquitto(folder: str) -> tuple[subprocess.Popen[bytes], int]:

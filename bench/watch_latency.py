@@ -19,6 +19,7 @@ ever emitted (every emitted size equals the file's final size).
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -27,11 +28,16 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from _watchbench import InotifyWait, latencies, line, percentile, run_writer, write_into_runtime
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _watchbench import InotifyWait, latencies, line, run_writer, write_into_runtime
 from chute.context import PluginContext
 from chute.message import Message
 from chute_plugins.brokers.memory import MemoryBroker
 from chute_plugins.sources.watch import WatchOptions, WatchSource
+
+from bench._procs import percentile
 
 FLOOR_P50_MS, FLOOR_P99_MS = 10.0, 30.0
 
