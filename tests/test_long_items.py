@@ -137,6 +137,116 @@ executor = {{ type = "python", function = "tracker_{track}:work", path = ["{tmp_
         rt.stop()
 
 
+FLAKY_ONCE = """\
+import anyio
+seen: set[int] = set()
+succeeded: list[int] = []
+
+
+async def work(item):
+    await anyio.sleep(0.2)
+    if item["seq"] not in seen:
+        seen.add(item["seq"])
+        raise RuntimeError("first try fails")
+    succeeded.append(item["seq"])
+"""
+
+
+async def test_messages_held_behind_their_key_keep_their_attempts(tmp_path: Path) -> None:
+    # Each message may fail once (two attempts). Waiting behind another message
+    # with the same key is not an attempt: redelivered every 5 s, the fourth
+    # message reached its first run as attempt 4 and died on that one failure.
+    config = tmp_path / "held.toml"
+    config.write_text(f"""\
+broker = "memory"
+log_level = "error"
+[topics.jobs]
+[pools.work]
+topic = "jobs"
+concurrency = 4
+track = false
+retry = {{ attempts = 2, backoff = "10ms" }}
+executor = {{ type = "python", function = "flaky_once:work", path = ["{tmp_path}"] }}
+""")  # fmt: skip
+    (tmp_path / "flaky_once.py").write_text(FLAKY_ONCE)
+    async with Runtime(load_config(config)) as rt:
+        await rt.publish_many("jobs", [Message(key="same", data={"seq": n}) for n in range(4)])
+        with anyio.fail_after(60):
+            await rt.wait_idle()
+        counters = rt.pools["work"].counters
+        assert (counters.succeeded, counters.dead) == (4, 0)
+        assert sys.modules["flaky_once"].succeeded == [0, 1, 2, 3]
+        rt.stop()
+
+
+async def test_a_message_held_behind_a_long_one_is_not_redelivered(tmp_path: Path) -> None:
+    # The first runs 2.5 visibility timeouts; the second waits in the pool all
+    # that time, its delivery kept alive, and then runs once.
+    config = tmp_path / "long_held.toml"
+    config.write_text(f"""\
+broker = "memory"
+log_level = "warning"
+[topics.jobs]
+visibility_timeout = "400ms"
+[pools.work]
+topic = "jobs"
+concurrency = 2
+track = false
+executor = {{ type = "python", function = "held_tracker:work", path = ["{tmp_path}"], thread = true }}
+""")  # fmt: skip
+    (tmp_path / "held_tracker.py").write_text(TRACKER.replace("time.sleep(0.3)", "time.sleep(1.0)"))
+    async with Runtime(load_config(config)) as rt:
+        await rt.publish_many("jobs", [Message(key="same", data={"key": "same"}) for _ in range(2)])
+        with anyio.fail_after(30):
+            await rt.wait_idle()
+        counters = rt.pools["work"].counters
+        assert (counters.succeeded, counters.failed) == (2, 0)
+        assert sys.modules["held_tracker"].overlaps == []
+        stats = await rt.broker.stats("jobs")
+        assert [g.acked for g in stats.groups] == [2]
+        rt.stop()
+
+
+RECORDER = """\
+import os, time
+def work(item):
+    with open(os.environ["RAN_LOG"], "a") as f:
+        f.write(f"{item['seq']}\\n")
+    time.sleep(0.3)
+"""
+
+
+async def test_a_stop_gives_held_messages_back_and_a_restart_runs_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran = tmp_path / "ran.log"
+    monkeypatch.setenv("RAN_LOG", str(ran))
+    (tmp_path / "recorder.py").write_text(RECORDER)
+    config = tmp_path / "stop_held.toml"
+    config.write_text(f"""\
+workdir = "work"
+log_level = "warning"
+[topics.jobs]
+[pools.work]
+topic = "jobs"
+concurrency = 2
+track = false
+executor = {{ type = "python", function = "recorder:work", path = ["{tmp_path}"], thread = true }}
+""")  # fmt: skip
+    async with Runtime(load_config(config)) as rt:  # the default, durable local broker
+        await rt.publish_many("jobs", [Message(key="same", data={"seq": n}) for n in range(3)])
+        with anyio.fail_after(10):
+            while not ran.exists():  # noqa: ASYNC110 - a file written in a thread: no event
+                await anyio.sleep(0.01)
+        rt.stop()  # 0 runs; 1 and 2 wait behind it in the pool
+    assert ran.read_text().split() == ["0"]
+    async with Runtime(load_config(config)) as rt:
+        with anyio.fail_after(30):
+            await rt.wait_idle()
+        rt.stop()
+    assert ran.read_text().split() == ["0", "1", "2"]
+
+
 def _publish_jobs(url: str, n: int) -> None:
     async def go() -> None:
         from chute_plugins.brokers.redis_streams import RedisBroker

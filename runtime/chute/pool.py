@@ -57,6 +57,10 @@ _OUTPUT_TAIL = 4000
 _BUSY_KEY_DELAY = 5.0
 """Seconds before a delivery whose key is running elsewhere is looked at again."""
 
+_HELD_MOST = 1000
+"""Deliveries a pool without a store holds behind running keys; beyond, they go back
+to the broker for ``_BUSY_KEY_DELAY`` (a topic of one key must not fill our memory)."""
+
 FINAL_FLUSH = 1.5
 """Seconds after the stop deadline for the last outcomes to be recorded and acknowledged.
 
@@ -179,6 +183,10 @@ class WorkerPool:
         self._quiet: asyncio.Future[None] | None = None
         """Resolved when the pool runs out of work while the flusher waits for more outcomes."""
         self._buffer: list[tuple[Message, Claim]] = []
+        self._held: dict[str, list[Message]] = {}
+        """Without a store: deliveries waiting behind a running one with their key, in
+        delivery order. Each joins the buffer when the one before it ends, without going
+        back to the broker, where waiting would count as an attempt (``_HELD_MOST``)."""
         self._read_lock = anyio.Lock()
         self._stopping = False
         self._intake_scopes: set[anyio.CancelScope] = set()
@@ -262,7 +270,8 @@ class WorkerPool:
         )
 
     def _buffered(self) -> list[tuple[str, tuple[str, int]]]:
-        return [(m.id, (m.key or m.id, c.token)) for m, c in self._buffer]
+        buffered = [(m.id, (m.key or m.id, c.token)) for m, c in self._buffer]
+        return buffered + [(m.id, (key, 0)) for key, held in self._held.items() for m in held]
 
     async def _worker(self) -> None:
         while not self._stopping:
@@ -328,7 +337,8 @@ class WorkerPool:
                 with self.deadline.shield():
                     claimed = await self._claim(got)
                 claimed.reverse()  # pop() from the end keeps delivery order
-                self._buffer = claimed
+                # Ahead of what joined while we read (a held delivery let go): it goes first.
+                self._buffer[:0] = claimed
         return self._buffer.pop()
 
     async def _claim(self, messages: list[Message]) -> list[tuple[Message, Claim]]:
@@ -357,23 +367,38 @@ class WorkerPool:
         return granted
 
     async def _claim_untracked(self, messages: list[Message]) -> list[tuple[Message, Claim]]:
-        """Without a store: hold back a message whose key this pool runs, or took just before."""
+        """Without a store: hold back a message whose key this pool runs, or took before."""
         granted: list[tuple[Message, Claim]] = []
         busy: list[str] = []
-        keys = self._heartbeat.keys()
+        keys = self._heartbeat.keys() | self._held.keys() | {m.key or m.id for m, _ in self._buffer}
+        held = sum(map(len, self._held.values()))
         for message in messages:
             key = message.key or message.id
-            if key in keys:
-                busy.append(message.id)
-            else:
+            if key not in keys:
                 keys.add(key)
                 granted.append((message, Claim(granted=True)))
+            elif held < _HELD_MOST:
+                self._held.setdefault(key, []).append(message)
+                held += 1
+            else:
+                busy.append(message.id)
         if busy:
             await self.broker.nack(self.topic, self.group, busy, delay=_BUSY_KEY_DELAY)
         return granted
 
+    def _let_go(self, key: str) -> None:
+        """The item ``key`` ended: the next delivery held behind it joins the buffer."""
+        held = self._held.get(key)
+        if held:
+            self._buffer.append((held.pop(0), Claim(granted=True)))
+            if not held:
+                del self._held[key]
+
     async def _return_buffer(self) -> None:
         """At shutdown: deliveries fetched but not started go back, and so do their claims."""
+        held, self._held = [m.id for waiting in self._held.values() for m in waiting], {}
+        if held:
+            await self.broker.nack(self.topic, self.group, held, delay=0.0)
         if self._buffer:
             taken, self._buffer = self._buffer, []
             await self.broker.nack(self.topic, self.group, [m.id for m, _ in taken], delay=0.0)
@@ -402,6 +427,8 @@ class WorkerPool:
             await self._settle(message, claim)
         finally:
             running.pop(message.id, None)
+            if self._held:
+                self._let_go(key)
             counters.in_flight -= 1
             ended = time.monotonic()
             elapsed = ended - started
