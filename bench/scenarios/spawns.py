@@ -92,9 +92,8 @@ def in_turns(count: int, concurrency: int, rounds: int, peers: bool) -> dict[str
         }
         turns[RUN] = through_chute_run
         for name in TOOLS if peers else ():
-            turns[name] = lambda name=name: command_line(tool_line(name, concurrency), count)[
-                "rate"
-            ]
+            argv = tool_line(name, concurrency)
+            turns[name] = lambda argv=argv: float(command_line(argv, count)["rate"])
         rates: dict[str, list[float]] = {name: [] for name in turns}
         for n in range(rounds):
             for name, turn in list(turns.items())[:: 1 if n % 2 == 0 else -1]:
