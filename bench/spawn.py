@@ -34,26 +34,32 @@ committed, which wait up to one flush window (``pool._FLUSH_EVERY``) for a
 group commit: the most outcomes a commit pass carried is that second part.
 
     python bench/spawn.py [--count 2000] [--concurrency 2 8] [--rounds 7]
+    python bench/spawn.py --loop-time   # where the event loop's time per item goes
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import resource
+import selectors
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import anyio
 from chute import pool as pool_module
 from chute.config import config_from_dict
 from chute.engine import Runtime
 from chute.message import new_message
+from chute_plugins.executors._spawn import PosixSpawn
 
 TRUE = "/bin/true"
 
@@ -136,6 +142,10 @@ SETPRIV = ("/usr/bin/setpriv", "--pdeathsig", "KILL", TRUE)
 front of it (util-linux's setpriv sets PR_SET_PDEATHSIG, then execs the program)."""
 
 
+MEASURING = {"on": False}
+"""True while the chute run is timed (from the first publish to the last ack), for
+``--loop-time``: the runtime's start and stop are not time per item."""
+
 PASSES: list[int] = []
 """Outcomes per commit pass of the chute runs (what a kill -9 before it reruns)."""
 
@@ -170,6 +180,7 @@ async def chute(count: int, concurrency: int) -> float:
 
             pool._flush = counted  # type: ignore[method-assign]
             started = time.perf_counter()
+            MEASURING["on"] = True
             await rt.publish_many("jobs", messages)
             while True:
                 # Taken before counting, as wait_idle does: the last batch of
@@ -180,6 +191,7 @@ async def chute(count: int, concurrency: int) -> float:
                     break
                 await next_acks.wait()
             elapsed = time.perf_counter() - started
+            MEASURING["on"] = False
             await rt.wait_idle()  # its 40 ms of confirming quiet is not spawn time
             done = pool.counters.succeeded
         if done != count:
@@ -288,13 +300,69 @@ async def main(count: int, concurrencies: list[int], rounds: int) -> None:
         print(f"hypervisor steal during the run: {share:.0%} of CPU time")
 
 
+@contextlib.contextmanager
+def _loop_clock() -> Iterator[dict[str, float]]:
+    """Seconds the event loop's thread spends waiting in epoll and inside the spawn call
+    (the executor's, or the bare loop's ``os.posix_spawn``), while the block runs; spawns
+    in the executor's threads are not the loop's."""
+    spent = {"epoll": 0.0, "spawn": 0.0}
+    loop_thread = threading.get_ident()
+
+    def timed(fn: Callable[..., Any], what: str) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            before = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if MEASURING["on"] and threading.get_ident() == loop_thread:
+                    spent[what] += time.perf_counter() - before
+
+        return run
+
+    patched = [(selectors.EpollSelector, "select", "epoll"), (PosixSpawn, "spawn", "spawn"),
+               (os, "posix_spawn", "spawn")]  # fmt: skip
+    originals = [getattr(owner, name) for owner, name, _ in patched]
+    for (owner, name, what), fn in zip(patched, originals, strict=True):
+        setattr(owner, name, timed(fn, what))
+    try:
+        yield spent
+    finally:
+        for (owner, name, _), fn in zip(patched, originals, strict=True):
+            setattr(owner, name, fn)
+
+
+async def loop_time(count: int, concurrency: int) -> None:
+    """Where the event loop's time per item goes, for chute and the bare posix_spawn loop."""
+
+    async def bare(count: int, concurrency: int) -> float:
+        MEASURING["on"] = True
+        try:
+            return await bare_posix_spawn(count, concurrency)
+        finally:
+            MEASURING["on"] = False
+
+    for name, run in [("chute", chute), ("bare posix_spawn loop", bare)] * 2:
+        with _loop_clock() as spent:
+            wall = count / await run(count, concurrency)  # the timed part's seconds
+        per = {k: v / count * 1e6 for k, v in spent.items()}
+        print(f"  concurrency {concurrency}: {name:<22} {wall / count * 1e6:4.0f} us of loop time "
+              f"per item: {per['epoll']:4.0f} waiting in epoll, {per['spawn']:4.0f} in the spawn "
+              f"call, {(wall / count * 1e6) - per['epoll'] - per['spawn']:4.0f} the rest")  # fmt: skip
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[2, 8])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--broker", default="", help="e.g. memory (default: the default)")
+    parser.add_argument("--loop-time", action="store_true",
+                        help="instead: where the event loop's time per item goes")  # fmt: skip
     args = parser.parse_args()
     if args.broker:
         BROKER["broker"] = args.broker
-    asyncio.run(main(args.count, args.concurrency, args.rounds))
+    if args.loop_time:
+        for c in args.concurrency:
+            asyncio.run(loop_time(args.count, c))
+    else:
+        asyncio.run(main(args.count, args.concurrency, args.rounds))
