@@ -39,6 +39,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from functools import partial
 from itertools import repeat
 from pathlib import Path
 from typing import IO
@@ -57,13 +58,13 @@ from .memory import (
     check_start,
     due_again,
     extend,
-    group_stats,
     needed_from,
     park_pending,
+    read_group,
     seq_of,
     stamp,
+    topic_stats,
     unacked,
-    wait_for_more,
     wait_on,
     wake,
 )
@@ -266,17 +267,9 @@ class LocalBroker:
     ) -> list[Message]:
         self._check_open()
         t = self._topic(topic)
-        g = t.groups.get(group)
-        if g is None:
-            raise KeyError(f"no consumer group {group!r} on topic {topic!r}; call ensure_group")
-        deadline = None if block is None else time.monotonic() + block
-        while True:
-            now = time.time()
-            g.last_seen[consumer] = now
-            batch = self._take(t, g, consumer, count, now)
-            if batch or deadline is None or not await wait_for_more(g, t.readers, deadline, now):
-                return batch
-            self._check_open()
+        take = partial(self._take, t)
+        return await read_group(t.groups, t.readers, topic, group, consumer, count, block, take,
+                                self._check_open)  # fmt: skip
 
     def _take(self, t: Topic, g: Group, consumer: str, count: int, now: float) -> list[Message]:
         batch: list[Message] = []
@@ -407,16 +400,7 @@ class LocalBroker:
         t = self._topics.get(topic)
         if t is None:
             return TopicStats(topic=topic, capacity=self.default_capacity)
-        now = time.time()
-        return TopicStats(
-            topic=t.name,
-            length=unacked(t.groups.values(), t.end) if t.groups else len(t.msgs),
-            capacity=t.capacity,
-            dropped=t.dropped,
-            published=t.meter.total,
-            publish_rate=t.meter.rate(now),
-            groups=group_stats(t.groups.values(), t.end, now),
-        )
+        return topic_stats(t, len(t.msgs))
 
     def topic_names(self) -> list[str]:
         return list(self._topics)

@@ -23,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from itertools import count, repeat
+from typing import Protocol, TypeVar
 
 from chute.broker import GroupStats, TopicStats
 from chute.errors import ClosedError, ConfigError
@@ -289,6 +291,64 @@ async def wait_for_more(
     return True
 
 
+class GroupedTopic(Protocol):
+    """What the shared statistics need of a topic (this broker's and the local one's)."""
+
+    name: str
+    capacity: int
+    dropped: int
+    meter: RateMeter
+
+    @property
+    def groups(self) -> Mapping[str, Group]: ...
+
+    @property
+    def end(self) -> int: ...
+
+
+G = TypeVar("G", bound=Group)
+
+
+async def read_group(
+    groups: Mapping[str, G],
+    readers: list[asyncio.Future[None]],
+    topic: str,
+    group: str,
+    consumer: str,
+    count: int,
+    block: float | None,
+    take: Callable[[G, str, int, float], list[Message]],
+    check_open: Callable[[], object],
+) -> list[Message]:
+    """Up to ``count`` deliveries ``take`` finds for ``consumer``, waiting up to ``block``
+    seconds for a publish or a redelivery falling due (None: return at once)."""
+    g = groups.get(group)
+    if g is None:
+        raise KeyError(f"no consumer group {group!r} on topic {topic!r}; call ensure_group")
+    deadline = None if block is None else time.monotonic() + block
+    while True:
+        now = time.time()
+        g.last_seen[consumer] = now
+        batch = take(g, consumer, count, now)
+        if batch or deadline is None or not await wait_for_more(g, readers, deadline, now):
+            return batch
+        check_open()
+
+
+def topic_stats(t: GroupedTopic, stored: int) -> TopicStats:
+    """A topic's statistics; ``stored`` is its length while no group reads it."""
+    now = time.time()
+    return TopicStats(
+        topic=t.name,
+        length=unacked(t.groups.values(), t.end) if t.groups else stored,
+        capacity=t.capacity,
+        dropped=t.dropped,
+        published=t.meter.total,
+        publish_rate=t.meter.rate(now),
+        groups=group_stats(t.groups.values(), t.end, now),
+    )
+
+
 def group_stats(groups: Iterable[Group], end: int, now: float) -> list[GroupStats]:
     """Statistics of a topic's active groups; ``end`` is the topic's next offset."""
     out = []
@@ -397,17 +457,9 @@ class MemoryBroker:
     ) -> list[Message]:
         self._check_open()
         t = self._topic(topic)
-        g = t.groups.get(group)
-        if g is None:
-            raise KeyError(f"no consumer group {group!r} on topic {topic!r}; call ensure_group")
-        deadline = None if block is None else time.monotonic() + block
-        while True:
-            now = time.time()
-            g.last_seen[consumer] = now
-            batch = self._take(t, g, consumer, count, now)
-            if batch or deadline is None or not await wait_for_more(g, t.readers, deadline, now):
-                return batch
-            self._check_open()
+        take = partial(self._take, t)
+        return await read_group(t.groups, t.readers, topic, group, consumer, count, block, take,
+                                self._check_open)  # fmt: skip
 
     @staticmethod
     def _take(t: _Topic, g: Group, consumer: str, count: int, now: float) -> list[Message]:
@@ -485,16 +537,7 @@ class MemoryBroker:
 
     async def stats(self, topic: str) -> TopicStats:
         t = self._topic(topic)
-        now = time.time()
-        return TopicStats(
-            topic=t.name,
-            length=unacked(t.groups.values(), t.end) if t.groups else len(t.log),
-            capacity=t.capacity,
-            dropped=t.dropped,
-            published=t.meter.total,
-            publish_rate=t.meter.rate(now),
-            groups=group_stats(t.groups.values(), t.end, now),
-        )
+        return topic_stats(t, len(t.log))
 
     def topic_names(self) -> list[str]:
         return list(self._topics)
