@@ -25,12 +25,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     """A private redis-server that the test may stop, kill and restart."""
-    server = RedisServer()
-    server.start()
-    try:
+    with RedisServer() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
@@ -45,23 +41,15 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture
 def mosquitto() -> Iterator[MosquittoServer]:
     """A private Mosquitto (persistent sessions) that the test may stop and restart."""
-    server = MosquittoServer()
-    server.start()
-    try:
+    with MosquittoServer() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
 def nats_server() -> Iterator[NatsServer]:
     """A private nats-server (JetStream) that the test may stop, kill and restart."""
-    server = NatsServer()
-    server.start()
-    try:
+    with NatsServer() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import pytest
 
@@ -104,6 +104,14 @@ class ServerProcess:
         self.stop(kill=True)
         if self._tmp is not None:
             self._tmp.cleanup()
+
+    def __enter__(self) -> Self:
+        """Started; killed and its folder removed at the end of the block."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 S = TypeVar("S", bound=ServerProcess)

@@ -66,18 +66,13 @@ def secure_mosquitto(tmp_path: Path) -> Iterator[MosquittoServer]:
     passwd = require_program("mosquitto_passwd", "mosquitto")
     subprocess.run([passwd, "-c", "-b", str(certs / "passwords"), "camera", "s3cret"],
                    check=True, timeout=30)  # fmt: skip
-    server = MosquittoServer(
-        listener=(
-            f"cafile {certs / 'ca.crt'}\ncertfile {certs / 'server.crt'}\n"
-            f"keyfile {certs / 'server.key'}\nallow_anonymous false\n"
-            f"password_file {certs / 'passwords'}\n"
-        )
+    listener = (
+        f"cafile {certs / 'ca.crt'}\ncertfile {certs / 'server.crt'}\n"
+        f"keyfile {certs / 'server.key'}\nallow_anonymous false\n"
+        f"password_file {certs / 'passwords'}\n"
     )
-    server.start()
-    try:
+    with MosquittoServer(listener=listener) as server:
         yield server
-    finally:
-        server.close()
 
 
 def _config(tmp_path: Path, server: MosquittoServer, password_env: str) -> Any:
