@@ -38,10 +38,10 @@ from chute.config import config_from_dict
 from chute.engine import Runtime
 from chute.message import Message, encode_message
 from chute_plugins.brokers.nats_jetstream import JetStreamBroker
+from topic_throughput import PAYLOAD, drain
 
 from bench._procs import free_port, wait_listening
 
-PAYLOAD = {"path": "inbox/video-000000.mp4", "size": 1048576, "note": "x" * 40}
 BATCH = 500
 
 
@@ -102,22 +102,12 @@ async def chute(url: str, count: int) -> float:
         },
     }  # fmt: skip
     async with Runtime(config_from_dict(doc, base_dir=tempfile.gettempdir())) as rt:
-        pool = rt.pools["work"]
-        begin = time.perf_counter()
-        for start in range(0, count, BATCH):
-            n = min(BATCH, count - start)
-            # One key per message: messages that share a key are one item, run one at a time.
-            await rt.publish_many(
-                "jobs", [Message(key=f"m{start + i}", data=PAYLOAD) for i in range(n)]
-            )
-        while pool.counters.succeeded < count:
-            await pool.changed.wait()
-        elapsed = time.perf_counter() - begin
+        rate = await drain(rt, count, BATCH)
     cleaner = JetStreamBroker(broker_url)
     await cleaner.start()
     await cleaner.delete_all()
     await cleaner.aclose()
-    return count / elapsed
+    return rate
 
 
 def start_server() -> tuple[subprocess.Popen[bytes], str, tempfile.TemporaryDirectory[str]]:

@@ -40,11 +40,10 @@ from chute.config import config_from_dict
 from chute.engine import Runtime
 from chute.message import Message, encode_message
 from chute_plugins.brokers.redis_streams import RedisBroker
-from topic_throughput import through
+from topic_throughput import PAYLOAD, drain, through
 
 from bench._procs import BenchError, redis_server
 
-PAYLOAD = {"path": "inbox/video-000000.mp4", "size": 1048576, "note": "x" * 40}
 BATCH = 500
 
 started: list[float] = []
@@ -151,18 +150,7 @@ def runtime(url: str, function: str, concurrency: int) -> Runtime:
 
 async def chute_throughput(url: str, count: int) -> float:
     async with runtime(url, "redis_throughput:noop", BATCH) as rt:
-        pool = rt.pools["work"]
-        begin = time.perf_counter()
-        for start in range(0, count, BATCH):
-            n = min(BATCH, count - start)
-            # One key per message: messages sharing a key are one item, run one at a time.
-            await rt.publish_many(
-                "jobs", [Message(key=f"m{start + i}", data=PAYLOAD) for i in range(n)]
-            )
-        while pool.counters.succeeded < count:
-            await pool.changed.wait()
-        elapsed = time.perf_counter() - begin  # the last acks are one flush away
-    return count / elapsed
+        return await drain(rt, count, BATCH)
 
 
 async def chute_latency(url: str, samples: int) -> float:

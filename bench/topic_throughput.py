@@ -29,6 +29,7 @@ from typing import Any
 
 import msgspec
 from chute.broker import Broker
+from chute.engine import Runtime
 from chute.message import Message
 from chute_plugins.brokers.local import LocalBroker
 from chute_plugins.brokers.memory import MemoryBroker
@@ -93,6 +94,22 @@ def sqlite_single_baseline(count: int, durability: str) -> float:
         elapsed = time.perf_counter() - start
         db.close()
     return count / elapsed
+
+
+async def drain(rt: Runtime, count: int, batch: int) -> float:
+    """Publish ``count`` messages to the runtime's ``jobs`` in batches and wait until its
+    ``work`` pool has run them all; messages per second."""
+    pool = rt.pools["work"]
+    begin = time.perf_counter()
+    for start in range(0, count, batch):
+        n = min(batch, count - start)
+        # One key per message: messages that share a key are one item, run one at a time.
+        await rt.publish_many(
+            "jobs", [Message(key=f"m{start + i}", data=PAYLOAD) for i in range(n)]
+        )
+    while pool.counters.succeeded < count:
+        await pool.changed.wait()
+    return count / (time.perf_counter() - begin)  # the last acks are one flush away
 
 
 async def through(
