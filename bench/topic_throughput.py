@@ -54,14 +54,20 @@ async def queue_baseline(count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+def _bare_queue(work: Path, durability: str) -> sqlite3.Connection:
+    """The table a hand-written SQLite queue would use: WAL, synchronous as ``durability``."""
+    db = sqlite3.connect(str(work / "bare.db"), isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute(f"PRAGMA synchronous = {SYNC[durability]}")
+    db.execute("CREATE TABLE q (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+    return db
+
+
 def sqlite_baseline(count: int, batch: int, durability: str) -> float:
     """What one would write by hand: WAL, a transaction per batch in, one per batch out."""
     encode, decode = msgspec.msgpack.encode, msgspec.msgpack.decode
     with tempfile.TemporaryDirectory() as work:
-        db = sqlite3.connect(str(Path(work) / "bare.db"), isolation_level=None)
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute(f"PRAGMA synchronous = {SYNC[durability]}")
-        db.execute("CREATE TABLE q (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+        db = _bare_queue(Path(work), durability)
         start = time.perf_counter()
         for first in range(0, count, batch):
             n = min(batch, count - first)
@@ -84,10 +90,7 @@ def sqlite_single_baseline(count: int, durability: str) -> float:
     """One commit per message: what a publisher without group commit pays."""
     encode = msgspec.msgpack.encode
     with tempfile.TemporaryDirectory() as work:
-        db = sqlite3.connect(str(Path(work) / "bare.db"), isolation_level=None)
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute(f"PRAGMA synchronous = {SYNC[durability]}")
-        db.execute("CREATE TABLE q (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+        db = _bare_queue(Path(work), durability)
         start = time.perf_counter()
         for _ in range(count):
             db.execute("INSERT INTO q (body) VALUES (?)", (encode(PAYLOAD),))

@@ -86,32 +86,30 @@ def run(mode: Mode, results: Results, peers: bool) -> None:
             value = two["drain"] if key is None else ours[key]
             results.add(Row("a", what, value, "", float("nan"), unit))
         return
-    for p in others:
-        results.add(Row("a", "enqueue, one job per call", ours["enqueue"], p,
-                        others[p]["enqueue"], "jobs/s"))  # fmt: skip
+
+    def each_peer(what: str, key: str, unit: str, best: str = "", floor: str = "",
+                  bound: float = 0.0) -> None:  # fmt: skip
+        """A row per peer; on ``best``'s, the floor: at least ``bound`` for rates ("jobs/s"),
+        at most ``bound`` for the rest."""
+        for p in others:
+            row = Row("a", what, ours[key], p, others[p][key], unit,
+                      note=others[p]["workers"] if key == "drain" else "")  # fmt: skip
+            if p == best:
+                row.floor = floor
+                row.met = row.ratio >= bound if unit == "jobs/s" else row.ratio <= bound
+            results.add(row)
+
+    each_peer("enqueue, one job per call", "enqueue", "jobs/s")
     results.add(Row("a", "enqueue, batched (others have no batch call)", ours["enqueue_batch"],
                     "rq", others["rq"]["enqueue_batch"], "jobs/s"))  # fmt: skip
     fastest = _best(others, "drain")
-    for p in others:
-        row = Row("a", f"drain {n} no-op jobs, 1 node", ours["drain"], p, others[p]["drain"],
-                  "jobs/s", note=others[p]["workers"])  # fmt: skip
-        if p == fastest:
-            row.floor, row.met = ">= 3x fastest peer", row.ratio >= 3
-        results.add(row)
+    each_peer(f"drain {n} no-op jobs, 1 node", "drain", "jobs/s", fastest,
+              ">= 3x fastest peer", 3)  # fmt: skip
     row = results.add(Row("a", f"drain {n} no-op jobs, 2 chute nodes", two["drain"], fastest,
                           others[fastest]["drain"], "jobs/s", ">= 5x fastest peer"))  # fmt: skip
     row.met = row.ratio >= 5
-    leanest = _best(others, "cpu_us", low=True)
-    for p in others:
-        row = Row("a", "worker CPU per no-op job", ours["cpu_us"], p, others[p]["cpu_us"], "us")
-        if p == leanest:
-            row.floor, row.met = "<= 0.3x leanest peer", row.ratio <= 0.3
-        results.add(row)
-    quickest = _best(others, "p50_ms", low=True)
-    for p in others:
-        row = Row("a", "enqueue -> start, median", ours["p50_ms"], p, others[p]["p50_ms"], "ms")
-        if p == quickest:
-            row.floor, row.met = "<= 0.5x fastest peer", row.ratio <= 0.5
-        results.add(row)
-    for p in others:
-        results.add(Row("a", "enqueue -> start, p99", ours["p99_ms"], p, others[p]["p99_ms"], "ms"))
+    each_peer("worker CPU per no-op job", "cpu_us", "us", _best(others, "cpu_us", low=True),
+              "<= 0.3x leanest peer", 0.3)  # fmt: skip
+    each_peer("enqueue -> start, median", "p50_ms", "ms", _best(others, "p50_ms", low=True),
+              "<= 0.5x fastest peer", 0.5)  # fmt: skip
+    each_peer("enqueue -> start, p99", "p99_ms", "ms")
