@@ -20,7 +20,11 @@ Semantics shared by every backend (proven by ``tests/conformance``):
   (``TopicStats.dropped``), and publishing never waits.
 - A delivery stays pending until ``ack``; ``nack`` makes it due again after
   ``delay`` seconds. While it waits out its delay it counts as pending but
-  not in ``oldest_pending_age`` (a retry is not a stuck delivery).
+  not in ``oldest_pending_age`` (a retry is not a stuck delivery). A
+  delivery given back uncounted (``counted=False``: a pool stopped before it
+  ran it, or its key was running) comes back with the attempt it had; on
+  NATS JetStream, whose delivery count only grows, it comes back one attempt
+  later, as any redelivery does.
   Nothing unacknowledged is ever trimmed.
 - ``extend`` restarts a pending delivery's visibility clock: a pool calls it
   for the items it is running (a heartbeat at a fraction of the visibility
@@ -109,8 +113,14 @@ class Broker(Protocol):
     async def ack(self, topic: str, group: str, ids: Sequence[str]) -> None:
         """Finish deliveries. Unknown or already acked ids are ignored."""
 
-    async def nack(self, topic: str, group: str, ids: Sequence[str], *, delay: float = 0.0) -> None:
-        """Make deliveries due again after ``delay`` seconds."""
+    async def nack(self, topic: str, group: str, ids: Sequence[str], *, delay: float = 0.0,
+                   counted: bool = True) -> None:  # fmt: skip
+        """Make deliveries due again after ``delay`` seconds.
+
+        ``counted=False``: they go back without having been worked on (a
+        stop, a key running elsewhere), so each comes back with the attempt
+        it had, where the backend can keep it so (see the module's docstring).
+        """
 
     async def extend(self, topic: str, group: str, ids: Sequence[str]) -> None:
         """Reset the visibility clock of deliveries still being worked on (the

@@ -4,7 +4,7 @@ Start-up order: broker, state store (recovering items a crash left running),
 topics and consumer groups, pools and operators, then sources, so nothing is
 published before its readers exist. Shutdown runs the same way back: stop
 the sources (intake), let pools drain their in-flight items for the grace
-period, cancel what is left (deliveries stay pending and come back), flush
+period, cancel what is left (given back to the broker, not as an attempt), flush
 the final acks under a shield, then close executors, store and broker. Every
 shielded step gives up at the stop deadline (``stopping.py``), the final
 flush and the closing each a moment later, so a stop takes at most the grace

@@ -186,7 +186,9 @@ class WorkerPool:
         self._held: dict[str, list[Message]] = {}
         """Without a store: deliveries waiting behind a running one with their key, in
         delivery order. Each joins the buffer when the one before it ends, without going
-        back to the broker, where waiting would count as an attempt (``_HELD_MOST``)."""
+        back to the broker only past ``_HELD_MOST``."""
+        self._interrupted: list[tuple[Message, Claim]] = []
+        """Items a stop cancelled: given back with ``_buffer`` (not an attempt either)."""
         self._read_lock = anyio.Lock()
         self._stopping = False
         self._intake_scopes: set[anyio.CancelScope] = set()
@@ -246,7 +248,7 @@ class WorkerPool:
                 for scope in self._intake_scopes:
                     scope.cancel()
                 # Drain: running items get the grace period, then are cancelled
-                # (their deliveries stay pending and come back later).
+                # and given back with the buffer (not an attempt: _return_buffer).
                 # The runtime's deadline when it set one first (or a second signal).
                 self.deadline.set(anyio.current_time() + grace)
                 workers.cancel_scope.deadline = self.deadline.at
@@ -363,7 +365,9 @@ class WorkerPool:
             else:  # another node holds a live lease on it: look again later
                 elsewhere.append(message.id)
         if elsewhere:
-            await self.broker.nack(self.topic, self.group, elsewhere, delay=_BUSY_KEY_DELAY)
+            await self.broker.nack(
+                self.topic, self.group, elsewhere, delay=_BUSY_KEY_DELAY, counted=False
+            )
         return granted
 
     async def _claim_untracked(self, messages: list[Message]) -> list[tuple[Message, Claim]]:
@@ -383,7 +387,9 @@ class WorkerPool:
             else:
                 busy.append(message.id)
         if busy:
-            await self.broker.nack(self.topic, self.group, busy, delay=_BUSY_KEY_DELAY)
+            await self.broker.nack(
+                self.topic, self.group, busy, delay=_BUSY_KEY_DELAY, counted=False
+            )
         return granted
 
     def _let_go(self, key: str) -> None:
@@ -395,16 +401,17 @@ class WorkerPool:
                 del self._held[key]
 
     async def _return_buffer(self) -> None:
-        """At shutdown: deliveries fetched but not started go back, and so do their claims."""
+        """At shutdown: deliveries fetched but not started, or cancelled by the stop, go
+        back due at once, and so do their claims. None of them failed: no attempt counts."""
         held, self._held = [m.id for waiting in self._held.values() for m in waiting], {}
-        if held:
-            await self.broker.nack(self.topic, self.group, held, delay=0.0)
-        if self._buffer:
-            taken, self._buffer = self._buffer, []
-            await self.broker.nack(self.topic, self.group, [m.id for m, _ in taken], delay=0.0)
-            if self.store is not None:
-                unrun = [Finish(m.key or m.id, ItemStatus.PENDING, c.token) for m, c in taken]
-                await self.store.finish_many(self.name, unrun)
+        taken, self._buffer = self._buffer + self._interrupted, []
+        self._interrupted = []
+        back = held + [m.id for m, _ in taken]
+        if back:
+            await self.broker.nack(self.topic, self.group, back, delay=0.0, counted=False)
+        if taken and self.store is not None:
+            unrun = [Finish(m.key or m.id, ItemStatus.PENDING, c.token) for m, c in taken]
+            await self.store.finish_many(self.name, unrun)
 
     # -- one item ------------------------------------------------------------
 
@@ -451,6 +458,8 @@ class WorkerPool:
         except ItemFailed as exc:
             await self._failed(message, claim, exc)
         except anyio.get_cancelled_exc_class():
+            if self._stopping:  # past the grace: the executor has ended, the item not failed
+                self._interrupted.append((message, claim))
             raise
         except Exception as exc:
             await self._failed(message, claim, ItemFailed(f"{type(exc).__name__}: {exc}"))

@@ -368,14 +368,15 @@ class LocalBroker:
             wake(t.writers)
         await self._commit()
 
-    async def nack(self, topic: str, group: str, ids: Sequence[str], *, delay: float = 0.0) -> None:
+    async def nack(self, topic: str, group: str, ids: Sequence[str], *, delay: float = 0.0,
+                   counted: bool = True) -> None:  # fmt: skip
         t = self._topics.get(topic)
         g = t.groups.get(group) if t is not None else None
         if t is None or g is None:
             return
         journal = self._check_open()
         due = time.time() + max(0.0, delay)
-        parked = park_pending(g, ids, due)
+        parked = park_pending(g, ids, due, counted)
         if not parked:
             return
         journal.add(ldb.REDELIVERED, [(t.base + seq, g.bit, n, due) for seq, n in parked])

@@ -197,16 +197,20 @@ def park(g: Group, seq: int, message_id: str, attempt: int, due: float) -> None:
     heapq.heappush(g.due, (due, next(_due_order), message_id))
 
 
-def park_pending(g: Group, ids: Sequence[str], due: float) -> list[tuple[int, int]]:
+def park_pending(
+    g: Group, ids: Sequence[str], due: float, counted: bool = True
+) -> list[tuple[int, int]]:
     """Park the deliveries in ``ids`` still pending until ``due`` (a nack); their
-    (offset, attempt) pairs."""
+    (offset, attempt) pairs. Uncounted, each is parked one attempt back, so its
+    next delivery repeats the attempt it had."""
     out = []
     for message_id in ids:
         delivery = g.pending.pop(message_id, None)
         if delivery is not None:
             seq = seq_of(message_id)
-            park(g, seq, message_id, delivery.attempt, due)
-            out.append((seq, delivery.attempt))
+            attempt = delivery.attempt if counted else delivery.attempt - 1
+            park(g, seq, message_id, attempt, due)
+            out.append((seq, attempt))
     return out
 
 
@@ -509,12 +513,13 @@ class MemoryBroker:
         if t.writers and acked:
             wake(t.writers)
 
-    async def nack(self, topic: str, group: str, ids: Sequence[str], *, delay: float = 0.0) -> None:
+    async def nack(self, topic: str, group: str, ids: Sequence[str], *, delay: float = 0.0,
+                   counted: bool = True) -> None:  # fmt: skip
         t = self._topic(topic)
         g = t.groups.get(group)
         if g is None:
             return
-        park_pending(g, ids, time.time() + max(0.0, delay))
+        park_pending(g, ids, time.time() + max(0.0, delay), counted)
         if t.readers:
             wake(t.readers)
 

@@ -500,7 +500,9 @@ class JetStreamBroker:
             g.acked += len(subjects)
             g.meter.mark(len(subjects), time.time())
 
-    async def nack(self, topic: str, group: str, ids: Sequence[str], *, delay: float = 0.0) -> None:
+    async def nack(self, topic: str, group: str, ids: Sequence[str], *, delay: float = 0.0,
+                   counted: bool = True) -> None:  # fmt: skip
+        # JetStream's delivery count only grows: an uncounted nack is counted too.
         t = self._topics.get(topic)
         g = t.groups.get(group) if t else None
         if delay > 0 and g is not None:

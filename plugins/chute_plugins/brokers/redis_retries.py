@@ -41,12 +41,44 @@ async def _cmd(redis: aioredis.Redis, *args: Any) -> Any:
 
 
 async def park(redis: aioredis.Redis, key: str, group: str, holder: str,
-               ids: Sequence[str], due: float) -> None:  # fmt: skip
-    """Make ``ids`` due again at ``due`` (wall clock), idle 0 meanwhile, in one round trip."""
+               ids: Sequence[str], due: float, counted: bool = True) -> None:  # fmt: skip
+    """Make ``ids`` due again at ``due`` (wall clock), idle 0 meanwhile, in one round trip.
+
+    Uncounted, each entry's delivery count is first set one back (``XCLAIM
+    ... RETRYCOUNT``), so the claim that hands it out again repeats it: one
+    more round trip, for a rare give-back (a stop, a key running elsewhere).
+    Run again after a dropped connection, it may set a count back twice: an
+    item gets a retry more, never one fewer.
+    """
     due_ms = int(due * 1000)
-    packed = pack("XCLAIM", key, group, holder, 0, *ids, "IDLE", 0, "JUSTID")
-    packed += pack("ZADD", due_key(key, group), *[x for i in ids for x in (due_ms, i)])
-    await pipelined(redis, packed, 2)
+    if counted:
+        claims = [pack("XCLAIM", key, group, holder, 0, *ids, "IDLE", 0, "JUSTID")]
+    else:
+        replies = await pipelined(redis, counts_request(key, group, ids), len(ids))
+        claims = [
+            pack("XCLAIM", key, group, holder, 0, i, "IDLE", 0, "RETRYCOUNT", max(0, n - 1),
+                 "JUSTID")
+            for i, n in delivery_counts(replies).items()
+        ]  # fmt: skip
+    packed = b"".join(claims) + pack(
+        "ZADD", due_key(key, group), *[x for i in ids for x in (due_ms, i)]
+    )
+    await pipelined(redis, packed, len(claims) + 1)
+
+
+def counts_request(key: str, group: str, ids: Sequence[Any]) -> bytes:
+    """``XPENDING`` for each of ``ids``, packed: read the replies with ``delivery_counts``."""
+    return b"".join(pack("XPENDING", key, group, i, i, 1) for i in ids)
+
+
+def delivery_counts(replies: Sequence[Any]) -> dict[str, int]:
+    """The delivery count of each entry still pending, from ``counts_request``'s replies."""
+    counts: dict[str, int] = {}
+    for reply in replies:
+        for row in reply or ():
+            entry = row[0]
+            counts[entry.decode() if isinstance(entry, bytes) else entry] = int(row[3])
+    return counts
 
 
 async def take_due(redis: aioredis.Redis, key: str, group: str, consumer: str, count: int,

@@ -503,14 +503,9 @@ class RedisBroker:
 
     async def _attempts(self, t: _Topic, g: _Group, ids: list[Any]) -> dict[str, int]:
         """Delivery counts of claimed entries: XAUTOCLAIM increments but does not return them."""
-        packed = b"".join(pack("XPENDING", t.key, g.name, i, i, 1) for i in ids)
         # Claimed as stale while waiting out a delay (every node was away): not due twice.
-        packed += pack("ZREM", g.due, *ids)
-        out: dict[str, int] = {}
-        for reply in (await pipelined(self.redis, packed, len(ids) + 1))[:-1]:
-            for row in reply or ():
-                out[_str(row[0])] = int(row[3])
-        return out
+        packed = retries.counts_request(t.key, g.name, ids) + pack("ZREM", g.due, *ids)
+        return retries.delivery_counts((await pipelined(self.redis, packed, len(ids) + 1))[:-1])
 
     # -- acknowledging ----------------------------------------------------
 
@@ -532,13 +527,15 @@ class RedisBroker:
         if acked and t.writers:
             _wake(t.writers)
 
-    async def nack(self, topic: str, group: str, ids: Sequence[str], *, delay: float = 0.0) -> None:
+    async def nack(self, topic: str, group: str, ids: Sequence[str], *, delay: float = 0.0,
+                   counted: bool = True) -> None:  # fmt: skip
         t = self._topic(topic)
         g = t.groups.get(group)
         if g is None or not ids:
             return
         due = time.time() + max(0.0, delay)
-        await self._conn.call(partial(retries.park, self.redis, t.key, g.name, self.node, ids, due))
+        park = partial(retries.park, self.redis, t.key, g.name, self.node, ids, due, counted)
+        await self._conn.call(park)
         g.next_check = min(g.next_check, due)
 
     async def extend(self, topic: str, group: str, ids: Sequence[str]) -> None:
