@@ -185,8 +185,8 @@ class WorkerPool:
         self._buffer: list[tuple[Message, Claim]] = []
         self._held: dict[str, list[Message]] = {}
         """Without a store: deliveries waiting behind a running one with their key, in
-        delivery order. Each joins the buffer when the one before it ends, without going
-        back to the broker only past ``_HELD_MOST``."""
+        delivery order. Each joins the buffer when the one before it ends; only past
+        ``_HELD_MOST`` do they go back to the broker (uncounted)."""
         self._interrupted: list[tuple[Message, Claim]] = []
         """Items a stop cancelled: given back with ``_buffer`` (not an attempt either)."""
         self._read_lock = anyio.Lock()
