@@ -75,11 +75,24 @@ async def send_many(kind: str, total: int, n: int) -> None:
 
 
 async def wait_acked() -> None:
-    """Until the pool has acknowledged every job sent: XINFO GROUPS every 5 ms (the
-    broker's own stats cost more round trips, which would slow what is measured)."""
+    """Until the pool has acknowledged every job sent, by XINFO GROUPS (the broker's own
+    stats cost more round trips, which would slow what is measured).
+
+    The next look comes after a third of the time the jobs left should take at the rate
+    seen so far (at least 5 ms, at most 100 ms): polling every 5 ms throughout cost this
+    process 2.5% of a core, taken from the two the jobs share, and the end is still seen
+    within about 5 ms.
+    """
     broker = await _started()
+    first: tuple[float, int] | None = None
     while True:
         groups = await broker.redis.xinfo_groups(broker.prefix + TOPIC)
-        if all(g["lag"] == 0 and g["pending"] == 0 for g in groups):
+        left = sum((g["lag"] or 0) + g["pending"] for g in groups)
+        if left == 0:
             return
-        await asyncio.sleep(0.005)
+        now = time.monotonic()
+        if first is None:
+            first = (now, left)
+        done, elapsed = first[1] - left, now - first[0]
+        wait = left * elapsed / done / 3 if done > 0 else 0.005
+        await asyncio.sleep(min(0.1, max(0.005, wait)))
