@@ -19,6 +19,9 @@ from chute import Runtime, load_config
 from chute import pool as pool_module
 from chute.message import Message
 
+from tests.nats_server import shared_nats_url
+from tests.nats_server import unique_prefix as nats_prefix
+
 RECORDER = """\
 import anyio
 ran = []
@@ -47,7 +50,7 @@ executor = {{ type = "python", function = "{module}:work", path = ["{tmp_path}"]
     return config
 
 
-@pytest.mark.parametrize("broker", ["local", "redis"])
+@pytest.mark.parametrize("broker", ["local", "redis", "nats"])
 @pytest.mark.parametrize("track", [True, False], ids=["tracked", "untracked"])
 async def test_a_stop_is_not_an_attempt(
     tmp_path: Path,
@@ -58,7 +61,10 @@ async def test_a_stop_is_not_an_attempt(
 ) -> None:
     module = f"stop_recorder_{track}_{broker}"
     (tmp_path / f"{module}.py").write_text(RECORDER)
-    url = request.getfixturevalue("redis_url") if broker == "redis" else broker
+    url = {
+        "redis": lambda: request.getfixturevalue("redis_url"),
+        "nats": lambda: f"{shared_nats_url()}?prefix={nats_prefix()}",
+    }.get(broker, lambda: broker)()
     config = _config(tmp_path, module, track=track, concurrency=2, broker=url)
     # Without a state store the second message has the first one's key, and
     # waits in the pool behind it; with one, both run.

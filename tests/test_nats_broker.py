@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from chute.message import Message
+from chute_plugins.brokers.nats_jetstream import JetStreamBroker
+
+from tests.nats_server import shared_nats_url, unique_prefix
 from tests.servers import free_port
 
 
@@ -23,3 +27,29 @@ def test_an_unreachable_nats_server_is_one_line_and_exit_3(tmp_path: Path) -> No
     lines = [line for line in done.stderr.splitlines() if line.startswith("chute:")]
     assert lines == [f"chute: cannot reach nats at nats://127.0.0.1:{port}"]
     assert "Traceback" not in done.stderr
+
+
+async def test_a_topic_made_anew_does_not_inherit_an_old_give_back() -> None:
+    # A give-back's record is keyed by the entry's stream sequence, which a
+    # topic deleted and made again starts over: the acked entry's record is
+    # deleted, and the new entry with that sequence counts as usual.
+    url = f"{shared_nats_url()}?prefix={unique_prefix()}"
+    for round_ in range(2):
+        broker = JetStreamBroker(url)
+        await broker.start()
+        try:
+            await broker.declare_topic("t", capacity=100)
+            await broker.ensure_group("t", "g", visibility_timeout=30.0)
+            await broker.publish("t", [Message(data={"round": round_})])
+            [m] = await broker.read("t", "g", "c", count=1, block=2.0)
+            await broker.nack("t", "g", [m.id], counted=round_ == 1)
+            [again] = await broker.read("t", "g", "c", count=1, block=2.0)
+            assert again.id == m.id  # the same stream sequence both rounds
+            assert (again.data, again.attempt) == ({"round": round_}, 1 if round_ == 0 else 2)
+            await broker.ack("t", "g", [again.id])
+            if round_ == 0:  # the topic goes; the bucket of give-backs stays
+                await broker.js.delete_stream(broker._topic("t").stream)
+            else:
+                await broker.delete_all()
+        finally:
+            await broker.aclose()

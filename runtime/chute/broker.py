@@ -22,9 +22,7 @@ Semantics shared by every backend (proven by ``tests/conformance``):
   ``delay`` seconds. While it waits out its delay it counts as pending but
   not in ``oldest_pending_age`` (a retry is not a stuck delivery). A
   delivery given back uncounted (``counted=False``: a pool stopped before it
-  ran it, or its key was running) comes back with the attempt it had; on
-  NATS JetStream, whose delivery count only grows, it comes back one attempt
-  later, as any redelivery does.
+  ran it, or its key was running) comes back with the attempt it had.
   Nothing unacknowledged is ever trimmed.
 - ``extend`` restarts a pending delivery's visibility clock: a pool calls it
   for the items it is running (a heartbeat at a fraction of the visibility
@@ -119,7 +117,7 @@ class Broker(Protocol):
 
         ``counted=False``: they go back without having been worked on (a
         stop, a key running elsewhere), so each comes back with the attempt
-        it had, where the backend can keep it so (see the module's docstring).
+        it had.
         """
 
     async def extend(self, topic: str, group: str, ids: Sequence[str]) -> None:

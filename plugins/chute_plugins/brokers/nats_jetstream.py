@@ -12,10 +12,16 @@ The mapping (one stream per topic, one durable pull consumer per group):
   attempts and dead-letters), no ``MaxAckPending`` limit.
 - ``read``: pull requests on the consumer; consumers of a group (on any node)
   share one durable consumer, so JetStream splits the work between them.
-  ``attempt`` is JetStream's delivery count.
+  ``attempt`` is JetStream's delivery count, less the give-backs that did
+  not count (below).
 - ``ack`` is ``+ACK``, ``nack(delay)`` is ``-NAK`` with a delay (NakWithDelay),
   ``extend`` is ``+WPI`` (AckProgress: the running-item heartbeat). Each is
   sent as a request, so it returns once the server applied it.
+- A delivery count only grows, so a give-back that must not count (a pool's
+  stop, a busy key) is written down first, in a key-value bucket of its own
+  (``<prefix>_given_back``: topic, group and entry -> give-backs), which a
+  redelivery (count above 1) is looked up in. An ack forgets the entry; a
+  week's TTL clears what a crash left.
 - Retention is by interest: JetStream removes an entry once every group
   acknowledged it, so nothing unacknowledged is ever removed. Until the
   first group exists a "keeper" consumer that never reads holds the entries
@@ -68,6 +74,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
+from nats.js.kv import KeyValue
 
 from .nats_inbox import Inbox, is_status
 
@@ -79,6 +86,9 @@ _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 _MS = "Chute-Ms"
 _KEEPER = "KEEPER"
 """A consumer that never reads: it holds a topic's entries until a group exists."""
+_GIVEN_BACK_TTL = 7 * 24 * 3600.0
+"""Seconds a give-back stays written down: a delivery not seen again by then counts it."""
+
 _SLACK = 2.0
 """Seconds a pull may outlive its expiry before the server is taken for gone."""
 
@@ -113,9 +123,16 @@ class _Group:
         self.cancelled: set[str] = set()
         """Waiting ids acked meanwhile: a NAK's redelivery cannot be withdrawn on the
         server, so it is acked and dropped here when it arrives."""
+        self.uncounted: dict[str, int] = {}
+        """Held ids given back uncounted before: id -> deliveries not counted."""
         self.consumers: set[str] = set()
         self.acked = 0
         self.meter = RateMeter()
+
+
+def _given_key(t: _Topic, g: _Group, message_id: str) -> str:
+    """The give-back record of a topic's entry in a group (an id ends in its stream sequence)."""
+    return f"{t.stream}.{g.durable}.{message_id.rsplit('-', 1)[1]}"
 
 
 class _Topic:
@@ -154,6 +171,7 @@ class JetStreamBroker:
         self._last_ms = 0
         self._inbox = Inbox()
         self._closed = False
+        self._given_back: KeyValue | None = None
 
     # -- connection -----------------------------------------------------------
 
@@ -433,7 +451,51 @@ class JetStreamBroker:
             out.append(replace(message, id=message_id, attempt=meta.num_delivered))
         if withdrawn:
             await self._call(f"ack on {topic!r}", lambda: self._respond(withdrawn, b"+ACK"))
+        again = [m.id for m in out if m.attempt > 1]
+        if again:
+            uncounted = await self._call(f"read {topic!r}", lambda: self._uncounted(t, g, again))
+            g.uncounted.update(uncounted)
+            out = [replace(m, attempt=m.attempt - uncounted.get(m.id, 0)) for m in out]
         return out
+
+    async def _given(self) -> KeyValue:
+        """The bucket of uncounted give-backs, made on first use (by any node)."""
+        if self._given_back is None:
+            self._given_back = await self.js.create_key_value(
+                bucket=f"{self.prefix}_given_back", history=1, ttl=_GIVEN_BACK_TTL,
+                replicas=self.replicas, storage=self.storage,
+            )  # fmt: skip
+        return self._given_back
+
+    async def _uncounted(self, t: _Topic, g: _Group, ids: list[str]) -> dict[str, int]:
+        """Give-backs not counted, of the ids that have any."""
+        given = await self._given()
+        found: dict[str, int] = {}
+
+        async def look(message_id: str) -> None:
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError):  # purged too
+                entry = await given.get(_given_key(t, g, message_id))
+                found[message_id] = int(entry.value or b"0")
+
+        async with anyio.create_task_group() as tg:
+            for message_id in ids:
+                tg.start_soon(look, message_id)
+        return found
+
+    async def _write_down(self, t: _Topic, g: _Group, counts: dict[str, int]) -> None:
+        """Record give-backs not counted (0: forget the entry's record)."""
+        given = await self._given()
+
+        async def write(message_id: str, n: int) -> None:
+            key = _given_key(t, g, message_id)
+            if n:
+                await given.put(key, b"%d" % n)
+            else:
+                await given.purge(key)
+
+        async with anyio.create_task_group() as tg:
+            for message_id, n in counts.items():
+                tg.start_soon(write, message_id, n)
 
     async def _pull(self, t: _Topic, g: _Group, count: int, block: float | None) -> list[Msg]:
         """One pull request; returns when it is answered in full or ends (404/408)."""
@@ -499,12 +561,20 @@ class JetStreamBroker:
         if g is not None:
             g.acked += len(subjects)
             g.meter.mark(len(subjects), time.time())
+            forget = {i: 0 for i in ids if g.uncounted.pop(i, 0)}
+            if forget:
+                t = self._topic(topic)
+                await self._call(f"ack on {topic!r}", lambda: self._write_down(t, g, forget))
 
     async def nack(self, topic: str, group: str, ids: Sequence[str], *, delay: float = 0.0,
                    counted: bool = True) -> None:  # fmt: skip
-        # JetStream's delivery count only grows: an uncounted nack is counted too.
         t = self._topics.get(topic)
         g = t.groups.get(group) if t else None
+        if t is not None and g is not None:
+            # Before the NAK: its redelivery must find the record.
+            given = {i: g.uncounted.pop(i, 0) + 1 for i in ids if i in g.held}
+            if not counted and given:
+                await self._call(f"nack on {topic!r}", lambda: self._write_down(t, g, given))
         if delay > 0 and g is not None:
             g.waiting.update(i for i in ids if i in g.held)
         subjects = self._take(topic, group, ids)
@@ -521,8 +591,9 @@ class JetStreamBroker:
         async def delete() -> None:
             for info in await self.js.streams_info():
                 name = info.config.name or ""
-                if name.startswith(self.prefix + "_T_"):
+                if name.startswith(self.prefix + "_T_") or name == f"KV_{self.prefix}_given_back":
                     await self.js.delete_stream(name)
+            self._given_back = None
 
         await self._call("delete the topics", delete)
 
