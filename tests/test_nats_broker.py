@@ -53,3 +53,23 @@ async def test_a_topic_made_anew_does_not_inherit_an_old_give_back() -> None:
                 await broker.delete_all()
         finally:
             await broker.aclose()
+
+
+async def test_a_give_back_bucket_made_with_other_settings_is_used_as_it_is() -> None:
+    # Another node (another version, other replicas) made the bucket first.
+    prefix = unique_prefix()
+    broker = JetStreamBroker(f"{shared_nats_url()}?prefix={prefix}")
+    await broker.start()
+    try:
+        await broker.js.create_key_value(bucket=f"{prefix}_given_back", history=5)
+        await broker.declare_topic("t", capacity=100)
+        await broker.ensure_group("t", "g", visibility_timeout=30.0)
+        await broker.publish("t", [Message(data={})])
+        [m] = await broker.read("t", "g", "c", count=1, block=2.0)
+        await broker.nack("t", "g", [m.id], counted=False)
+        [again] = await broker.read("t", "g", "c", count=1, block=2.0)
+        assert (again.id, again.attempt) == (m.id, 1)
+        await broker.ack("t", "g", [again.id])
+    finally:
+        await broker.delete_all()
+        await broker.aclose()

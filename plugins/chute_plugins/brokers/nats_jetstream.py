@@ -89,6 +89,9 @@ _KEEPER = "KEEPER"
 _GIVEN_BACK_TTL = 7 * 24 * 3600.0
 """Seconds a give-back stays written down: a delivery not seen again by then counts it."""
 
+_IN_USE = 10058
+"""JetStream's error code: a stream by that name exists with another configuration."""
+
 _SLACK = 2.0
 """Seconds a pull may outlive its expiry before the server is taken for gone."""
 
@@ -461,10 +464,17 @@ class JetStreamBroker:
     async def _given(self) -> KeyValue:
         """The bucket of uncounted give-backs, made on first use (by any node)."""
         if self._given_back is None:
-            self._given_back = await self.js.create_key_value(
-                bucket=f"{self.prefix}_given_back", history=1, ttl=_GIVEN_BACK_TTL,
-                replicas=self.replicas, storage=self.storage,
-            )  # fmt: skip
+            bucket = f"{self.prefix}_given_back"
+            try:
+                self._given_back = await self.js.create_key_value(
+                    bucket=bucket, history=1, ttl=_GIVEN_BACK_TTL, replicas=self.replicas,
+                    storage=self.storage,
+                )  # fmt: skip
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code != _IN_USE:
+                    raise
+                # Made by a node with other settings (replicas, storage): use it as it is.
+                self._given_back = await self.js.key_value(bucket)
         return self._given_back
 
     async def _uncounted(self, t: _Topic, g: _Group, ids: list[str]) -> dict[str, int]:
