@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import nats.errors
 from chute.message import Message
 from chute_plugins.brokers.nats_jetstream import JetStreamBroker
 
@@ -69,6 +71,34 @@ async def test_a_give_back_bucket_made_with_other_settings_is_used_as_it_is() ->
         await broker.nack("t", "g", [m.id], counted=False)
         [again] = await broker.read("t", "g", "c", count=1, block=2.0)
         assert (again.id, again.attempt) == (m.id, 1)
+        await broker.ack("t", "g", [again.id])
+    finally:
+        await broker.delete_all()
+        await broker.aclose()
+
+
+async def test_a_give_back_record_read_during_an_outage_is_read_again() -> None:
+    # The records are read concurrently; a timeout in one of them is an outage
+    # like any other (retried), not an error that stops the read.
+    broker = JetStreamBroker(f"{shared_nats_url()}?prefix={unique_prefix()}")
+    await broker.start()
+    try:
+        await broker.declare_topic("t", capacity=100)
+        await broker.ensure_group("t", "g", visibility_timeout=30.0)
+        await broker.publish("t", [Message(data={})])
+        [m] = await broker.read("t", "g", "c", count=1, block=2.0)
+        await broker.nack("t", "g", [m.id], counted=False)
+        given = await broker._given()
+        real_get, failures = given.get, [nats.errors.TimeoutError()]
+
+        async def flaky_get(key: str) -> Any:
+            if failures:
+                raise failures.pop()
+            return await real_get(key)
+
+        given.get = flaky_get  # type: ignore[method-assign]
+        [again] = await broker.read("t", "g", "c", count=1, block=2.0)
+        assert (again.id, again.attempt, failures) == (m.id, 1, [])
         await broker.ack("t", "g", [again.id])
     finally:
         await broker.delete_all()

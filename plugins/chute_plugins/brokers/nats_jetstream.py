@@ -48,7 +48,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -131,6 +131,17 @@ class _Group:
         self.consumers: set[str] = set()
         self.acked = 0
         self.meter = RateMeter()
+
+
+async def _each(call: Callable[[str], Coroutine[Any, Any, None]], ids: list[str]) -> None:
+    """``call`` for every id at once; the first error is raised as it is, so that
+    ``_call`` can tell an outage (retried) from the rest."""
+    try:
+        async with anyio.create_task_group() as tg:
+            for message_id in ids:
+                tg.start_soon(call, message_id)
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
 
 
 def _given_key(t: _Topic, g: _Group, message_id: str) -> str:
@@ -487,25 +498,21 @@ class JetStreamBroker:
                 entry = await given.get(_given_key(t, g, message_id))
                 found[message_id] = int(entry.value or b"0")
 
-        async with anyio.create_task_group() as tg:
-            for message_id in ids:
-                tg.start_soon(look, message_id)
+        await _each(look, ids)
         return found
 
     async def _write_down(self, t: _Topic, g: _Group, counts: dict[str, int]) -> None:
         """Record give-backs not counted (0: forget the entry's record)."""
         given = await self._given()
 
-        async def write(message_id: str, n: int) -> None:
+        async def write(message_id: str) -> None:
             key = _given_key(t, g, message_id)
-            if n:
-                await given.put(key, b"%d" % n)
+            if counts[message_id]:
+                await given.put(key, b"%d" % counts[message_id])
             else:
                 await given.purge(key)
 
-        async with anyio.create_task_group() as tg:
-            for message_id, n in counts.items():
-                tg.start_soon(write, message_id, n)
+        await _each(write, list(counts))
 
     async def _pull(self, t: _Topic, g: _Group, count: int, block: float | None) -> list[Msg]:
         """One pull request; returns when it is answered in full or ends (404/408)."""
