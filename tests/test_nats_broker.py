@@ -88,7 +88,8 @@ async def test_a_give_back_record_read_during_an_outage_is_read_again() -> None:
         await broker.publish("t", [Message(data={})])
         [m] = await broker.read("t", "g", "c", count=1, block=2.0)
         await broker.nack("t", "g", [m.id], counted=False)
-        given = await broker._given()
+        given = broker._given_back  # opened by the give-back
+        assert given is not None
         real_get, failures = given.get, [nats.errors.TimeoutError()]
 
         async def flaky_get(key: str) -> Any:

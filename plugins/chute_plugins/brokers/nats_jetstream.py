@@ -18,10 +18,8 @@ The mapping (one stream per topic, one durable pull consumer per group):
   ``extend`` is ``+WPI`` (AckProgress: the running-item heartbeat). Each is
   sent as a request, so it returns once the server applied it.
 - A delivery count only grows, so a give-back that must not count (a pool's
-  stop, a busy key) is written down first, in a key-value bucket of its own
-  (``<prefix>_given_back``: topic, group and entry -> give-backs), which a
-  redelivery (count above 1) is looked up in. An ack forgets the entry; a
-  week's TTL clears what a crash left.
+  stop, a busy key) is written down first, and a redelivery looked up
+  (``nats_given_back.py``).
 - Retention is by interest: JetStream removes an entry once every group
   acknowledged it, so nothing unacknowledged is ever removed. Until the
   first group exists a "keeper" consumer that never reads holds the entries
@@ -48,7 +46,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -76,22 +74,18 @@ from nats.js.api import (
 )
 from nats.js.kv import KeyValue
 
+from . import nats_given_back as given_back
 from .nats_inbox import Inbox, is_status
 
 log = logging.getLogger("chute.brokers.nats")
 
 T = TypeVar("T")
+A = TypeVar("A")
 
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 _MS = "Chute-Ms"
 _KEEPER = "KEEPER"
 """A consumer that never reads: it holds a topic's entries until a group exists."""
-_GIVEN_BACK_TTL = 7 * 24 * 3600.0
-"""Seconds a give-back stays written down: a delivery not seen again by then counts it."""
-
-_IN_USE = 10058
-"""JetStream's error code: a stream by that name exists with another configuration."""
-
 _SLACK = 2.0
 """Seconds a pull may outlive its expiry before the server is taken for gone."""
 
@@ -131,17 +125,6 @@ class _Group:
         self.consumers: set[str] = set()
         self.acked = 0
         self.meter = RateMeter()
-
-
-async def _each(call: Callable[[str], Coroutine[Any, Any, None]], ids: list[str]) -> None:
-    """``call`` for every id at once; the first error is raised as it is, so that
-    ``_call`` can tell an outage (retried) from the rest."""
-    try:
-        async with anyio.create_task_group() as tg:
-            for message_id in ids:
-                tg.start_soon(call, message_id)
-    except ExceptionGroup as failed:
-        raise failed.exceptions[0] from None
 
 
 def _given_key(t: _Topic, g: _Group, message_id: str) -> str:
@@ -467,52 +450,21 @@ class JetStreamBroker:
             await self._call(f"ack on {topic!r}", lambda: self._respond(withdrawn, b"+ACK"))
         again = [m.id for m in out if m.attempt > 1]
         if again:
-            uncounted = await self._call(f"read {topic!r}", lambda: self._uncounted(t, g, again))
+            keys = {i: _given_key(t, g, i) for i in again}
+            uncounted = await self._call(
+                f"read {topic!r}", lambda: self._given_back_records(given_back.read, keys)
+            )
             g.uncounted.update(uncounted)
             out = [replace(m, attempt=m.attempt - uncounted.get(m.id, 0)) for m in out]
         return out
 
-    async def _given(self) -> KeyValue:
-        """The bucket of uncounted give-backs, made on first use (by any node)."""
+    async def _given_back_records(self, op: Callable[[KeyValue, A], Awaitable[T]], arg: A) -> T:
+        """``op`` on the bucket of uncounted give-backs, opened on first use."""
         if self._given_back is None:
-            bucket = f"{self.prefix}_given_back"
-            try:
-                self._given_back = await self.js.create_key_value(
-                    bucket=bucket, history=1, ttl=_GIVEN_BACK_TTL, replicas=self.replicas,
-                    storage=self.storage,
-                )  # fmt: skip
-            except nats.js.errors.BadRequestError as exc:
-                if exc.err_code != _IN_USE:
-                    raise
-                # Made by a node with other settings (replicas, storage): use it as it is.
-                self._given_back = await self.js.key_value(bucket)
-        return self._given_back
-
-    async def _uncounted(self, t: _Topic, g: _Group, ids: list[str]) -> dict[str, int]:
-        """Give-backs not counted, of the ids that have any."""
-        given = await self._given()
-        found: dict[str, int] = {}
-
-        async def look(message_id: str) -> None:
-            with contextlib.suppress(nats.js.errors.KeyNotFoundError):  # purged too
-                entry = await given.get(_given_key(t, g, message_id))
-                found[message_id] = int(entry.value or b"0")
-
-        await _each(look, ids)
-        return found
-
-    async def _write_down(self, t: _Topic, g: _Group, counts: dict[str, int]) -> None:
-        """Record give-backs not counted (0: forget the entry's record)."""
-        given = await self._given()
-
-        async def write(message_id: str) -> None:
-            key = _given_key(t, g, message_id)
-            if counts[message_id]:
-                await given.put(key, b"%d" % counts[message_id])
-            else:
-                await given.purge(key)
-
-        await _each(write, list(counts))
+            self._given_back = await given_back.open_bucket(
+                self.js, self.prefix, self.replicas, self.storage
+            )
+        return await op(self._given_back, arg)
 
     async def _pull(self, t: _Topic, g: _Group, count: int, block: float | None) -> list[Msg]:
         """One pull request; returns when it is answered in full or ends (404/408)."""
@@ -578,10 +530,12 @@ class JetStreamBroker:
         if g is not None:
             g.acked += len(subjects)
             g.meter.mark(len(subjects), time.time())
-            forget = {i: 0 for i in ids if g.uncounted.pop(i, 0)}
+            t = self._topic(topic)
+            forget = {_given_key(t, g, i): 0 for i in ids if g.uncounted.pop(i, 0)}
             if forget:
-                t = self._topic(topic)
-                await self._call(f"ack on {topic!r}", lambda: self._write_down(t, g, forget))
+                await self._call(
+                    f"ack on {topic!r}", lambda: self._given_back_records(given_back.write, forget)
+                )
 
     async def nack(self, topic: str, group: str, ids: Sequence[str], *, delay: float = 0.0,
                    counted: bool = True) -> None:  # fmt: skip
@@ -589,9 +543,11 @@ class JetStreamBroker:
         g = t.groups.get(group) if t else None
         if t is not None and g is not None:
             # Before the NAK: its redelivery must find the record.
-            given = {i: g.uncounted.pop(i, 0) + 1 for i in ids if i in g.held}
+            given = {_given_key(t, g, i): g.uncounted.pop(i, 0) + 1 for i in ids if i in g.held}
             if not counted and given:
-                await self._call(f"nack on {topic!r}", lambda: self._write_down(t, g, given))
+                await self._call(
+                    f"nack on {topic!r}", lambda: self._given_back_records(given_back.write, given)
+                )
         if delay > 0 and g is not None:
             g.waiting.update(i for i in ids if i in g.held)
         subjects = self._take(topic, group, ids)
@@ -605,10 +561,12 @@ class JetStreamBroker:
     async def delete_all(self) -> None:
         """Delete every stream under this broker's prefix (and so its groups): a teardown."""
 
+        bucket = given_back.bucket_name(self.prefix)
+
         async def delete() -> None:
             for info in await self.js.streams_info():
                 name = info.config.name or ""
-                if name.startswith(self.prefix + "_T_") or name == f"KV_{self.prefix}_given_back":
+                if name.startswith(self.prefix + "_T_") or name == f"KV_{bucket}":
                     await self.js.delete_stream(name)
             self._given_back = None
 
