@@ -169,6 +169,7 @@ class JetStreamBroker:
         self._inbox = Inbox()
         self._closed = False
         self._given_back: KeyValue | None = None
+        self._records_refused = False
 
     # -- connection -----------------------------------------------------------
 
@@ -451,20 +452,37 @@ class JetStreamBroker:
         again = [m.id for m in out if m.attempt > 1]
         if again:
             keys = {i: _given_key(t, g, i) for i in again}
-            uncounted = await self._call(
-                f"read {topic!r}", lambda: self._given_back_records(given_back.read, keys)
+            none: dict[str, int] = {}
+            uncounted = await self._given_back_records(
+                f"read {topic!r}", given_back.read, keys, none
             )
             g.uncounted.update(uncounted)
             out = [replace(m, attempt=m.attempt - uncounted.get(m.id, 0)) for m in out]
         return out
 
-    async def _given_back_records(self, op: Callable[[KeyValue, A], Awaitable[T]], arg: A) -> T:
-        """``op`` on the bucket of uncounted give-backs, opened on first use."""
-        if self._given_back is None:
-            self._given_back = await given_back.open_bucket(
-                self.js, self.prefix, self.replicas, self.storage
-            )
-        return await op(self._given_back, arg)
+    async def _given_back_records(self, what: str, op: Callable[[KeyValue, A], Awaitable[T]],
+                                  arg: A, without: T) -> T:  # fmt: skip
+        """``op`` on the bucket of uncounted give-backs (opened on first use), retried
+        through outages; ``without`` where the server refuses the bucket (a permission, a
+        limit on streams): give-backs then count, as they did before, and the run goes on."""
+        if self._records_refused:
+            return without
+
+        async def call() -> T:
+            if self._given_back is None:
+                self._given_back = await given_back.open_bucket(
+                    self.js, self.prefix, self.replicas, self.storage
+                )
+            return await op(self._given_back, arg)
+
+        try:
+            return await self._call(what, call)
+        except nats.errors.Error as exc:  # not an outage: _call retries those
+            bucket = given_back.bucket_name(self.prefix)
+            log.warning("nats: cannot keep give-back records in %r (%s): a delivery given back "
+                        "unworked now counts as an attempt", bucket, exc)  # fmt: skip
+            self._records_refused = True
+            return without
 
     async def _pull(self, t: _Topic, g: _Group, count: int, block: float | None) -> list[Msg]:
         """One pull request; returns when it is answered in full or ends (404/408)."""
@@ -533,9 +551,7 @@ class JetStreamBroker:
             t = self._topic(topic)
             forget = {_given_key(t, g, i): 0 for i in ids if g.uncounted.pop(i, 0)}
             if forget:
-                await self._call(
-                    f"ack on {topic!r}", lambda: self._given_back_records(given_back.write, forget)
-                )
+                await self._given_back_records(f"ack on {topic!r}", given_back.write, forget, None)
 
     async def nack(self, topic: str, group: str, ids: Sequence[str], *, delay: float = 0.0,
                    counted: bool = True) -> None:  # fmt: skip
@@ -545,9 +561,7 @@ class JetStreamBroker:
             # Before the NAK: its redelivery must find the record.
             given = {_given_key(t, g, i): g.uncounted.pop(i, 0) + 1 for i in ids if i in g.held}
             if not counted and given:
-                await self._call(
-                    f"nack on {topic!r}", lambda: self._given_back_records(given_back.write, given)
-                )
+                await self._given_back_records(f"nack on {topic!r}", given_back.write, given, None)
         if delay > 0 and g is not None:
             g.waiting.update(i for i in ids if i in g.held)
         subjects = self._take(topic, group, ids)
