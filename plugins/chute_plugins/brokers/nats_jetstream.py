@@ -80,7 +80,6 @@ from .nats_inbox import Inbox, is_status
 log = logging.getLogger("chute.brokers.nats")
 
 T = TypeVar("T")
-A = TypeVar("A")
 
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 _MS = "Chute-Ms"
@@ -452,16 +451,16 @@ class JetStreamBroker:
         again = [m.id for m in out if m.attempt > 1]
         if again:
             keys = {i: _given_key(t, g, i) for i in again}
-            none: dict[str, int] = {}
-            uncounted = await self._given_back_records(
-                f"read {topic!r}", given_back.read, keys, none
+            uncounted: dict[str, int] = await self._given_back_records(
+                f"read {topic!r}", lambda kv: given_back.read(kv, keys), {}
             )
             g.uncounted.update(uncounted)
             out = [replace(m, attempt=m.attempt - uncounted.get(m.id, 0)) for m in out]
         return out
 
-    async def _given_back_records(self, what: str, op: Callable[[KeyValue, A], Awaitable[T]],
-                                  arg: A, without: T) -> T:  # fmt: skip
+    async def _given_back_records(
+        self, what: str, op: Callable[[KeyValue], Awaitable[T]], without: T
+    ) -> T:
         """``op`` on the bucket of uncounted give-backs (opened on first use), retried
         through outages; ``without`` where the server refuses the bucket (a permission, a
         limit on streams): give-backs then count, as they did before, and the run goes on."""
@@ -473,7 +472,7 @@ class JetStreamBroker:
                 self._given_back = await given_back.open_bucket(
                     self.js, self.prefix, self.replicas, self.storage
                 )
-            return await op(self._given_back, arg)
+            return await op(self._given_back)
 
         try:
             return await self._call(what, call)
@@ -551,7 +550,9 @@ class JetStreamBroker:
             t = self._topic(topic)
             forget = {_given_key(t, g, i): 0 for i in ids if g.uncounted.pop(i, 0)}
             if forget:
-                await self._given_back_records(f"ack on {topic!r}", given_back.write, forget, None)
+                await self._given_back_records(
+                    f"ack on {topic!r}", lambda kv: given_back.write(kv, forget), None
+                )
 
     async def nack(self, topic: str, group: str, ids: Sequence[str], *, delay: float = 0.0,
                    counted: bool = True) -> None:  # fmt: skip
@@ -561,7 +562,9 @@ class JetStreamBroker:
             # Before the NAK: its redelivery must find the record.
             given = {_given_key(t, g, i): g.uncounted.pop(i, 0) + 1 for i in ids if i in g.held}
             if not counted and given:
-                await self._given_back_records(f"nack on {topic!r}", given_back.write, given, None)
+                await self._given_back_records(
+                    f"nack on {topic!r}", lambda kv: given_back.write(kv, given), None
+                )
         if delay > 0 and g is not None:
             g.waiting.update(i for i in ids if i in g.held)
         subjects = self._take(topic, group, ids)

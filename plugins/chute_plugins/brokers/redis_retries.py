@@ -28,7 +28,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from ..redis_conn import pack, pipelined
+from ..redis_conn import as_str, pack, pipelined
 
 
 def due_key(stream_key: str, group: str) -> str:
@@ -76,8 +76,7 @@ def delivery_counts(replies: Sequence[Any]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for reply in replies:
         for row in reply or ():
-            entry = row[0]
-            counts[entry.decode() if isinstance(entry, bytes) else entry] = int(row[3])
+            counts[as_str(row[0])] = int(row[3])
     return counts
 
 
