@@ -19,6 +19,7 @@ from chute import Runtime, load_config
 from chute import pool as pool_module
 from chute.message import Message
 
+from tests.helpers.configs import python_pool
 from tests.nats_server import shared_nats_url
 from tests.nats_server import unique_prefix as nats_prefix
 
@@ -33,21 +34,11 @@ async def work(item):
 
 def _config(tmp_path: Path, module: str, *, track: bool, concurrency: int = 1,
             broker: str = "local") -> Path:  # fmt: skip
-    config = tmp_path / f"{module}.toml"
-    config.write_text(f"""\
-broker = "{broker}"
-workdir = "work"
-log_level = "error"
-shutdown_grace = "200ms"
-[topics.jobs]
-[pools.work]
-topic = "jobs"
-concurrency = {concurrency}
-track = {str(track).lower()}
-retry = {{ attempts = 2, backoff = "10ms" }}
-executor = {{ type = "python", function = "{module}:work", path = ["{tmp_path}"] }}
-""")  # fmt: skip
-    return config
+    settings = (
+        f'broker = "{broker}"\nworkdir = "work"\nlog_level = "error"\nshutdown_grace = "200ms"'
+    )
+    pool = f'track = {str(track).lower()}\nretry = {{ attempts = 2, backoff = "10ms" }}'
+    return python_pool(tmp_path, module, concurrency=concurrency, settings=settings, pool=pool)
 
 
 @pytest.mark.parametrize("broker", ["local", "redis", "nats"])

@@ -22,6 +22,7 @@ import redis
 from chute import Runtime, load_config
 from chute.message import Message
 
+from tests.helpers.configs import python_pool
 from tests.redis_server import RedisServer, unique_prefix
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,18 +111,9 @@ def work(item):
 async def test_two_messages_with_one_key_in_one_batch_never_run_side_by_side(
     tmp_path: Path, track: bool
 ) -> None:
-    config = tmp_path / "dup.toml"
-    config.write_text(f"""\
-broker = "memory"
-state = "memory"
-log_level = "warning"
-[topics.jobs]
-[pools.work]
-topic = "jobs"
-concurrency = 4
-track = {str(track).lower()}
-executor = {{ type = "python", function = "tracker_{track}:work", path = ["{tmp_path}"], thread = true }}
-""")  # fmt: skip
+    config = python_pool(tmp_path, f"tracker_{track}", concurrency=4, thread=True,
+                         settings='broker = "memory"\nstate = "memory"\nlog_level = "warning"',
+                         pool=f"track = {str(track).lower()}")  # fmt: skip
     (tmp_path / f"tracker_{track}.py").write_text(TRACKER)
     async with Runtime(load_config(config)) as rt:
         # One publish: the pool fetches both copies of "same" in one batch.
@@ -156,18 +148,9 @@ async def test_messages_held_behind_their_key_keep_their_attempts(tmp_path: Path
     # Each message may fail once (two attempts). Waiting behind another message
     # with the same key is not an attempt: redelivered every 5 s, the fourth
     # message reached its first run as attempt 4 and died on that one failure.
-    config = tmp_path / "held.toml"
-    config.write_text(f"""\
-broker = "memory"
-log_level = "error"
-[topics.jobs]
-[pools.work]
-topic = "jobs"
-concurrency = 4
-track = false
-retry = {{ attempts = 2, backoff = "10ms" }}
-executor = {{ type = "python", function = "flaky_once:work", path = ["{tmp_path}"] }}
-""")  # fmt: skip
+    config = python_pool(tmp_path, "flaky_once", concurrency=4,
+                         settings='broker = "memory"\nlog_level = "error"',
+                         pool='track = false\nretry = { attempts = 2, backoff = "10ms" }')  # fmt: skip
     (tmp_path / "flaky_once.py").write_text(FLAKY_ONCE)
     async with Runtime(load_config(config)) as rt:
         await rt.publish_many("jobs", [Message(key="same", data={"seq": n}) for n in range(4)])
@@ -182,18 +165,9 @@ executor = {{ type = "python", function = "flaky_once:work", path = ["{tmp_path}
 async def test_a_message_held_behind_a_long_one_is_not_redelivered(tmp_path: Path) -> None:
     # The first runs 2.5 visibility timeouts; the second waits in the pool all
     # that time, its delivery kept alive, and then runs once.
-    config = tmp_path / "long_held.toml"
-    config.write_text(f"""\
-broker = "memory"
-log_level = "warning"
-[topics.jobs]
-visibility_timeout = "400ms"
-[pools.work]
-topic = "jobs"
-concurrency = 2
-track = false
-executor = {{ type = "python", function = "held_tracker:work", path = ["{tmp_path}"], thread = true }}
-""")  # fmt: skip
+    config = python_pool(tmp_path, "held_tracker", concurrency=2, thread=True,
+                         settings='broker = "memory"\nlog_level = "warning"',
+                         topic='visibility_timeout = "400ms"', pool="track = false")  # fmt: skip
     (tmp_path / "held_tracker.py").write_text(TRACKER.replace("time.sleep(0.3)", "time.sleep(1.0)"))
     async with Runtime(load_config(config)) as rt:
         await rt.publish_many("jobs", [Message(key="same", data={"key": "same"}) for _ in range(2)])
@@ -222,17 +196,8 @@ async def test_a_stop_gives_held_messages_back_and_a_restart_runs_them(
     ran = tmp_path / "ran.log"
     monkeypatch.setenv("RAN_LOG", str(ran))
     (tmp_path / "recorder.py").write_text(RECORDER)
-    config = tmp_path / "stop_held.toml"
-    config.write_text(f"""\
-workdir = "work"
-log_level = "warning"
-[topics.jobs]
-[pools.work]
-topic = "jobs"
-concurrency = 2
-track = false
-executor = {{ type = "python", function = "recorder:work", path = ["{tmp_path}"], thread = true }}
-""")  # fmt: skip
+    config = python_pool(tmp_path, "recorder", concurrency=2, thread=True, pool="track = false",
+                         settings='workdir = "work"\nlog_level = "warning"')  # fmt: skip
     async with Runtime(load_config(config)) as rt:  # the default, durable local broker
         await rt.publish_many("jobs", [Message(key="same", data={"seq": n}) for n in range(3)])
         with anyio.fail_after(10):
