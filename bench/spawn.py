@@ -199,14 +199,15 @@ async def chute(count: int, concurrency: int) -> float:
         return count / elapsed
 
 
-def _steal() -> tuple[int, int]:
-    """(ticks stolen by the hypervisor, all ticks) since boot; (0, 0) off Linux."""
+def _ticks() -> tuple[int, int, int]:
+    """(ticks stolen by the hypervisor, ticks idle or waiting on I/O, all ticks) of every
+    CPU since boot; zeros off Linux."""
     try:
         with open("/proc/stat") as f:
             ticks = [int(t) for t in f.readline().split()[1:]]
     except OSError:
-        return 0, 0
-    return ticks[7], sum(ticks)
+        return 0, 0, 0
+    return ticks[7], ticks[3] + ticks[4], sum(ticks)
 
 
 def _cpu(who: int) -> float:
@@ -216,15 +217,19 @@ def _cpu(who: int) -> float:
 
 
 async def _with_cpu(run: Callable[[int, int], Awaitable[float]], count: int,
-                    c: int) -> tuple[float, float, float]:  # fmt: skip
-    """(items/s, CPU microseconds per item of the parent, and of the children)."""
+                    c: int) -> tuple[float, float, float, float]:  # fmt: skip
+    """(items/s, CPU microseconds per item of the parent, and of the children, and the
+    share of the machine's CPU time busy meanwhile: with idle CPUs, the loop is the limit)."""
     parent, children = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
+    _, idle, ticks = _ticks()
     rate = await run(count, c)
+    _, idle_now, ticks_now = _ticks()
     per_item = 1e6 / count
     return (
         rate,
         (_cpu(resource.RUSAGE_SELF) - parent) * per_item,
         (_cpu(resource.RUSAGE_CHILDREN) - children) * per_item,
+        1 - (idle_now - idle) / max(1, ticks_now - ticks),
     )
 
 
@@ -240,18 +245,19 @@ LOOPS: dict[str, Callable[[int, int], Awaitable[float]]] = {
 
 async def main(count: int, concurrencies: list[int], rounds: int) -> None:
     await bare_asyncio(50, 2)  # warm up imports and the child watcher
-    stolen, ticks = _steal()
+    stolen, _, ticks = _ticks()
     print(f"spawn throughput, {count} runs of {TRUE}, median of {rounds} rounds (items/s)")
     for c in concurrencies:
         SUSPENDED.clear()
         PASSES.clear()
-        runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in LOOPS}
+        runs: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in LOOPS}
         for n in range(rounds):
             for name, loop in list(LOOPS.items())[:: 1 if n % 2 == 0 else -1]:
                 runs[name].append(await _with_cpu(loop, count, c))
-        rate = {name: statistics.median(r for r, _, _ in rs) for name, rs in runs.items()}
-        cpu = {name: statistics.median(u for _, u, _ in rs) for name, rs in runs.items()}
-        kids = {name: statistics.median(k for _, _, k in rs) for name, rs in runs.items()}
+        rate, cpu, kids, busy = (
+            {name: statistics.median(r[i] for r in rs) for name, rs in runs.items()}
+            for i in range(4)
+        )
         ours = rate.pop("chute")
         best_name, best = max(rate.items(), key=lambda kv: kv[1])
         ratios = [
@@ -271,7 +277,8 @@ async def main(count: int, concurrencies: list[int], rounds: int) -> None:
         print(
             f"  concurrency {c}: parent CPU per item: chute {cpu['chute']:.0f} us, "
             f"the best bare loop {cpu[best_name]:.0f} us; the children's: "
-            f"{kids['chute']:.0f} us and {kids[best_name]:.0f} us"
+            f"{kids['chute']:.0f} us and {kids[best_name]:.0f} us; the CPUs busy: "
+            f"{busy['chute']:.0%} and {busy[best_name]:.0%}"
         )
         suspended = statistics.median(per_spawn for per_spawn, _ in SUSPENDED)
         share = statistics.median(share for _, share in SUSPENDED)
@@ -294,7 +301,7 @@ async def main(count: int, concurrencies: list[int], rounds: int) -> None:
             f"{ours * window:.0f}; the largest commit pass carried {max(PASSES)} "
             f"(mean {statistics.mean(PASSES):.1f})"
         )
-    stolen_now, ticks_now = _steal()
+    stolen_now, _, ticks_now = _ticks()
     if ticks_now > ticks:  # a virtual machine's CPUs can be taken away while it runs
         share = (stolen_now - stolen) / (ticks_now - ticks)
         print(f"hypervisor steal during the run: {share:.0%} of CPU time")

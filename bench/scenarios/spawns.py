@@ -102,18 +102,22 @@ def in_turns(count: int, concurrency: int, rounds: int, peers: bool) -> dict[str
     return rates
 
 
+def median_ratio(ours: list[float], theirs: list[float]) -> float:
+    """The median of the rounds' own ratios, ours over theirs, in rounds they took turns."""
+    return statistics.median(o / t for o, t in zip(ours, theirs, strict=True))
+
+
 def versus_bare(rates: dict[str, list[float]], ours: str) -> tuple[str, float, float, float]:
     """(the best bare loop's name, its median, ``ours``'s median, the median of the rounds'
     ratios of ``ours`` over the best bare loop of the round)."""
     bare = [name for name in rates if name not in (EMBEDDED, RUN, *TOOLS)]
     best = max(bare, key=lambda name: statistics.median(rates[name]))
-    ratios = [ours_rate / max(rates[name][i] for name in bare)
-              for i, ours_rate in enumerate(rates[ours])]  # fmt: skip
+    best_of_round = [max(each) for each in zip(*(rates[name] for name in bare), strict=True)]
     return (
         best,
         statistics.median(rates[best]),
         statistics.median(rates[ours]),
-        statistics.median(ratios),
+        median_ratio(rates[ours], best_of_round),
     )
 
 
@@ -138,16 +142,13 @@ def run(mode: Mode, results: Results, peers: bool) -> None:
                                   paired=paired))  # fmt: skip
             row.met = row.ratio >= 0.95
         if peers:  # the same work: /bin/true alone, in turns
-            ratios = {name: [ours / theirs for ours, theirs in zip(rates[RUN], rates[name],
-                                                                   strict=True)]
-                      for name in TOOLS}  # fmt: skip
             fastest = max(TOOLS, key=lambda name: statistics.median(rates[name]))
             for name in TOOLS:
                 row = results.add(Row("b", f"{what}, chute run (Redis)",
                                       statistics.median(rates[RUN]), name,
                                       statistics.median(rates[name]), "jobs/s",
                                       note=f"median of {mode.rounds} rounds' ratios",
-                                      paired=statistics.median(ratios[name])))  # fmt: skip
+                                      paired=median_ratio(rates[RUN], rates[name])))  # fmt: skip
                 if name == fastest:
                     row.floor, row.met = ">= 1x fastest peer", row.ratio >= 1
         # Against the frameworks, their job: /bin/true, then the shared body.
