@@ -79,6 +79,15 @@ def redis_throughput(out: str) -> list[Row]:
     return [row, lat]
 
 
+def item_timeout(out: str) -> list[Row]:
+    share = rf"\(the timeout's share\s*{NUMBER} us\)"
+    (ours,) = _find(rf"timeout, one timer\s*:\s*[0-9.]+ us\s*{share}", out, "item_timeout")
+    (each,) = _find(rf"timeout, fail_after per item\s*:\s*[0-9.]+ us\s*{share}", out,
+                    "item_timeout")  # fmt: skip
+    return [Row("e", "a pool's timeout: engine CPU per item", ours, "anyio.fail_after per item",
+                each, "us")]  # fmt: skip
+
+
 def burst(out: str) -> list[Row]:
     (ours,) = _find(rf"chute processed: \d+/\d+ in\s*{NUMBER} s", out, "burst")
     after = out[out.index("chute processed:") :]
@@ -118,6 +127,8 @@ SCRIPTS: dict[str, tuple[dict[str, list[str]], Callable[[str], list[Row]]]] = {
                                                 "--samples", "30"],
                           "smoke": ["--count", "1000", "--rounds", "1", "--samples", "5"]},
                          redis_throughput),
+    "item_timeout": ({"full": [], "quick": ["--count", "10000", "--rounds", "1"],
+                      "smoke": ["--count", "1000", "--rounds", "1"]}, item_timeout),
     "burst": ({"full": [], "quick": ["--count", "1000"], "smoke": ["--count", "100"]}, burst),
     "autoscale": ({"full": ["--profiles", "step,burst"],
                    "quick": ["--profiles", "step,burst", "--service", "0.005"],

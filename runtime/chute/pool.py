@@ -44,6 +44,7 @@ from .message import Message
 from .meters import SECONDS_BUCKETS, Histogram
 from .stopping import Deadline
 from .store import Claim, Finish, ItemStatus, StateStore
+from .time_limit import TimeLimit
 
 log = logging.getLogger("chute.pool")
 T = TypeVar("T")
@@ -197,6 +198,7 @@ class WorkerPool:
         self._lease = 300.0
         self._fault_cleared: anyio.Event | None = None
         """Set (and dropped) when items can be run again after a fault of the runtime's own."""
+        self._time_limit = TimeLimit(cfg.timeout) if cfg.timeout else None
         self._heartbeat = Heartbeat(name, broker, self.topic, self.group, self.store,
                                     self.consumer)  # fmt: skip
 
@@ -258,6 +260,8 @@ class WorkerPool:
             if final.cancelled_caught:
                 log.warning("pool %s: the broker or store did not answer in time: the last "
                             "outcomes stay pending and run again", self.name)  # fmt: skip
+            if self._time_limit is not None:
+                self._time_limit.close()
             outer.cancel_scope.cancel()
 
     async def _autoscale(self) -> None:
@@ -471,9 +475,8 @@ class WorkerPool:
         backoff, most = _FAULT_BACKOFF
         while True:
             try:
-                if self.cfg.timeout:
-                    with anyio.fail_after(self.cfg.timeout):
-                        result = await self.executor.run(item)
+                if self._time_limit is not None:
+                    result = await self._time_limit.run(self.executor.run(item))
                 else:
                     result = await self.executor.run(item)
             except ExecutorUnavailable as exc:

@@ -1,0 +1,108 @@
+"""What a pool's ``timeout`` costs an item: the engine's CPU per no-op item with and without it.
+
+An embedded runtime on the memory broker, a pool of 16 workers running a
+python no-op coroutine, ``--count`` items published in batches of 1,000;
+figure: the process's CPU seconds from the first publish to idle, per item.
+Three configurations in the same run, taking turns:
+
+- no ``timeout``;
+- ``timeout = 600`` as chute runs it (``time_limit.py``: a cancel scope an
+  item, one timer for the pool);
+- the same, each item in an ``anyio.fail_after`` of its own (the baseline:
+  how the pool ran it before).
+
+    python bench/item_timeout.py [--count 40000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import resource
+import statistics
+import tempfile
+from collections.abc import Awaitable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+from chute.config import config_from_dict
+from chute.engine import Runtime
+from chute.message import Message
+from chute.time_limit import TimeLimit
+
+T = TypeVar("T")
+
+
+async def noop(data: Any) -> None:
+    return None
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@contextlib.contextmanager
+def _fail_after_each() -> Iterator[None]:
+    """``TimeLimit.run`` as the pool had it before: a deadline scope per item."""
+    original = TimeLimit.run
+
+    async def run(self: TimeLimit, work: Awaitable[T]) -> T:
+        with anyio.fail_after(self.seconds):
+            return await work
+
+    TimeLimit.run = run  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        TimeLimit.run = original  # type: ignore[method-assign]
+
+
+async def cpu_per_item(count: int, limit: float | None, workdir: Path) -> float:
+    pool: dict[str, Any] = {
+        "topic": "jobs",
+        "concurrency": 16,
+        "track": False,
+        "executor": {"type": "python", "function": "item_timeout:noop",
+                     "path": [str(Path(__file__).parent)]},
+    }  # fmt: skip
+    if limit is not None:
+        pool["timeout"] = limit
+    doc = {"broker": "memory", "workdir": str(workdir), "log_level": "warning",
+           "topics": {"jobs": {"capacity": count}}, "pools": {"work": pool}}  # fmt: skip
+    async with Runtime(config_from_dict(doc, base_dir=str(workdir))) as rt:
+        started = _cpu()
+        for _ in range(0, count, 1000):
+            await rt.broker.publish("jobs", [Message(data={}) for _ in range(1000)])
+        await rt.wait_idle()
+        return (_cpu() - started) / count
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=40_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    runs: dict[str, list[float]] = {"no timeout": [], "timeout, one timer": [],
+                                    "timeout, fail_after per item": []}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.rounds):
+            runs["no timeout"].append(await cpu_per_item(args.count, None, Path(tmp)))
+            runs["timeout, one timer"].append(await cpu_per_item(args.count, 600, Path(tmp)))
+            with _fail_after_each():
+                runs["timeout, fail_after per item"].append(
+                    await cpu_per_item(args.count, 600, Path(tmp))
+                )
+    print(f"engine CPU per no-op item, memory broker, 16 workers, {args.count} items, "
+          f"median of {args.rounds}:")  # fmt: skip
+    bare = statistics.median(runs["no timeout"])
+    for name, figures in runs.items():
+        median = statistics.median(figures)
+        print(
+            f"  {name:30s}: {median * 1e6:5.1f} us   (the timeout's share {(median - bare) * 1e6:4.1f} us)"
+        )
+
+
+if __name__ == "__main__":
+    anyio.run(main)

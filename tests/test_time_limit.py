@@ -1,0 +1,133 @@
+"""A pool's ``timeout``: each item is stopped at its own limit, and nothing else is.
+
+The pool keeps one timer for all of its items (``time_limit.py``), so these
+check what a timer per item gave for free: a long item is stopped on time
+while short ones keep starting and ending (each end moves the earliest
+deadline), an item that started later is not stopped at an earlier item's
+limit, a shutdown is not a timeout, and a shield inside the executor holds.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from chute import Runtime, load_config
+from chute.engine import Outcome
+from chute.message import Message
+from chute.store import ItemStatus
+from chute.time_limit import TimeLimit
+
+from tests.helpers.configs import python_pool
+
+TIMED = """\
+import time, anyio
+spans = {}
+async def work(item):
+    started = time.monotonic()
+    try:
+        await anyio.sleep(item["sleep"])
+    finally:
+        spans.setdefault(item["name"], []).append((started, time.monotonic()))
+    return item["name"]
+"""
+
+
+def _runtime(tmp_path: Path, module: str, *, concurrency: int, timeout: str) -> Runtime:
+    (tmp_path / f"{module}.py").write_text(TIMED)
+    settings = 'broker = "memory"\nlog_level = "error"'
+    pool = f'track = false\ntimeout = "{timeout}"\nretry = {{ attempts = 2, backoff = "10ms" }}'
+    config = python_pool(tmp_path, module, concurrency=concurrency, settings=settings, pool=pool)
+    return Runtime(load_config(config))
+
+
+def _item(name: str, sleep: float) -> Message:
+    return Message(data={"name": name, "sleep": sleep}, key=name)
+
+
+async def test_a_long_item_is_stopped_at_its_limit_while_short_items_come_and_go(
+    tmp_path: Path,
+) -> None:
+    async with _runtime(tmp_path, "limit_busy", concurrency=2, timeout="300ms") as rt:
+        await rt.broker.publish("jobs", [_item("long", 30)])
+        shorts = []
+        for n in range(40):  # one worker starts and ends an item every 25 ms meanwhile
+            shorts.append(f"short-{n}")
+            await rt.broker.publish("jobs", [_item(shorts[-1], 0.02)])
+            await anyio.sleep(0.005)
+        with anyio.fail_after(20):
+            long = await rt.wait_for("work", "long")
+            done = [await rt.wait_for("work", name) for name in shorts]
+    from limit_busy import spans  # type: ignore[import-not-found]
+
+    assert long == Outcome(ItemStatus.DEAD, "timed out after 0.3s")
+    assert all(outcome.status is ItemStatus.DONE for outcome in done)
+    assert len(spans["long"]) == 2  # retried once, stopped both times
+    for started, ended in spans["long"]:
+        assert 0.3 <= ended - started < 5, "stopped at its own limit, not at 30 s"
+
+
+async def test_an_item_is_stopped_after_the_one_that_set_the_timer_has_ended(
+    tmp_path: Path,
+) -> None:
+    async with _runtime(tmp_path, "limit_alone", concurrency=2, timeout="300ms") as rt:
+        # "short" sets the timer for its own deadline and ends; when the timer fires,
+        # "long" is the only item left, with 100 ms still to go.
+        await rt.broker.publish("jobs", [_item("short", 0.05)])
+        await anyio.sleep(0.1)
+        await rt.broker.publish("jobs", [_item("long", 30)])
+        with anyio.fail_after(20):
+            long = await rt.wait_for("work", "long")
+    from limit_alone import spans  # type: ignore[import-not-found]
+
+    assert long == Outcome(ItemStatus.DEAD, "timed out after 0.3s")
+    assert [ended - started < 5 for started, ended in spans["long"]] == [True, True]
+
+
+async def test_an_item_that_started_later_runs_to_its_own_limit(tmp_path: Path) -> None:
+    async with _runtime(tmp_path, "limit_later", concurrency=2, timeout="500ms") as rt:
+        await rt.broker.publish("jobs", [_item("first", 30)])
+        await anyio.sleep(0.3)
+        await rt.broker.publish("jobs", [_item("second", 0.4)])
+        with anyio.fail_after(20):
+            first = await rt.wait_for("work", "first")
+            second = await rt.wait_for("work", "second")
+    from limit_later import spans  # type: ignore[import-not-found]
+
+    # The timer fired for "first" while "second" had 0.2 s of its limit left.
+    assert first.status is ItemStatus.DEAD
+    assert second == Outcome(ItemStatus.DONE, "second")
+    assert len(spans["second"]) == 1
+
+
+async def test_a_shutdown_is_not_a_timeout() -> None:
+    limit = TimeLimit(0.2)
+    with anyio.CancelScope() as outer:
+
+        async def stop_soon() -> None:
+            await anyio.sleep(0.05)
+            outer.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stop_soon)
+            await limit.run(anyio.sleep(5))
+            pytest.fail("the shutdown's cancellation was swallowed")
+    assert outer.cancelled_caught
+
+
+async def test_a_shield_inside_the_item_holds_against_its_limit() -> None:
+    cleaned = []
+
+    async def item_reaping_its_child() -> None:
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(0.3)  # past the limit
+            cleaned.append(True)
+        await anyio.sleep(5)
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await TimeLimit(0.1).run(item_reaping_its_child())
+    assert cleaned == [True]
+    assert time.monotonic() - started < 5
