@@ -61,7 +61,7 @@ def chute_config(url: str, kind: str, concurrency: int, workdir: Path) -> Path:
         "log_level": "warning",
         "topics": {"jobs": {"capacity": 1_000_000}},
         "pools": {"work": {"topic": "jobs", "concurrency": concurrency, "track": False,
-                           "executor": executor}},
+                           "timeout": 600, "executor": executor}},  # Dramatiq's default
     }  # fmt: skip
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "bench.yaml"

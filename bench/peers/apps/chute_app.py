@@ -5,6 +5,13 @@ pool awaits them on its event loop; ``spawn`` items go through a chain whose
 first step is a ``command`` executor running ``/bin/true``. ``true`` items run
 ``/bin/true`` and nothing else, as the bare spawn loops do: no body tells
 when they are done, so ``wait_acked`` asks the broker.
+
+The bodies' client has no ``socket_timeout``: redis-py's asyncio client
+wraps every read and write in ``asyncio.wait_for`` while one is set, a task
+and a timer each (the sync client the peers' bodies use sets it on the
+socket, for nothing). The pool's ``timeout`` bounds each job instead, as
+``docs/executors.md`` advises, and as Dramatiq's time limit, arq's
+``job_timeout`` and RQ's job timeout do by default.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ _client: aioredis.Redis | None = None
 async def run(data: dict[str, Any]) -> None:
     global _client
     if _client is None:
-        _client = aioredis.Redis.from_url(os.environ["BENCH_REDIS"])
+        _client = aioredis.Redis.from_url(os.environ["BENCH_REDIS"], socket_timeout=None)
     if data["kind"] == "mark":
         await _client.rpush(START, time.monotonic_ns())
     elif await _client.incr(COUNT) == data["total"]:
@@ -46,7 +53,7 @@ async def count(data: dict[str, Any]) -> None:
     if _counted[total] == total:
         del _counted[total]
         if _client is None:
-            _client = aioredis.Redis.from_url(os.environ["BENCH_REDIS"])
+            _client = aioredis.Redis.from_url(os.environ["BENCH_REDIS"], socket_timeout=None)
         await _client.rpush(DONE, 1)
 
 
