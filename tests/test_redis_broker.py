@@ -12,7 +12,9 @@ import pytest
 import redis.asyncio as aioredis
 from chute.errors import BrokerUnavailable, ChuteError
 from chute.message import Message
+from chute_plugins.brokers import redis_retries as retries
 from chute_plugins.brokers.redis_streams import RedisBroker
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.redis_server import RedisServer, unique_prefix
 
@@ -267,3 +269,31 @@ async def test_a_stream_lost_with_its_group_is_recreated_without_losing_new_mess
     ids = await broker.publish("t", msgs(3, 2))
     got = await broker.read("t", "g", "c", count=10, block=1.0)
     assert [m.id for m in got] == ids
+
+
+async def test_an_uncounted_give_back_run_again_after_a_lost_reply_counts_nothing(
+    broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redis ran the give-back, then the connection dropped before its reply came:
+    # the broker sends it again, and the delivery must still come back as attempt 2.
+    real = retries.pipelined
+    lost: list[bytes] = []
+
+    async def reply_lost_once(redis: aioredis.Redis, packed: bytes, replies: int) -> list[object]:
+        result = await real(redis, packed, replies)
+        if b"RETRYCOUNT" in packed and not lost:
+            lost.append(packed)
+            raise RedisConnectionError("Connection closed by server.")
+        return result
+
+    monkeypatch.setattr(retries, "pipelined", reply_lost_once)
+    await broker.declare_topic("t", capacity=100)
+    await broker.ensure_group("t", "g", visibility_timeout=30)
+    await broker.publish("t", msgs(1))
+    [first] = await broker.read("t", "g", "c", count=1, block=None)
+    await broker.nack("t", "g", [first.id])
+    [second] = await broker.read("t", "g", "c", count=1, block=3.0)
+    await broker.nack("t", "g", [second.id], counted=False)
+    [again] = await broker.read("t", "g", "c", count=1, block=3.0)
+    assert lost, "the reply was never lost: the test did not run what it names"
+    assert (second.attempt, again.attempt) == (2, 2)

@@ -41,29 +41,35 @@ async def _cmd(redis: aioredis.Redis, *args: Any) -> Any:
 
 
 async def park(redis: aioredis.Redis, key: str, group: str, holder: str,
-               ids: Sequence[str], due: float, counted: bool = True) -> None:  # fmt: skip
+               ids: Sequence[str], due: float, counts: dict[str, int] | None = None) -> None:  # fmt: skip
     """Make ``ids`` due again at ``due`` (wall clock), idle 0 meanwhile, in one round trip.
 
-    Uncounted, each entry's delivery count is first set one back (``XCLAIM
-    ... RETRYCOUNT``), so the claim that hands it out again repeats it: one
-    more round trip, for a rare give-back (a stop, a key running elsewhere).
-    Run again after a dropped connection, it may set a count back twice: an
-    item gets a retry more, never one fewer.
+    With ``counts`` (``read_counts``: an uncounted give-back), each entry's
+    delivery count is set one below what it was (``XCLAIM ... RETRYCOUNT``),
+    so the claim that hands it out again repeats it. The counts are read
+    before, in a call of their own: run again after a dropped connection,
+    this sets the same counts, never one lower again.
     """
     due_ms = int(due * 1000)
-    if counted:
+    if counts is None:
         claims = [pack("XCLAIM", key, group, holder, 0, *ids, "IDLE", 0, "JUSTID")]
     else:
-        replies = await pipelined(redis, counts_request(key, group, ids), len(ids))
         claims = [
             pack("XCLAIM", key, group, holder, 0, i, "IDLE", 0, "RETRYCOUNT", max(0, n - 1),
                  "JUSTID")
-            for i, n in delivery_counts(replies).items()
+            for i, n in counts.items()
         ]  # fmt: skip
     packed = b"".join(claims) + pack(
         "ZADD", due_key(key, group), *[x for i in ids for x in (due_ms, i)]
     )
     await pipelined(redis, packed, len(claims) + 1)
+
+
+async def read_counts(redis: aioredis.Redis, key: str, group: str,
+                      ids: Sequence[str]) -> dict[str, int]:  # fmt: skip
+    """The delivery count of each of ``ids`` still pending: one more round trip, paid only
+    by a rare give-back (a stop, a key running elsewhere)."""
+    return delivery_counts(await pipelined(redis, counts_request(key, group, ids), len(ids)))
 
 
 def counts_request(key: str, group: str, ids: Sequence[Any]) -> bytes:

@@ -533,8 +533,13 @@ class RedisBroker:
         g = t.groups.get(group)
         if g is None or not ids:
             return
+        counts = None
+        if not counted:
+            counts = await self._conn.call(
+                partial(retries.read_counts, self.redis, t.key, g.name, ids)
+            )
         due = time.time() + max(0.0, delay)
-        park = partial(retries.park, self.redis, t.key, g.name, self.node, ids, due, counted)
+        park = partial(retries.park, self.redis, t.key, g.name, self.node, ids, due, counts)
         await self._conn.call(park)
         g.next_check = min(g.next_check, due)
 
