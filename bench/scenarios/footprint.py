@@ -70,6 +70,7 @@ def demo(runs: int) -> dict[str, float]:
 
 def run(mode: Mode, results: Results, peers: bool) -> None:
     print("  (d) start-up and idle memory", flush=True)
+    startup.compile_chute()
     ours = demo(mode.starts)
     results.add(Row("d", "chute run demo.toml: start -> first item", ours["first_ms"],
                     "python -c pass", ours["python_ms"], "ms", "<= 250 ms",

@@ -2,9 +2,9 @@
 
 ``anyio.fail_after`` arms a loop timer and a deadline for every item and
 takes them down again: 21 us of CPU an item, twice what the engine spends
-on a whole no-op item (10 us; ``python bench/item_timeout.py``). A cancel
-scope an item and one timer for the pool cost 10 us. Items nearly always end long before
-their limit, so a pool keeps one timer for all of its items instead. It fires
+on a whole no-op item (10 us; ``python bench/item_timeout.py``). Items
+nearly always end long before their limit, so a pool keeps one timer for
+all of its items instead, and the limit costs 10 us an item. The timer fires
 at the earliest deadline known when it was armed, cancels the items whose
 deadline has passed, and arms itself again at the earliest one left: at most
 once per ``seconds`` while items come and go.
