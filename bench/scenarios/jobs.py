@@ -6,7 +6,9 @@ rate is measured with no worker running (one job per call, as each
 framework's users write it, and batched where the framework offers it); the
 database is then emptied, the workers started and warmed with one job, and
 the drain timed from the first job sent (batched where offered) to the last
-job done. Worker CPU is that of the workers' process trees over the drain.
+job done. Worker CPU is that of the workers' process trees over the drain;
+Redis CPU, the server's own (``INFO cpu``) over the same drain: what the
+side's protocol costs a Redis that several nodes share.
 """
 
 from __future__ import annotations
@@ -40,15 +42,22 @@ def measure(side: str, mode: Mode) -> dict[str, Any]:
                 r.flushdb()  # the server is this side's own
         with start(side, url, "noop", POOL[side], Path(tmp)) as workers:
             driver(side, url, "drain", 1, "noop", timeout=120)  # started and connected
-            before = cpu_seconds(workers.pids)
+            before, server_before = cpu_seconds(workers.pids), _server_cpu(url)
             drained = driver(side, url, "drain", mode.jobs, "noop")
             out["cpu_us"] = (cpu_seconds(workers.pids) - before) / mode.jobs * 1e6
+            out["redis_cpu_us"] = (_server_cpu(url) - server_before) / mode.jobs * 1e6
             out["drain"] = mode.jobs / float(drained["seconds"])  # type: ignore[arg-type]
             if side != "chute x2":
                 ms = driver(side, url, "latency", mode.samples, *mode.gaps, 1)["ms"]
                 out["latency_ms"] = ms
             workers.check()
     return out
+
+
+def _server_cpu(url: str) -> float:
+    with redis.Redis.from_url(url) as r:
+        cpu = r.info("cpu")
+    return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
 
 
 def _best(peers: dict[str, dict[str, Any]], key: str, low: bool = False) -> str:
@@ -81,6 +90,7 @@ def run(mode: Mode, results: Results, peers: bool) -> None:
                                 (f"drain {n} no-op jobs, 1 node", "drain", "jobs/s"),
                                 (f"drain {n} no-op jobs, 2 nodes", None, "jobs/s"),
                                 ("worker CPU per job", "cpu_us", "us"),
+                                ("Redis CPU per job", "redis_cpu_us", "us"),
                                 ("enqueue -> start, median", "p50_ms", "ms"),
                                 ("enqueue -> start, p99", "p99_ms", "ms")]:  # fmt: skip
             value = two["drain"] if key is None else ours[key]
@@ -110,6 +120,7 @@ def run(mode: Mode, results: Results, peers: bool) -> None:
     row.met = row.ratio >= 5
     each_peer("worker CPU per no-op job", "cpu_us", "us", _best(others, "cpu_us", low=True),
               "<= 0.3x leanest peer", 0.3)  # fmt: skip
+    each_peer("Redis server CPU per no-op job", "redis_cpu_us", "us")
     each_peer("enqueue -> start, median", "p50_ms", "ms", _best(others, "p50_ms", low=True),
               "<= 0.5x fastest peer", 0.5)  # fmt: skip
     each_peer("enqueue -> start, p99", "p99_ms", "ms")
