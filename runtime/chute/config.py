@@ -265,10 +265,11 @@ OperatorConfig = CopyOperator | FilterOperator | SplitOperator | ShardOperator |
 
 
 class ApiConfig(Strict):
-    """The HTTP API: the book's ``/v1/items``, publishing, status."""
+    """The HTTP API: publishing, status, metrics, dead letters and the dashboard (the book's
+    ``/v1/items`` source API is ``chute serve-items``, for a folder)."""
 
     enabled: bool = False
-    """Serve the HTTP API (items, publish, status, shards) while running."""
+    """Serve the HTTP API (publish, status, shards, dead letters) while running."""
     host: str = "127.0.0.1"
     """Address to listen on; anything but loopback requires ``token``."""
     port: int = 8765
