@@ -9,6 +9,8 @@ limit, a shutdown is not a timeout, and a shield inside the executor holds.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -131,3 +133,33 @@ async def test_a_shield_inside_the_item_holds_against_its_limit() -> None:
         await TimeLimit(0.1).run(item_reaping_its_child())
     assert cleaned == [True]
     assert time.monotonic() - started < 5
+
+
+async def test_a_command_past_its_limit_is_stopped_and_reaped(tmp_path: Path) -> None:
+    # The user's path: a program that hangs (an ffmpeg on a bad file) under a pool's timeout.
+    pids = tmp_path / "pids"
+    hang = tmp_path / "hang.py"
+    hang.write_text(f"import os, time\nopen({str(pids)!r}, 'a').write(f'{{os.getpid()}}\\n')\n"
+                    "time.sleep(600)\n")  # fmt: skip
+    config = tmp_path / "hang.toml"
+    config.write_text(f"""\
+broker = "memory"
+log_level = "error"
+[topics.jobs]
+[pools.work]
+topic = "jobs"
+track = false
+timeout = "300ms"
+retry = {{ attempts = 2, backoff = "10ms" }}
+executor = {{ type = "command", argv = ["{sys.executable}", "{hang}"], grace = "200ms" }}
+""")
+    async with Runtime(load_config(config)) as rt:
+        await rt.publish("jobs", {}, key="hangs")
+        with anyio.fail_after(20):
+            outcome = await rt.wait_for("work", "hangs")
+    assert outcome == Outcome(ItemStatus.DEAD, "timed out after 0.3s")
+    started = [int(pid) for pid in pids.read_text().split()]
+    assert len(started) == 2
+    for pid in started:  # stopped and reaped: gone, not even a zombie
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
