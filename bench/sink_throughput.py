@@ -79,6 +79,7 @@ async def bare_mqtt(port: int, count: int) -> float:
 
 async def chute(sink: dict[str, Any], folder: str, count: int) -> float:
     doc = {
+        "broker": "memory",
         "log_level": "warning",
         "topics": {"results": {"capacity": 200_000}},
         "sinks": {"out": {"topic": "results", "batch": BATCH, **sink}},
