@@ -140,6 +140,7 @@ def watch_runtime(folder: Path, record: Callable[[Any], Any], *, hook: str, conc
     """The whole runtime on ``folder``: a ``watch`` source, the memory broker, a pool whose
     python executor calls ``record`` with each item."""
     doc = {
+        "broker": "memory",
         "workdir": str(folder.parent / workdir),
         "sources": {"inbox": {"type": "watch", "topic": "files", "path": str(folder),
                               "rescan": 0}},

@@ -62,6 +62,7 @@ def start_mosquitto(folder: str) -> tuple[subprocess.Popen[bytes], int]:
 
 async def run(port: int, samples: int) -> tuple[list[float], list[float]]:
     doc = {
+        "broker": "memory",
         "log_level": "warning",
         "sources": {"sensors": {"type": "mqtt", "topic": "readings", "port": port,
                                 "topics": [TOPIC], "key_field": "n", "persistent": False,

@@ -78,13 +78,13 @@ def _config(workload: str, work: str, api: bool, port: int) -> Any:
     if workload == "memory":
         executor = {"type": "python", "function": "observe:noop", "path": [str(HERE)]}
         pool = {"topic": "jobs", "concurrency": 8, "executor": executor}
-        state = "memory"
+        broker, state = "memory", "memory"
     else:
         pool = {"topic": "jobs", "concurrency": 2,
                 "executor": {"type": "command", "argv": ["/bin/true"]}}  # fmt: skip
-        state = "sqlite"
+        broker, state = "local", "sqlite"
     doc = {
-        "workdir": work, "state": state, "summary_every": 0,
+        "broker": broker, "workdir": work, "state": state, "summary_every": 0,
         "api": {"enabled": api, "port": port},
         "topics": {"jobs": {"capacity": 10_000_000}}, "pools": {"work": pool},
     }  # fmt: skip
