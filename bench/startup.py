@@ -44,7 +44,7 @@ executor = {{ type = "python", function = "demo_tasks:report", path = ["{configs
 def compile_chute() -> None:
     """Write chute's bytecode, as ``pip install`` does for each package it installs (the
     peers' included). An editable install writes it at its first import, unless
-    ``PYTHONDONTWRITEBYTECODE`` is set, as on CI machines: then every start would
+    ``PYTHONDONTWRITEBYTECODE`` is set (this machine sets it): then every start would
     compile chute from source (some 45 ms here), which no installed chute does."""
     for folder in ("runtime", "plugins"):
         compileall.compile_dir(REPO / folder, quiet=1)
