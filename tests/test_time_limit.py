@@ -49,6 +49,17 @@ def _item(name: str, sleep: float) -> Message:
     return Message(data={"name": name, "sleep": sleep}, key=name)
 
 
+async def _one_then_another(
+    rt: Runtime, first: Message, gap: float, second: Message
+) -> tuple[Outcome, Outcome]:
+    """Publish ``first``, ``gap`` seconds later ``second``; both outcomes."""
+    await rt.broker.publish("jobs", [first])
+    await anyio.sleep(gap)
+    await rt.broker.publish("jobs", [second])
+    with anyio.fail_after(20):
+        return await rt.wait_for("work", first.key), await rt.wait_for("work", second.key)
+
+
 async def test_a_long_item_is_stopped_at_its_limit_while_short_items_come_and_go(
     tmp_path: Path,
 ) -> None:
@@ -77,11 +88,7 @@ async def test_an_item_is_stopped_after_the_one_that_set_the_timer_has_ended(
     async with _runtime(tmp_path, "limit_alone", concurrency=2, timeout="300ms") as rt:
         # "short" sets the timer for its own deadline and ends; when the timer fires,
         # "long" is the only item left, with 100 ms still to go.
-        await rt.broker.publish("jobs", [_item("short", 0.05)])
-        await anyio.sleep(0.1)
-        await rt.broker.publish("jobs", [_item("long", 30)])
-        with anyio.fail_after(20):
-            long = await rt.wait_for("work", "long")
+        _, long = await _one_then_another(rt, _item("short", 0.05), 0.1, _item("long", 30))
     from limit_alone import spans  # type: ignore[import-not-found]
 
     assert long == Outcome(ItemStatus.DEAD, "timed out after 0.3s")
@@ -90,12 +97,7 @@ async def test_an_item_is_stopped_after_the_one_that_set_the_timer_has_ended(
 
 async def test_an_item_that_started_later_runs_to_its_own_limit(tmp_path: Path) -> None:
     async with _runtime(tmp_path, "limit_later", concurrency=2, timeout="500ms") as rt:
-        await rt.broker.publish("jobs", [_item("first", 30)])
-        await anyio.sleep(0.3)
-        await rt.broker.publish("jobs", [_item("second", 0.4)])
-        with anyio.fail_after(20):
-            first = await rt.wait_for("work", "first")
-            second = await rt.wait_for("work", "second")
+        first, second = await _one_then_another(rt, _item("first", 30), 0.3, _item("second", 0.4))
     from limit_later import spans  # type: ignore[import-not-found]
 
     # The timer fired for "first" while "second" had 0.2 s of its limit left.
