@@ -42,6 +42,7 @@ from .executor import Executor, WorkItem
 from .heartbeat import Heartbeat
 from .message import Message
 from .meters import SECONDS_BUCKETS, Histogram
+from .slots import Slots
 from .stopping import Deadline
 from .store import Claim, Finish, ItemStatus, StateStore
 from .time_limit import TimeLimit
@@ -100,44 +101,6 @@ class PoolCounters(msgspec.Struct, kw_only=True):
     """Times an item could not be run for a cause of the runtime's own (no attempt counted)."""
     scale: PoolStats | None = None
     """The autoscaler's statistics and target as of its last tick."""
-
-
-class Slots:
-    """How many of a pool's workers may hold an item at once: a resizable semaphore.
-
-    anyio's CapacityLimiter does this too, but records which task holds each
-    token, which cost more per item than the rest of the pool's bookkeeping.
-    """
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.taken = 0
-        self._freed: anyio.Event | None = None
-
-    def take_nowait(self) -> bool:
-        if self.taken < self.total:
-            self.taken += 1
-            return True
-        return False
-
-    async def take(self) -> None:
-        while not self.take_nowait():
-            if self._freed is None:
-                self._freed = anyio.Event()
-            await self._freed.wait()
-
-    def give_back(self) -> None:
-        self.taken -= 1
-        self._wake()
-
-    def resize(self, total: int) -> None:
-        self.total = total
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._freed is not None and self.taken < self.total:
-            self._freed.set()  # every waiter tries again; the first ones win
-            self._freed = None
 
 
 class WorkerPool:
