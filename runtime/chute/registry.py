@@ -36,13 +36,9 @@ def _installed() -> dict[str, EntryPoints]:
     return {kind: everything.select(group=group) for kind, group in GROUPS.items()}
 
 
-def _registered(kind: str) -> EntryPoints:
-    return _installed()[kind]
-
-
 @cache
 def available(kind: str) -> tuple[str, ...]:
-    return tuple(sorted(ep.name for ep in _registered(kind)))
+    return tuple(sorted(ep.name for ep in _installed()[kind]))
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
@@ -76,7 +72,7 @@ def load_plugin(kind: str, name: str) -> Any:
     """The class registered as ``name`` in the entry-point group for ``kind``."""
     if ":" in name:
         return import_object(name)
-    matches = [ep for ep in _registered(kind) if ep.name == name]
+    matches = [ep for ep in _installed()[kind] if ep.name == name]
     if not matches:
         known = ", ".join(available(kind)) or "none installed"
         hint = did_you_mean(name, available(kind))

@@ -559,9 +559,9 @@ class JetStreamBroker:
         t = self._topics.get(topic)
         g = t.groups.get(group) if t else None
         if t is not None and g is not None:
-            # Before the NAK: its redelivery must find the record.
-            given = {_given_key(t, g, i): g.uncounted.pop(i, 0) + 1 for i in ids if i in g.held}
-            if not counted and given:
+            before = {i: g.uncounted.pop(i, 0) for i in ids if i in g.held}
+            if not counted and before:  # written before the NAK: its redelivery looks it up
+                given = {_given_key(t, g, i): n + 1 for i, n in before.items()}
                 await self._given_back_records(
                     f"nack on {topic!r}", lambda kv: given_back.write(kv, given), None
                 )
