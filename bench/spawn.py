@@ -30,7 +30,7 @@ the way a posix_spawn path could have done it.
 
 And what a kill -9 may rerun at that rate: the items running (at most the
 concurrency; they die with the runtime) plus the items finished and not yet
-committed, which wait up to one flush window (``pool._FLUSH_EVERY``) for a
+committed, which wait up to one flush window (``outcomes.FLUSH_EVERY``) for a
 group commit: the most outcomes a commit pass carried is that second part.
 
     python bench/spawn.py [--count 2000] [--concurrency 2 8] [--rounds 7]
@@ -55,7 +55,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anyio
-from chute import pool as pool_module
+from chute import outcomes as outcomes_module
 from chute.config import config_from_dict
 from chute.engine import Runtime
 from chute.message import new_message
@@ -171,14 +171,15 @@ async def chute(count: int, concurrency: int) -> float:
         async with Runtime(config) as rt:
             messages = [new_message({"n": n}, key=f"item-{n}") for n in range(count)]
             pool = rt.pools["spawn"]
-            flush = pool._flush
+            outcomes = pool.outcomes
+            flush = outcomes.flush
 
             async def counted() -> None:
-                if pool._acks:
-                    PASSES.append(len(pool._acks))
+                if outcomes.acks:
+                    PASSES.append(len(outcomes.acks))
                 await flush()
 
-            pool._flush = counted  # type: ignore[method-assign]
+            outcomes.flush = counted  # type: ignore[method-assign]
             started = time.perf_counter()
             MEASURING["on"] = True
             await rt.publish_many("jobs", messages)
@@ -294,7 +295,7 @@ async def main(count: int, concurrencies: list[int], rounds: int) -> None:
                 f"of each child (setpriv): {helper:.0f}/s beside /bin/true alone "
                 f"{rate[POSIX_SPAWN]:.0f}/s"
             )
-        window = pool_module._FLUSH_EVERY
+        window = outcomes_module.FLUSH_EVERY
         print(
             f"  concurrency {c}: a kill -9 reruns at most {c} running items plus those "
             f"finished within one {window * 1000:.0f} ms commit window: at {ours:.0f}/s about "

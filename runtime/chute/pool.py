@@ -8,11 +8,8 @@ Each item is settled in one order, so a crash anywhere repeats work at most
 and never loses it: claim it in the state store, run it, publish the result
 downstream, record the outcome, then acknowledge the delivery. The store and
 the broker see batches, never single items: a fetched batch is claimed in
-one call, and one flusher task records the outcomes that finished since its
-last pass, then acknowledges them (group commit: while other items are
-still running, a pass waits up to ``_FLUSH_EVERY`` for their outcomes to join
-it, so under load a pass carries many items; the outcome of the last running
-item is written at once).
+one call, and final outcomes are recorded and acknowledged in passes
+(``outcomes.py``).
 
 While items run (or wait in the buffer), a heartbeat (``heartbeat.py``)
 extends their deliveries and their leases, so an item that runs longer than
@@ -24,7 +21,6 @@ holds back keys it runs).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
@@ -42,6 +38,7 @@ from .executor import Executor, WorkItem
 from .heartbeat import Heartbeat
 from .message import Message
 from .meters import SECONDS_BUCKETS, Histogram
+from .outcomes import Outcomes, warn_fenced
 from .slots import Slots
 from .stopping import Deadline
 from .store import Claim, Finish, ItemStatus, StateStore
@@ -68,14 +65,6 @@ FINAL_FLUSH = 1.5
 
 Items that finished within the grace period are recorded if the store and
 the broker answer within this; otherwise they stay pending (and run again)."""
-
-_FLUSH_EVERY = 0.02
-"""Seconds an outcome waits for others to join its pass (the group-commit window).
-
-Each pass costs a store transaction and a broker round trip: with a 5 ms
-window, a pool spawning ``/bin/true`` at concurrency 2 spent about 15% of the
-event loop's time in passes of about 8 items each."""
-
 
 _FAULT_BACKOFF = (0.2, 30.0)
 """Seconds before the first retry of an item the runtime could not run, and the
@@ -126,7 +115,6 @@ class WorkerPool:
         self.broker = broker
         self.executor = executor
         self.store = store if cfg.track else None
-        self.on_final = on_final
         self.deadline = deadline or Deadline()
         """When shielded steps give up once a stop began (the runtime shares one)."""
         scale = cfg.scale_or_fixed()
@@ -137,15 +125,9 @@ class WorkerPool:
         """Seconds each attempt spent in the executor (``/metrics``)."""
         self.queue_waits = Histogram(SECONDS_BUCKETS)
         """Seconds from publishing to the start of each attempt (retries include their backoff)."""
-        self._changed: anyio.Event | None = None
-        # Settled since the flusher's last pass: outcomes to record, then
-        # deliveries to acknowledge, then items to report final.
-        self._finishes: list[Finish] = []
-        self._acks: list[str] = []
-        self._finals: list[tuple[Message, ItemStatus, Any]] = []
-        self._settled = anyio.Event()
-        self._quiet: asyncio.Future[None] | None = None
-        """Resolved when the pool runs out of work while the flusher waits for more outcomes."""
+        report = functools.partial(on_final, self) if on_final is not None else None
+        self.outcomes = Outcomes(name, broker, self.topic, self.group, self.store, report,
+                                 self.deadline, lambda: self.counters.in_flight)  # fmt: skip
         self._buffer: list[tuple[Message, Claim]] = []
         self._held: dict[str, list[Message]] = {}
         """Without a store: deliveries waiting behind a running one with their key, in
@@ -168,9 +150,7 @@ class WorkerPool:
     @property
     def changed(self) -> anyio.Event:
         """An event set when the next outcomes are acknowledged (idle detection waits on it)."""
-        if self._changed is None:
-            self._changed = anyio.Event()
-        return self._changed
+        return self.outcomes.changed
 
     # -- configuration at run time -----------------------------------------
 
@@ -202,7 +182,7 @@ class WorkerPool:
         item costs more than a whole no-op item.
         """
         async with anyio.create_task_group() as outer:
-            outer.start_soon(self._flush_forever)
+            outer.start_soon(self.outcomes.run)
             outer.start_soon(self._autoscale)
             outer.start_soon(self._heartbeat.run, self._lease, self._buffered)
             async with anyio.create_task_group() as workers:
@@ -219,7 +199,7 @@ class WorkerPool:
                 workers.cancel_scope.deadline = self.deadline.at
             with self.deadline.shield(extra=FINAL_FLUSH) as final:
                 await self._return_buffer()
-                await self._flush()
+                await self.outcomes.flush()
             if final.cancelled_caught:
                 log.warning("pool %s: the broker or store did not answer in time: the last "
                             "outcomes stay pending and run again", self.name)  # fmt: skip
@@ -256,8 +236,8 @@ class WorkerPool:
                     return
             taken = self._buffer.pop() if self._buffer else None
             if taken is None:
-                if self._quiet is not None and not self.counters.in_flight:
-                    _resolve(self._quiet)  # no more outcomes are coming: flush now
+                if not self.counters.in_flight:
+                    self.outcomes.out_of_work()  # no more outcomes are coming: flush now
                 _, taken = await self._interruptible(self._next_message())
             if taken is None:  # stopping
                 self.slots.give_back()
@@ -328,7 +308,7 @@ class WorkerPool:
                 # again: a crash may have come between the outcome and the
                 # source filing the item away.
                 self.counters.skipped += 1
-                self._settle_later(message, None, claim.status, None)
+                self.outcomes.add(message, None, claim.status, None)
             else:  # another node holds a live lease on it: look again later
                 elsewhere.append(message.id)
         if elsewhere:
@@ -493,7 +473,7 @@ class WorkerPool:
             if publishing.cancelled_caught:
                 return
         self.counters.succeeded += 1
-        self._settle_later(message, claim, ItemStatus.DONE, result)
+        self.outcomes.add(message, claim, ItemStatus.DONE, result)
 
     async def _failed(self, message: Message, claim: Claim, exc: ItemFailed) -> None:
         key = message.key or message.id
@@ -508,8 +488,8 @@ class WorkerPool:
                     self.name, key, message.attempt, self.cfg.retry.attempts, delay, exc.reason,
                 )  # fmt: skip
                 if self.store is not None:
-                    failed = Finish(key, ItemStatus.FAILED, claim.token, exc.reason)
-                    self._warn_fenced([failed], await self.store.finish_many(self.name, [failed]))
+                    failed = [Finish(key, ItemStatus.FAILED, claim.token, exc.reason)]
+                    warn_fenced(self.name, failed, await self.store.finish_many(self.name, failed))
                 await self.broker.nack(self.topic, self.group, [message.id], delay=delay)
                 return
             why = "permanent failure" if exc.permanent else f"failed {message.attempt} times"
@@ -525,62 +505,4 @@ class WorkerPool:
             dead = Message(key=message.key, data=message.data, headers=headers)
             await self.broker.publish(self.dead_topic, [dead])
             self.counters.dead += 1
-            self._settle_later(message, claim, ItemStatus.DEAD, exc.reason, error=exc.reason)
-
-    # -- recording outcomes ----------------------------------------------------
-
-    def _settle_later(self, message: Message, claim: Claim | None, status: ItemStatus,
-                      result: Any, *, error: str = "") -> None:  # fmt: skip
-        """Queue a final outcome for the flusher (``claim`` None: nothing to record)."""
-        if claim is not None and self.store is not None:
-            self._finishes.append(Finish(message.key or message.id, status, claim.token, error))
-        self._acks.append(message.id)
-        if self.on_final is not None:
-            self._finals.append((message, status, result))
-        self._settled.set()
-
-    async def _flush(self) -> None:
-        """Record, then acknowledge, then report: a crash between repeats work, loses none."""
-        finishes, self._finishes = self._finishes, []
-        acks, self._acks = self._acks, []
-        finals, self._finals = self._finals, []
-        if finishes:
-            assert self.store is not None
-            self._warn_fenced(finishes, await self.store.finish_many(self.name, finishes))
-        if acks:
-            await self.broker.ack(self.topic, self.group, acks)
-        for message, status, result in finals:
-            assert self.on_final is not None
-            await self.on_final(self, message, status, result)
-        if self._changed is not None and acks:
-            self._changed.set()
-            self._changed = None
-
-    def _warn_fenced(self, finishes: list[Finish], recorded: list[bool]) -> None:
-        for finish, ok in zip(finishes, recorded, strict=True):
-            if not ok:
-                log.warning("pool %s: item %r finished as %s under a stale lease (token %d): "
-                            "another owner took it over; not recorded",
-                            self.name, finish.key, finish.status, finish.token)  # fmt: skip
-
-    async def _flush_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._settled.wait()
-            self._settled = anyio.Event()
-            if self.counters.in_flight:  # let the outcomes of the running items join this pass
-                # A future and a timer: a cancel scope's deadline cost more than the pass.
-                self._quiet = quiet = loop.create_future()
-                timer = loop.call_later(_FLUSH_EVERY, _resolve, quiet)
-                try:
-                    await quiet
-                finally:
-                    timer.cancel()
-                    self._quiet = None
-            with self.deadline.shield():
-                await self._flush()
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+            self.outcomes.add(message, claim, ItemStatus.DEAD, exc.reason, error=exc.reason)
