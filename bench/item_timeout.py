@@ -3,13 +3,16 @@
 An embedded runtime on the memory broker, a pool of 16 workers running a
 python no-op coroutine, ``--count`` items published in batches of 1,000;
 figure: the process's CPU seconds from the first publish to idle, per item.
-Three configurations in the same run, taking turns:
+Four configurations in the same run, taking turns:
 
 - no ``timeout``;
-- ``timeout = 600`` as chute runs it (``time_limit.py``: a cancel scope an
-  item, one timer for the pool);
-- the same, each item in an ``anyio.fail_after`` of its own (the baseline:
-  how the pool ran it before).
+- ``timeout = 600`` as chute runs it (``time_limit.py``: one timer for the
+  pool, and each worker's items in a cancel scope it keeps until a limit
+  cuts it);
+- the same with a cancel scope of its own for each item, as the pool ran it
+  before;
+- each item in an ``anyio.fail_after`` of its own (the baseline: what one
+  writes with anyio, and how the pool ran it before that).
 
     python bench/item_timeout.py [--count 40000] [--rounds 3]
 """
@@ -21,7 +24,7 @@ import contextlib
 import resource
 import statistics
 import tempfile
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +32,7 @@ import anyio
 from chute.config import config_from_dict
 from chute.engine import Runtime
 from chute.message import Message
-from chute.time_limit import TimeLimit
+from chute.time_limit import Lane
 
 T = TypeVar("T")
 
@@ -43,20 +46,27 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+LANE_RUN = Lane.run
+
+
 @contextlib.contextmanager
-def _fail_after_each() -> Iterator[None]:
-    """``TimeLimit.run`` as the pool had it before: a deadline scope per item."""
-    original = TimeLimit.run
-
-    async def run(self: TimeLimit, work: Awaitable[T]) -> T:
-        with anyio.fail_after(self.seconds):
-            return await work
-
-    TimeLimit.run = run  # type: ignore[method-assign]
+def _instead(run: Callable[[Lane, Awaitable[Any]], Awaitable[Any]]) -> Iterator[None]:
+    """Items run through ``run`` instead of ``Lane.run``."""
+    Lane.run = run  # type: ignore[method-assign, assignment]
     try:
         yield
     finally:
-        TimeLimit.run = original  # type: ignore[method-assign]
+        Lane.run = LANE_RUN  # type: ignore[method-assign]
+
+
+async def _scope_each(lane: Lane, work: Awaitable[T]) -> T:
+    with anyio.CancelScope():
+        return await LANE_RUN(lane, work)
+
+
+async def _fail_after_each(lane: Lane, work: Awaitable[T]) -> T:
+    with anyio.fail_after(lane._limit.seconds):
+        return await work
 
 
 async def cpu_per_item(count: int, limit: float | None, workdir: Path) -> float:
@@ -84,16 +94,18 @@ async def main() -> None:
     parser.add_argument("--count", type=int, default=40_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    runs: dict[str, list[float]] = {"no timeout": [], "timeout, one timer": [],
-                                    "timeout, fail_after per item": []}  # fmt: skip
+    ways: dict[str, tuple[float | None, Callable[[Lane, Awaitable[Any]], Awaitable[Any]]]] = {
+        "no timeout": (None, LANE_RUN),
+        "timeout, a lane per worker": (600, LANE_RUN),
+        "timeout, a scope per item": (600, _scope_each),
+        "timeout, fail_after per item": (600, _fail_after_each),
+    }
+    runs: dict[str, list[float]] = {name: [] for name in ways}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
-            runs["no timeout"].append(await cpu_per_item(args.count, None, Path(tmp)))
-            runs["timeout, one timer"].append(await cpu_per_item(args.count, 600, Path(tmp)))
-            with _fail_after_each():
-                runs["timeout, fail_after per item"].append(
-                    await cpu_per_item(args.count, 600, Path(tmp))
-                )
+            for name, (limit, run) in ways.items():
+                with _instead(run):
+                    runs[name].append(await cpu_per_item(args.count, limit, Path(tmp)))
     print(f"engine CPU per no-op item, memory broker, 16 workers, {args.count} items, "
           f"median of {args.rounds}:")  # fmt: skip
     bare = statistics.median(runs["no timeout"])

@@ -1,14 +1,18 @@
 """A pool's ``timeout``: each item is stopped at its own limit, and nothing else is.
 
-The pool keeps one timer for all of its items (``time_limit.py``), so these
-check what a timer per item gave for free: a long item is stopped on time
-while short ones keep starting and ending (each end moves the earliest
-deadline), an item that started later is not stopped at an earlier item's
-limit, a shutdown is not a timeout, and a shield inside the executor holds.
+The pool keeps one timer for all of its items, and each worker runs its
+items in a cancel scope it keeps until a limit cuts it (``time_limit.py``),
+so these check what a timer and a scope per item gave for free: a long item
+is stopped on time while short ones keep starting and ending (each end moves
+the earliest deadline), an item that started later is not stopped at an
+earlier item's limit, the items a worker takes after a cut run to their own
+limits, a result that came as the limit was reached is kept, a shutdown is
+not a timeout, and a shield inside the executor holds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
@@ -36,9 +40,27 @@ async def work(item):
     return item["name"]
 """
 
+RACY = (
+    TIMED
+    + """
+import asyncio
+async def work(item, timed=work):
+    if "block" not in item:
+        return await timed(item)
+    # Its result comes in the same turn of the event loop as its time limit:
+    # it blocks past the limit with the result already on its way.
+    loop = asyncio.get_running_loop()
+    result = loop.create_future()
+    loop.call_soon(result.set_result, item["name"])
+    time.sleep(item["block"])
+    return await result
+"""
+)
 
-def _runtime(tmp_path: Path, module: str, *, concurrency: int, timeout: str) -> Runtime:
-    (tmp_path / f"{module}.py").write_text(TIMED)
+
+def _runtime(tmp_path: Path, module: str, *, concurrency: int, timeout: str,
+             code: str = TIMED) -> Runtime:  # fmt: skip
+    (tmp_path / f"{module}.py").write_text(code)
     settings = 'broker = "memory"\nlog_level = "error"'
     pool = f'track = false\ntimeout = "{timeout}"\nretry = {{ attempts = 2, backoff = "10ms" }}'
     config = python_pool(tmp_path, module, concurrency=concurrency, settings=settings, pool=pool)
@@ -106,6 +128,50 @@ async def test_an_item_that_started_later_runs_to_its_own_limit(tmp_path: Path) 
     assert len(spans["second"]) == 1
 
 
+async def test_the_items_a_worker_takes_after_a_cut_run_to_their_own_limits(
+    tmp_path: Path,
+) -> None:
+    # One worker: every item after "long" runs in the lane that replaced the cut one.
+    async with _runtime(tmp_path, "limit_after", concurrency=1, timeout="300ms") as rt:
+        await rt.broker.publish("jobs", [_item("long", 30)])
+        await rt.broker.publish("jobs", [_item(f"next-{n}", 0.1) for n in range(3)])
+        with anyio.fail_after(20):
+            long = await rt.wait_for("work", "long")
+            after = [await rt.wait_for("work", f"next-{n}") for n in range(3)]
+    from limit_after import spans  # type: ignore[import-not-found]
+
+    assert long == Outcome(ItemStatus.DEAD, "timed out after 0.3s")
+    assert after == [Outcome(ItemStatus.DONE, f"next-{n}") for n in range(3)]
+    assert all(len(spans[f"next-{n}"]) == 1 for n in range(3))
+
+
+async def test_a_result_that_came_as_the_limit_was_reached_is_kept(tmp_path: Path) -> None:
+    async with _runtime(tmp_path, "limit_racy", concurrency=1, timeout="200ms",
+                        code=RACY) as rt:  # fmt: skip
+        racy = Message(data={"name": "racy", "block": 0.3}, key="racy")
+        await rt.broker.publish("jobs", [racy, _item("then", 0.05)])
+        with anyio.fail_after(20):
+            outcomes = [await rt.wait_for("work", "racy"), await rt.wait_for("work", "then")]
+    assert outcomes == [Outcome(ItemStatus.DONE, "racy"), Outcome(ItemStatus.DONE, "then")]
+
+
+async def test_a_lane_is_left_without_a_cancellation_pending() -> None:
+    loop = asyncio.get_running_loop()
+
+    async def racy() -> str:
+        result: asyncio.Future[str] = loop.create_future()
+        loop.call_soon(result.set_result, "done")
+        time.sleep(0.1)  # noqa: ASYNC251 - the result and the limit come in one turn
+        return await result
+
+    limit = TimeLimit(0.05)
+    with limit.lane() as lane:
+        assert await lane.run(racy()) == "done"
+        assert lane.cut
+    await anyio.sleep(0.05)  # after the lane: not cancelled
+    limit.close()
+
+
 async def test_a_shutdown_is_not_a_timeout() -> None:
     limit = TimeLimit(0.2)
     with anyio.CancelScope() as outer:
@@ -116,9 +182,11 @@ async def test_a_shutdown_is_not_a_timeout() -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(stop_soon)
-            await limit.run(anyio.sleep(5))
+            with limit.lane() as lane:
+                await lane.run(anyio.sleep(5))
             pytest.fail("the shutdown's cancellation was swallowed")
     assert outer.cancelled_caught
+    limit.close()
 
 
 async def test_a_shield_inside_the_item_holds_against_its_limit() -> None:
@@ -131,8 +199,8 @@ async def test_a_shield_inside_the_item_holds_against_its_limit() -> None:
         await anyio.sleep(5)
 
     started = time.monotonic()
-    with pytest.raises(TimeoutError):
-        await TimeLimit(0.1).run(item_reaping_its_child())
+    with pytest.raises(TimeoutError), TimeLimit(0.1).lane() as lane:
+        await lane.run(item_reaping_its_child())
     assert cleaned == [True]
     assert time.monotonic() - started < 5
 

@@ -80,12 +80,10 @@ def redis_throughput(out: str) -> list[Row]:
 
 
 def item_timeout(out: str) -> list[Row]:
-    share = rf"\(the timeout's share\s*{NUMBER} us\)"
-    (ours,) = _find(rf"timeout, one timer\s*:\s*[0-9.]+ us\s*{share}", out, "item_timeout")
-    (each,) = _find(rf"timeout, fail_after per item\s*:\s*[0-9.]+ us\s*{share}", out,
-                    "item_timeout")  # fmt: skip
-    return [Row("e", "a pool's timeout: engine CPU per item", ours, "anyio.fail_after per item",
-                each, "us")]  # fmt: skip
+    (ours,) = _find(rf"timeout, a lane per worker\s*:\s*{NUMBER} us", out, "item_timeout")
+    (each,) = _find(rf"timeout, fail_after per item\s*:\s*{NUMBER} us", out, "item_timeout")
+    return [Row("e", "engine CPU per no-op item with a pool timeout", ours,
+                "anyio.fail_after per item", each, "us")]  # fmt: skip
 
 
 def burst(out: str) -> list[Row]:

@@ -42,7 +42,7 @@ from .outcomes import Outcomes, warn_fenced
 from .slots import Slots
 from .stopping import Deadline
 from .store import Claim, Finish, ItemStatus, StateStore
-from .time_limit import TimeLimit
+from .time_limit import Lane, TimeLimit
 
 log = logging.getLogger("chute.pool")
 T = TypeVar("T")
@@ -223,7 +223,17 @@ class WorkerPool:
         return buffered + [(m.id, (key, 0)) for key, held in self._held.items() for m in held]
 
     async def _worker(self) -> None:
-        while not self._stopping:
+        limit = self._time_limit
+        if limit is None:
+            await self._work(None)
+            return
+        while not self._stopping:  # a new lane each time an item's limit cuts one
+            with limit.lane() as lane:
+                await self._work(lane)
+
+    async def _work(self, lane: Lane | None) -> None:
+        """Take items and run them, until the pool stops (or ``lane`` is cut)."""
+        while not self._stopping and not (lane is not None and lane.cut):
             # Fast path without a checkpoint: a free slot and a buffered message.
             if not self.slots.take_nowait():
                 acquired, _ = await self._interruptible(self.slots.take())
@@ -243,7 +253,7 @@ class WorkerPool:
                 self.slots.give_back()
                 return
             try:
-                await self._process(*taken)
+                await self._process(*taken, lane)
             finally:
                 self.slots.give_back()
 
@@ -362,7 +372,7 @@ class WorkerPool:
 
     # -- one item ------------------------------------------------------------
 
-    async def _process(self, message: Message, claim: Claim) -> None:
+    async def _process(self, message: Message, claim: Claim, lane: Lane | None) -> None:
         counters = self.counters
         counters.in_flight += 1
         key = message.key or message.id
@@ -378,7 +388,7 @@ class WorkerPool:
             log.debug("pool %s: start %r (attempt %d)", self.name, item["key"], message.attempt,
                       extra=item)  # fmt: skip
         try:
-            await self._settle(message, claim)
+            await self._settle(message, claim, lane)
         finally:
             running.pop(message.id, None)
             if self._held:
@@ -393,13 +403,13 @@ class WorkerPool:
                 log.debug("pool %s: finish %r (attempt %d) in %.3fs", self.name, item["key"],
                           message.attempt, elapsed, extra={**item, "duration": elapsed})  # fmt: skip
 
-    async def _settle(self, message: Message, claim: Claim) -> None:
+    async def _settle(self, message: Message, claim: Claim, lane: Lane | None) -> None:
         key = message.key or message.id
         item = WorkItem(
             name=key, data=message.data, attempt=message.attempt, message=message, pool=self.name
         )
         try:
-            result = await self._run(item)
+            result = await self._run(item, lane)
         except TimeoutError:
             await self._failed(message, claim, ItemFailed(f"timed out after {self.cfg.timeout:g}s"))
         except ItemFailed as exc:
@@ -413,13 +423,17 @@ class WorkerPool:
         else:
             await self._succeeded(message, claim, result)
 
-    async def _run(self, item: WorkItem) -> Any:
-        """The executor's result; a fault of the runtime's own is waited out, not counted."""
+    async def _run(self, item: WorkItem, lane: Lane | None) -> Any:
+        """The executor's result; a fault of the runtime's own is waited out, not counted.
+
+        In a ``lane`` (the pool has a time limit), every await from the item's
+        end until the worker leaves a lane its limit cut must be shielded:
+        settling the item is (``Deadline.shield``)."""
         backoff, most = _FAULT_BACKOFF
         while True:
             try:
-                if self._time_limit is not None:
-                    result = await self._time_limit.run(self.executor.run(item))
+                if lane is not None:
+                    result = await lane.run(self.executor.run(item))
                 else:
                     result = await self.executor.run(item)
             except ExecutorUnavailable as exc:
