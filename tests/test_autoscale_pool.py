@@ -10,6 +10,7 @@ from chute.autoscale import PoolStats
 from chute.config import Duration, PoolConfig, ScaleConfig
 from chute.executor import WorkItem
 from chute.message import Message
+from chute.outcomes import Final
 from chute.pool import WorkerPool
 from chute.store import ItemStatus
 from chute_plugins.brokers.memory import MemoryBroker
@@ -87,8 +88,8 @@ async def test_pool_scales_up_under_load_never_past_max_and_back_down_when_idle(
     finished: list[ItemStatus] = []
     count = 160
 
-    async def on_final(pool: WorkerPool, message: Message, status: ItemStatus, _: Any) -> None:
-        finished.append(status)
+    async def on_final(pool: WorkerPool, finals: list[Final]) -> None:
+        finished.extend(status for _, status, _ in finals)
         if len(finished) == count:
             done.set()
 
@@ -140,8 +141,8 @@ async def test_scaling_down_lets_running_items_finish() -> None:
     finished: list[ItemStatus] = []
     all_done = anyio.Event()
 
-    async def on_final(pool: WorkerPool, message: Message, status: ItemStatus, _: Any) -> None:
-        finished.append(status)
+    async def on_final(pool: WorkerPool, finals: list[Final]) -> None:
+        finished.extend(status for _, status, _ in finals)
         if len(finished) == 8:
             all_done.set()
 

@@ -48,6 +48,7 @@ from .graph import (
 )
 from .logs import start_lines, summary_line
 from .message import Message, new_message
+from .outcomes import Final
 from .pool import PoolCounters, WorkerPool
 from .registry import load_plugin
 from .sink import SINK_KEYS, SinkStats
@@ -420,26 +421,27 @@ class Runtime:
 
     # -- outcomes ----------------------------------------------------------------
 
-    async def _on_final(self, pool: WorkerPool, message: Message, status: ItemStatus,
-                        result: Any) -> None:  # fmt: skip
-        key = (pool.name, message.key or message.id)
-        self._outcomes[key] = Outcome(status=status, result=result)
-        if len(self._outcomes) > _OUTCOMES_KEPT:
-            self._outcomes.popitem(last=False)
-        for event in self._waiters.pop(key, []):
-            event.set()
-        if status is ItemStatus.DEAD:
-            self.dead_letters[key] = DeadLetter(
-                pool=pool.name, key=key[1], error=str(result), at=time.time(),
-                attempts=message.attempt, message=message,
-            )  # fmt: skip
-            if len(self.dead_letters) > _DEAD_KEPT:
-                self.dead_letters.popitem(last=False)
-        for name, (source, topic) in self.sources.items():
-            if topic == pool.topic:
+    async def _on_final(self, pool: WorkerPool, finals: list[Final]) -> None:
+        feeding = [(name, source) for name, (source, topic) in self.sources.items()
+                   if topic == pool.topic]  # fmt: skip
+        for message, status, result in finals:
+            key = (pool.name, message.key or message.id)
+            self._outcomes[key] = Outcome(status=status, result=result)
+            for event in self._waiters.pop(key, ()):
+                event.set()
+            if status is ItemStatus.DEAD:
+                self.dead_letters[key] = DeadLetter(
+                    pool=pool.name, key=key[1], error=str(result), at=time.time(),
+                    attempts=message.attempt, message=message,
+                )  # fmt: skip
+                if len(self.dead_letters) > _DEAD_KEPT:
+                    self.dead_letters.popitem(last=False)
+            for name, source in feeding:
                 await _quietly(
                     source.item_finished(key[1], status), f"source {name} finishing {key[1]!r}"
                 )
+        while len(self._outcomes) > _OUTCOMES_KEPT:
+            self._outcomes.popitem(last=False)
 
     async def wait_for(self, pool: str, key: str) -> Outcome:
         """Wait until the item ``key`` is done or dead in ``pool``."""

@@ -28,7 +28,9 @@ from .store import Claim, Finish, ItemStatus, StateStore
 
 log = logging.getLogger("chute.pool")  # the pool's warnings, under the pool's name
 
-Report = Callable[[Message, ItemStatus, Any], Awaitable[None]]
+Final = tuple[Message, ItemStatus, Any]
+"""An item that is done or dead, with its result (or the error text)."""
+Report = Callable[[list[Final]], Awaitable[None]]
 
 FLUSH_EVERY = 0.02
 """Seconds an outcome waits for others to join its pass (the group-commit window).
@@ -55,7 +57,7 @@ class Outcomes:
         # acknowledge, then items to report final.
         self.finishes: list[Finish] = []
         self.acks: list[str] = []
-        self.finals: list[tuple[Message, ItemStatus, Any]] = []
+        self.finals: list[Final] = []
         self._added = anyio.Event()
         self._quiet: asyncio.Future[None] | None = None
         """Resolved when the pool runs out of work while a pass waits for more outcomes."""
@@ -93,9 +95,9 @@ class Outcomes:
             warn_fenced(self.pool, finishes, await self.store.finish_many(self.pool, finishes))
         if acks:
             await self.broker.ack(self.topic, self.group, acks)
-        for message, status, result in finals:
+        if finals:
             assert self.report is not None
-            await self.report(message, status, result)
+            await self.report(finals)
         if self._changed is not None and acks:
             self._changed.set()
             self._changed = None

@@ -38,7 +38,7 @@ from .executor import Executor, WorkItem
 from .heartbeat import Heartbeat
 from .message import Message
 from .meters import SECONDS_BUCKETS, Histogram
-from .outcomes import Outcomes, warn_fenced
+from .outcomes import Final, Outcomes, warn_fenced
 from .slots import Slots
 from .stopping import Deadline
 from .store import Claim, Finish, ItemStatus, StateStore
@@ -47,8 +47,8 @@ from .time_limit import Lane, TimeLimit
 log = logging.getLogger("chute.pool")
 T = TypeVar("T")
 
-OnFinal = Callable[["WorkerPool", Message, ItemStatus, Any], Awaitable[None]]
-"""Called once an item is done or dead (result, or the error text)."""
+OnFinal = Callable[["WorkerPool", list[Final]], Awaitable[None]]
+"""Called with the items that are done or dead, once their outcomes are recorded."""
 
 _OUTPUT_TAIL = 4000
 """Characters of an executor's output kept in a dead letter."""
