@@ -9,6 +9,7 @@ failure (port in use, broker or store unreachable: one line ``chute: ...``);
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -134,6 +135,10 @@ def run(ctx: click.Context, config: str, until_idle: bool) -> None:
             # Listening before the build: a signal while connecting stops at once.
             await tg.start(_stop_on_signals, runtime, tg.cancel_scope, stopped_by)
             await runtime.build()
+            # The imports and the build live as long as the process: out of the
+            # collector's sight, a full collection (10 to 16 ms on the demo
+            # config, a pause for every item) walks only what came after.
+            gc.freeze()
             if until_idle and sys.stderr.isatty():
                 tg.start_soon(show_progress, runtime, sys.stderr)
             await runtime.run()
