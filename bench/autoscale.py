@@ -41,8 +41,8 @@ from chute.autoscale import Scaler
 from chute.config import Duration, PoolConfig, ScaleConfig
 from chute.executor import WorkItem
 from chute.message import Message
+from chute.outcomes import Final
 from chute.pool import WorkerPool
-from chute.store import ItemStatus
 from chute_plugins.brokers.memory import MemoryBroker
 
 from bench._procs import percentile
@@ -172,9 +172,9 @@ async def drive(
     t0 = anyio.current_time() + lead
     all_done = anyio.Event()
 
-    async def on_final(pool: WorkerPool, message: Message, status: ItemStatus, _: Any) -> None:
+    async def on_final(pool: WorkerPool, finals: list[Final]) -> None:
         run = next(r for r in runs if r.group == pool.group)
-        run.done += 1
+        run.done += len(finals)
         if all(r.done == len(items) for r in runs):
             all_done.set()
 
