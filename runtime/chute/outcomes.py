@@ -70,10 +70,13 @@ class Outcomes:
             self._changed = anyio.Event()
         return self._changed
 
-    def add(self, message: Message, claim: Claim | None, status: ItemStatus, result: Any,
-            *, error: str = "") -> None:  # fmt: skip
-        """Queue a final outcome for the next pass (``claim`` None: nothing to record)."""
+    def add(self, message: Message, claim: Claim | None, status: ItemStatus,
+            result: Any) -> None:  # fmt: skip
+        """Queue a final outcome for the next pass (``claim`` None: nothing to record).
+
+        ``result``: the item's result, or for a dead item the error, which the store keeps."""
         if claim is not None and self.store is not None:
+            error = result if status is ItemStatus.DEAD else ""
             self.finishes.append(Finish(message.key or message.id, status, claim.token, error))
         self.acks.append(message.id)
         if self.report is not None:

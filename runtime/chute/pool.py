@@ -519,4 +519,4 @@ class WorkerPool:
             dead = Message(key=message.key, data=message.data, headers=headers)
             await self.broker.publish(self.dead_topic, [dead])
             self.counters.dead += 1
-            self.outcomes.add(message, claim, ItemStatus.DEAD, exc.reason, error=exc.reason)
+            self.outcomes.add(message, claim, ItemStatus.DEAD, exc.reason)
