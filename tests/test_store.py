@@ -327,6 +327,45 @@ async def test_a_batch_of_odd_or_repeated_keys_is_claimed_as_one_by_one(store: S
     assert await store.finish("p", "twice", ItemStatus.DONE, token=first.token)
 
 
+async def test_a_batch_of_finishes_records_each_claim_once_whatever_its_status(
+    store: StateStore,
+) -> None:
+    keys = ["ok", "broke", "unrun", "dead", "again"]
+    claims = dict(zip(keys, await store.claim_many("p", keys, owner="n1:p", lease=30), strict=True))
+    recorded = await store.finish_many(
+        "p",
+        [
+            Finish("ok", ItemStatus.DONE, claims["ok"].token),
+            Finish("broke", ItemStatus.FAILED, claims["broke"].token, "exit 1"),
+            Finish("unrun", ItemStatus.PENDING, claims["unrun"].token),
+            Finish("dead", ItemStatus.DEAD, claims["dead"].token, "exit 65"),
+            Finish("never claimed", ItemStatus.DONE, 1),
+        ],
+    )
+    assert recorded == [True, True, True, True, False]
+    # A finished claim takes no second outcome, even with its token.
+    late = Finish("ok", ItemStatus.DEAD, claims["ok"].token, "late")
+    assert await store.finish_many("p", [late, Finish("dead", ItemStatus.DONE, 9)]) == [False] * 2
+    # The same claim twice in one batch: the first outcome is the one recorded.
+    recorded = await store.finish_many(
+        "p",
+        [
+            Finish("again", ItemStatus.DONE, claims["again"].token),
+            Finish("again", ItemStatus.DEAD, claims["again"].token, "a second outcome"),
+        ],
+    )
+    assert recorded == [True, False]
+    got = await store.get("p", [*keys, "never claimed"])
+    assert {k: (r.status, r.attempts, r.last_error) for k, r in got.items()} == {
+        "ok": (ItemStatus.DONE, 1, ""),
+        "broke": (ItemStatus.FAILED, 1, "exit 1"),
+        "unrun": (ItemStatus.PENDING, 0, ""),
+        "dead": (ItemStatus.DEAD, 1, "exit 65"),
+        "again": (ItemStatus.DONE, 1, ""),
+    }
+    assert (await store.counts())["p"] == {"done": 2, "failed": 1, "pending": 1, "dead": 1}
+
+
 # -- the SQLite file ------------------------------------------------------------
 
 

@@ -119,6 +119,18 @@ UPDATE items SET status = ?1, last_error = ?2, updated_at = ?3, owner = '', leas
 WHERE pool = ?4 AND key = ?5 AND token = ?6 AND status = 'running'
 """
 
+# The same for a batch of outcomes of one status and error, keys and tokens
+# as a JSON list of pairs: one statement per batch, not one per item.
+_FINISH_EACH = """
+UPDATE items SET status = ?1, last_error = ?2, updated_at = ?3, owner = '', lease_until = 0,
+    attempts = attempts - (?1 = 'pending')
+WHERE pool = ?4 AND status = 'running' AND (key, token) IN (
+    SELECT CAST(json_extract(value, '$[0]') AS BLOB), json_extract(value, '$[1]')
+    FROM json_each(?5)
+)
+RETURNING key
+"""
+
 _EXTEND = """
 UPDATE items SET lease_until = ?1
 WHERE pool = ?2 AND key = ?3 AND token = ?4 AND owner = ?5 AND status = 'running'
@@ -152,6 +164,34 @@ def _claim_tokens(db: sqlite3.Connection, pool: str, keys: Sequence[str],
             return [tokens.get(_b(key)) for key in keys]
     rows = (db.execute(_CLAIM, (pool, _b(key), *args)).fetchone() for key in keys)
     return [None if row is None else row[1] for row in rows]
+
+
+def _finish_rows(db: sqlite3.Connection, pool: str, outcomes: Sequence[Finish], now: float,
+                 json: bool) -> list[bool]:  # fmt: skip
+    """Record each outcome in order: whether it was (its claim still held)."""
+    keys = [o.key for o in outcomes]
+    # One statement per status and error (usually one for the whole batch),
+    # under the same conditions as the claims' (_claim_tokens).
+    if json and len(set(keys)) == len(keys) and not any("\0" in key for key in keys):
+        alike: dict[tuple[str, str], list[tuple[str, int]]] = {}
+        for o in outcomes:
+            alike.setdefault((o.status.value, o.error), []).append((o.key, o.token))
+        try:
+            batches = [(status, error, msgspec.json.encode(pairs))
+                       for (status, error), pairs in alike.items()]  # fmt: skip
+        except UnicodeEncodeError:
+            pass
+        else:
+            done: set[bytes] = set()
+            for status, error, pairs in batches:
+                rows = db.execute(_FINISH_EACH, (status, _b(error), now, pool, pairs))
+                done.update(key for (key,) in rows)
+            return [_b(key) in done for key in keys]
+    return [
+        db.execute(_FINISH, (o.status.value, _b(o.error), now, pool, _b(o.key), o.token)).rowcount
+        == 1
+        for o in outcomes
+    ]
 
 
 def _record(row: tuple[str, bytes, str, int, bytes | str, float, float]) -> ItemRecord:
@@ -274,12 +314,8 @@ class SqliteStore(OneItemCalls):
 
     async def finish_many(self, pool: str, outcomes: Sequence[Finish]) -> list[bool]:
         now = time.time()
-        recorded: list[bool] = []
         async with self._transaction() as db:
-            for o in outcomes:
-                args = (o.status.value, _b(o.error), now, pool, _b(o.key), o.token)
-                recorded.append(db.execute(_FINISH, args).rowcount == 1)
-        return recorded
+            return _finish_rows(db, pool, outcomes, now, self._json)
 
     async def extend(
         self, pool: str, held: Sequence[tuple[str, int]], *, owner: str, lease: float
