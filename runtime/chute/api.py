@@ -4,7 +4,8 @@ Loopback only unless a token is set (the graph validator refuses a
 non-loopback host without one). Mutating routes always need
 ``Authorization: Bearer <token>``; with a token in the config, reads need it
 too (``/healthz``, ``/readyz`` and the dashboard page excepted). See
-``api_guard`` for the rules that keep web pages out.
+``api_guard`` for the rules that keep web pages out. ``/v1/items`` serves a
+topic's messages as the book's items (``served_items``).
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from .api_guard import (
     listen,
     read_body,
 )
+from .broker import Browsable
 from .errors import InvalidMessage, Unavailable
 from .graph import DEAD_SUFFIX
-from .message import Message, new_message
+from .message import Item, ItemList, Message, json_encoder, new_message
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import Metrics
+from .served_items import ServedItems
 from .tap import Taps
 
 if TYPE_CHECKING:
@@ -43,6 +46,9 @@ log = logging.getLogger("chute.api")
 
 MAX_DEPTH = 64
 """Deepest nesting of arrays and objects accepted in published data."""
+
+_BROWSE_WAIT = 5.0
+"""Seconds ``/v1/items`` waits for the broker before it answers 503."""
 
 _PARSE_INLINE = 64 * 1024
 """Bodies up to this size are parsed on the event loop; larger ones in a thread."""
@@ -244,6 +250,44 @@ def build_app(rt: Runtime, *, token: str) -> web.Application:
         done = await (dead.requeue if action == "requeue" else dead.purge)(rt, pool, keys)
         return web.json_response({"pool": pool, **done})
 
+    served = (
+        ServedItems(rt.broker, api.items)
+        if api.items and isinstance(rt.broker, Browsable)
+        else None
+    )
+
+    async def items_or_error(request: web.Request) -> Any:
+        """The names, or one item's (found, data), or the response that says why not."""
+        if served is None:
+            if not api.items:
+                return _error(404, 'this runtime serves no items: set items = "TOPIC" in [api]')
+            return _error(501, f"the broker {rt.config.settings.broker!r} cannot list "
+                               "a topic's messages")  # fmt: skip
+        name = request.match_info.get("name")
+        try:
+            with anyio.fail_after(_BROWSE_WAIT):
+                return await (served.names() if name is None else served.data(name))
+        except (TimeoutError, Unavailable) as exc:
+            why = str(exc) or f"no answer within {_BROWSE_WAIT:g}s"
+            return _error(503, f"cannot list topic {api.items!r}: {why}")
+
+    async def list_items(request: web.Request) -> web.Response:
+        names = await items_or_error(request)
+        if isinstance(names, web.Response):
+            return names
+        return web.Response(body=json_encoder.encode(ItemList(items=names)),
+                            content_type="application/json")  # fmt: skip
+
+    async def get_item(request: web.Request) -> web.Response:
+        found = await items_or_error(request)
+        if isinstance(found, web.Response):
+            return found
+        held, data = found
+        if not held:
+            return _error(404, f"topic {api.items!r} holds no item {request.match_info['name']!r}")
+        return web.Response(body=json_encoder.encode(Item(data=data)),
+                            content_type="application/json")  # fmt: skip
+
     middleware = guard(
         token=token, loopback=is_loopback(api.host), reads_need_token=bool(api.token)
     )
@@ -254,6 +298,8 @@ def build_app(rt: Runtime, *, token: str) -> web.Application:
     app.router.add_get("/v1/dashboard", dashboard_data)
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/items", list_items)
+    app.router.add_get("/v1/items/{name}", get_item)
     app.router.add_post("/v1/topics/{topic}/messages", publish)
     app.router.add_post("/v1/operators/{operator}/shards/{shard}", mark_shard)
     app.router.add_get("/v1/topics/{topic}/tail", tail)

@@ -126,3 +126,16 @@ class Broker(Protocol):
 
     async def stats(self, topic: str) -> TopicStats:
         """A snapshot of the topic and its groups."""
+
+
+@runtime_checkable
+class Browsable(Protocol):
+    """A broker that can list what a topic holds without delivering it (the API's
+    ``/v1/items``). Optional: a broker without it serves no items."""
+
+    async def browse(self, topic: str, *, limit: int) -> list[Message]:
+        """Up to ``limit`` of the messages the topic holds, oldest first, with their ids:
+        every one some consumer group has not yet acknowledged (all retained ones, with
+        no group). One that every group has acknowledged may still be listed until the
+        backend drops it. An unknown topic holds nothing."""
+        ...

@@ -265,8 +265,8 @@ OperatorConfig = CopyOperator | FilterOperator | SplitOperator | ShardOperator |
 
 
 class ApiConfig(Strict):
-    """The HTTP API: publishing, status, metrics, dead letters and the dashboard (the book's
-    ``/v1/items`` source API is ``chute serve-items``, for a folder)."""
+    """The HTTP API: publishing, status, metrics, dead letters, the dashboard, and the book's
+    ``/v1/items`` source API for a topic (``chute serve-items`` serves one for a folder)."""
 
     enabled: bool = False
     """Serve the HTTP API (publish, status, shards, dead letters) while running."""
@@ -276,6 +276,9 @@ class ApiConfig(Strict):
     """TCP port of the API."""
     token: str = ""
     """Bearer token the API requires (``Authorization: Bearer <token>``)."""
+    items: str = ""
+    """A topic whose messages ``GET /v1/items`` offers as the book's items, so another
+    node's ``http`` source can work on them (say a pool's ``output``); none by default."""
 
 
 class Settings(Strict):

@@ -141,6 +141,8 @@ class Wiring:
             if (read := _sink_topic(name, spec)) is not None:
                 self.consumed[read[0]].append(label)
             self.produced[name + DEAD_SUFFIX].append(label)
+        if config.api.items and config.api.enabled:  # read from outside, through /v1/items
+            self.consumed[config.api.items].append("api")
 
 
 Problem = tuple[str, str, str]
@@ -172,6 +174,8 @@ def _api_settings(config: Config, _: Wiring) -> Iterator[Problem]:
         yield "api", "token", f"required to listen on {api.host!r} (not loopback)"
     if not 0 <= api.port <= 65535:
         yield "api", "port", f"must be between 0 and 65535, got {api.port}"
+    if api.items and not api.enabled:
+        yield "api", "items", "serves nothing while the API is off (set enabled = true)"
 
 
 def _log_settings(config: Config, _: Wiring) -> Iterator[Problem]:
@@ -288,7 +292,8 @@ def _topics_fed(config: Config, wiring: Wiring) -> Iterator[Problem]:
     for topic, readers in wiring.consumed.items():
         if topic not in wiring.produced and topic not in declared:
             first = readers[0]
-            yield (first, "topic" if first.startswith(("pools.", "sinks.")) else "input",
+            key = "topic" if first.startswith(("pools.", "sinks.")) else "input"
+            yield (first, "items" if first == "api" else key,
                    f"nothing publishes to topic {topic!r}{did_you_mean(topic, known)} (declare "
                    f"it under [topics.{topic}] if it is fed from outside)")  # fmt: skip
 

@@ -8,7 +8,7 @@ import time
 
 import anyio
 import pytest
-from chute.broker import Broker
+from chute.broker import Broker, Browsable
 from chute.message import Message
 
 VT = 0.3  # visibility timeout used where redelivery is under test
@@ -321,3 +321,39 @@ async def test_concurrent_producer_and_consumers_lose_nothing(broker: Broker, ba
 
     await asyncio.wait_for(asyncio.gather(produce(), consume("c1"), consume("c2")), timeout=60)
     assert sorted(seen) == list(range(total))
+
+
+# -- browsing (the API's /v1/items) ------------------------------------------------
+
+
+async def test_browsing_lists_what_the_topic_holds_oldest_first_without_delivering_it(
+    broker: Broker,
+) -> None:
+    assert isinstance(broker, Browsable)
+    await setup(broker, "g")
+    ids = await broker.publish("t", msgs(5))
+    held = await broker.browse("t", limit=100)
+    assert [(m.id, m.key, m.data) for m in held] == [
+        (i, f"k{n}", {"n": n}) for n, i in enumerate(ids)
+    ]
+    assert [m.id for m in await broker.browse("t", limit=2)] == ids[:2]
+    # Browsing took nothing from the group: it still gets every message.
+    got = await broker.read("t", "g", "c", count=100, block=None)
+    assert [m.id for m in got] == ids
+    await broker.ack("t", "g", ids[:3])
+    assert [m.id for m in await broker.browse("t", limit=100)] == ids[3:]
+    await broker.ack("t", "g", ids[3:])
+    assert await broker.browse("t", limit=100) == []
+    assert await broker.browse("never declared", limit=100) == []
+
+
+async def test_browsing_a_topic_no_group_reads_lists_what_it_retains(broker: Broker) -> None:
+    assert isinstance(broker, Browsable)
+    await setup(broker, capacity=3)
+    ids = await broker.publish("t", msgs(5))
+    held = await broker.browse("t", limit=100)
+    # The newest ones, as many as the stats count (retention may lag a publish behind).
+    assert 3 <= len(held) == (await broker.stats("t")).length
+    assert [(m.id, m.data) for m in held] == [(i, {"n": n}) for n, i in enumerate(ids)][
+        -len(held) :
+    ]

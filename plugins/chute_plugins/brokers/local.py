@@ -40,7 +40,7 @@ import logging
 import time
 from collections.abc import Sequence
 from functools import partial
-from itertools import repeat
+from itertools import islice, repeat
 from pathlib import Path
 from typing import IO
 
@@ -394,6 +394,14 @@ class LocalBroker:
         """Drop from memory the head that every group has acknowledged (already off disk)."""
         t.acks_since_trim = 0
         _drop_head(t.msgs, min((needed_from(g) for g in t.groups.values()), default=t.end))
+
+    async def browse(self, topic: str, *, limit: int) -> list[Message]:
+        t = self._topics.get(topic)
+        if t is None:
+            return []
+        floor = min((needed_from(g) for g in t.groups.values()), default=0)
+        held = (m for seq, m in t.msgs.items() if seq >= floor)  # in order of seq
+        return list(islice(held, max(0, limit)))
 
     # -- statistics ---------------------------------------------------------
 

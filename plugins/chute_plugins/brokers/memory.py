@@ -538,6 +538,13 @@ class MemoryBroker:
             del t.log[:drop]
             t.base = floor
 
+    async def browse(self, topic: str, *, limit: int) -> list[Message]:
+        t = self._topics.get(topic)
+        if t is None:
+            return []
+        start = min((needed_from(g) for g in t.groups.values()), default=t.base) - t.base
+        return t.log[start : start + max(0, limit)]
+
     # -- statistics ---------------------------------------------------------
 
     async def stats(self, topic: str) -> TopicStats:

@@ -51,6 +51,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import anyio
+import msgspec
 import nats
 import nats.errors
 import nats.js.errors
@@ -588,6 +589,32 @@ class JetStreamBroker:
             self._given_back = None
 
         await self._call("delete the topics", delete)
+
+    async def browse(self, topic: str, *, limit: int) -> list[Message]:
+        t = self._topic(topic)
+
+        async def entries() -> list[Any]:
+            # One request per entry (JetStream 2.9 has no batched get); from the
+            # stream's first one, each asking for the next that is still there.
+            got: list[Any] = []
+            seq = 1
+            while len(got) < limit:
+                try:
+                    raw = await self.js.get_msg(t.stream, seq, t.subject, next=True)
+                except nats.js.errors.NotFoundError:  # no more, or no stream
+                    break
+                got.append(raw)
+                seq = (raw.seq or seq) + 1
+            return got
+
+        out: list[Message] = []
+        for raw in await self._call(f"browse {topic!r}", entries):
+            try:
+                message = decode_message(raw.data or b"")
+            except (msgspec.DecodeError, msgspec.ValidationError):  # not an item: another program's
+                continue
+            out.append(replace(message, id=f"{(raw.headers or {}).get(_MS, '0')}-{raw.seq}"))
+        return out
 
     # -- statistics ------------------------------------------------------------------
 

@@ -581,6 +581,24 @@ class RedisBroker:
 
     # -- statistics -------------------------------------------------------
 
+    async def browse(self, topic: str, *, limit: int) -> list[Message]:
+        key = self._topic(topic).key
+
+        async def entries() -> list[Any]:
+            floor = await upkeep.needed_floor(self.redis, key)
+            start = "-" if floor is None else f"{floor[0]}-{floor[1]}"
+            return list(await self.redis.xrange(key, start, "+", count=max(1, limit)) or [])
+
+        out: list[Message] = []
+        for raw_id, fields in await self._conn.call(entries) if limit > 0 else ():
+            try:  # another program's entry is not an item (a read dead-letters it)
+                message = decode_message(fields[FIELD])
+            except (KeyError, msgspec.DecodeError, msgspec.ValidationError, TypeError):
+                continue
+            message.id = _str(raw_id)
+            out.append(message)
+        return out
+
     async def stats(self, topic: str) -> TopicStats:
         t = self._topic(topic)
         return await self._conn.call(lambda: self._stats(t))

@@ -112,13 +112,20 @@ async def snapshot(
 async def trim(redis: aioredis.Redis, key: str) -> None:
     """Drop entries below the lowest id any group still needs (never an unacked one).
 
-    A group needs its oldest pending id, and everything after its last
-    delivered id. Redis 7.0 has no ``XTRIM ... ACKED``; ``MINID ~`` trims
-    whole radix-tree nodes only, never past the given id.
+    Redis 7.0 has no ``XTRIM ... ACKED``; ``MINID ~`` trims whole radix-tree
+    nodes only, never past the given id.
     """
+    floor = await needed_floor(redis, key)
+    if floor is not None and floor > (0, 1):
+        await redis.execute_command("XTRIM", key, "MINID", "~", f"{floor[0]}-{floor[1]}")  # type: ignore[no-untyped-call]
+
+
+async def needed_floor(redis: aioredis.Redis, key: str) -> tuple[int, int] | None:
+    """The lowest id some group still needs: its oldest pending id, or the one after its
+    last delivered id. None when no group reads the stream."""
     groups = await _groups(redis, key)
     if not groups:
-        return
+        return None
     pipe = redis.pipeline(transaction=False)
     for info in groups:
         pipe.execute_command("XPENDING", key, info["name"])
@@ -130,8 +137,7 @@ async def trim(redis: aioredis.Redis, key: str) -> None:
         if summary and int(summary[0]) > 0:
             need = min(need, parse_id(summary[1]))
         floor = need if floor is None else min(floor, need)
-    if floor is not None and floor > (0, 1):
-        await redis.execute_command("XTRIM", key, "MINID", "~", f"{floor[0]}-{floor[1]}")  # type: ignore[no-untyped-call]
+    return floor
 
 
 async def forget_consumers(redis: aioredis.Redis, key: str, group: str, idle: float) -> None:
