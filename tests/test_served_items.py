@@ -9,6 +9,7 @@ from urllib.parse import quote
 import aiohttp
 import anyio
 import pytest
+from chute import served_items
 from chute.config import config_from_dict
 from chute.engine import Runtime
 from chute.errors import ConfigError
@@ -114,3 +115,16 @@ def test_items_with_the_api_off_is_a_config_error(tmp_path: Path) -> None:
         ConfigError, match=r"a.toml: \[api\] items: serves nothing while the API is off"
     ):
         Runtime(config(tmp_path, "a", api={"items": "out"}, topics={"out": {}}))
+
+
+async def test_a_topic_holding_more_than_a_listing_offers_its_newest_messages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(served_items, "LISTED", 3)
+    cfg = config(tmp_path, "a", api={"enabled": True, "port": 0, "items": "out"},
+                 topics={"out": {}})  # fmt: skip
+    async with Runtime(cfg) as rt:
+        for n in range(5):
+            await rt.publish("out", {"n": n}, key=f"r{n}")
+        status, listing = await get(f"http://127.0.0.1:{rt.api_port}/v1/items")
+    assert (status, listing["items"]) == (200, ["r2", "r3", "r4"])

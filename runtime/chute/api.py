@@ -256,36 +256,34 @@ def build_app(rt: Runtime, *, token: str) -> web.Application:
         else None
     )
 
-    async def items_or_error(request: web.Request) -> Any:
-        """The names, or one item's (found, data), or the response that says why not."""
+    async def held_items() -> dict[str, Any] | web.Response:
+        """The items by name, or the response that says why there are none."""
         if served is None:
             if not api.items:
                 return _error(404, 'this runtime serves no items: set items = "TOPIC" in [api]')
             return _error(501, f"the broker {rt.config.settings.broker!r} cannot list "
                                "a topic's messages")  # fmt: skip
-        name = request.match_info.get("name")
         try:
             with anyio.fail_after(_BROWSE_WAIT):
-                return await (served.names() if name is None else served.data(name))
+                return await served.look()
         except (TimeoutError, Unavailable) as exc:
             why = str(exc) or f"no answer within {_BROWSE_WAIT:g}s"
             return _error(503, f"cannot list topic {api.items!r}: {why}")
 
-    async def list_items(request: web.Request) -> web.Response:
-        names = await items_or_error(request)
-        if isinstance(names, web.Response):
-            return names
-        return web.Response(body=json_encoder.encode(ItemList(items=names)),
+    async def list_items(_: web.Request) -> web.Response:
+        held = await held_items()
+        if isinstance(held, web.Response):
+            return held
+        return web.Response(body=json_encoder.encode(ItemList(items=list(held))),
                             content_type="application/json")  # fmt: skip
 
     async def get_item(request: web.Request) -> web.Response:
-        found = await items_or_error(request)
-        if isinstance(found, web.Response):
-            return found
-        held, data = found
-        if not held:
-            return _error(404, f"topic {api.items!r} holds no item {request.match_info['name']!r}")
-        return web.Response(body=json_encoder.encode(Item(data=data)),
+        held, name = await held_items(), request.match_info["name"]
+        if isinstance(held, web.Response):
+            return held
+        if name not in held:
+            return _error(404, f"topic {api.items!r} holds no item {name!r}")
+        return web.Response(body=json_encoder.encode(Item(data=held[name])),
                             content_type="application/json")  # fmt: skip
 
     middleware = guard(

@@ -10,7 +10,9 @@ another's work: its ``http`` source polls this API, and its own state store
 remembers what it finished. An item is a message the topic holds (retained,
 with no group reading it; not yet acknowledged, with one), named by its key,
 or its id when it has none; with several messages for one key, the newest
-one's data is served. The listing is at most ``LISTED`` names, oldest first.
+one's data is served. The listing offers the newest ``LISTED`` messages the
+topic holds, oldest first: a topic that retains more (its capacity) offers a
+window that moves on as new results come, as retention itself does.
 
 The http source lists, then fetches each new name: one look at the broker
 (``Browsable.browse``) serves both for ``FRESH`` seconds, so a listing of
@@ -41,15 +43,8 @@ class ServedItems:
         self._taken_at = -FRESH
         self._lock = anyio.Lock()
 
-    async def names(self) -> list[str]:
-        return list(await self._look())
-
-    async def data(self, name: str) -> tuple[bool, Any]:
-        """(whether the topic holds an item of that name, its data)."""
-        held = await self._look()
-        return name in held, held.get(name)
-
-    async def _look(self) -> dict[str, Any]:
+    async def look(self) -> dict[str, Any]:
+        """The items by name, in the order of their first message; each one's data."""
         async with self._lock:  # callers arriving together share one browse
             if time.monotonic() - self._taken_at >= FRESH:
                 messages = await self.broker.browse(self.topic, limit=LISTED)

@@ -326,7 +326,7 @@ async def test_concurrent_producer_and_consumers_lose_nothing(broker: Broker, ba
 # -- browsing (the API's /v1/items) ------------------------------------------------
 
 
-async def test_browsing_lists_what_the_topic_holds_oldest_first_without_delivering_it(
+async def test_browsing_lists_the_newest_messages_the_topic_holds_without_delivering_them(
     broker: Broker,
 ) -> None:
     assert isinstance(broker, Browsable)
@@ -336,12 +336,13 @@ async def test_browsing_lists_what_the_topic_holds_oldest_first_without_deliveri
     assert [(m.id, m.key, m.data) for m in held] == [
         (i, f"k{n}", {"n": n}) for n, i in enumerate(ids)
     ]
-    assert [m.id for m in await broker.browse("t", limit=2)] == ids[:2]
+    assert [m.id for m in await broker.browse("t", limit=2)] == ids[-2:]
     # Browsing took nothing from the group: it still gets every message.
     got = await broker.read("t", "g", "c", count=100, block=None)
     assert [m.id for m in got] == ids
     await broker.ack("t", "g", ids[:3])
     assert [m.id for m in await broker.browse("t", limit=100)] == ids[3:]
+    assert [m.id for m in await broker.browse("t", limit=1)] == ids[4:]
     await broker.ack("t", "g", ids[3:])
     assert await broker.browse("t", limit=100) == []
     assert await broker.browse("never declared", limit=100) == []

@@ -40,7 +40,7 @@ import logging
 import time
 from collections.abc import Sequence
 from functools import partial
-from itertools import islice, repeat
+from itertools import islice, repeat, takewhile
 from pathlib import Path
 from typing import IO
 
@@ -400,8 +400,8 @@ class LocalBroker:
         if t is None:
             return []
         floor = min((needed_from(g) for g in t.groups.values()), default=0)
-        held = (m for seq, m in t.msgs.items() if seq >= floor)  # in order of seq
-        return list(islice(held, max(0, limit)))
+        held = takewhile(lambda entry: entry[0] >= floor, reversed(t.msgs.items()))
+        return [m for _, m in islice(held, max(0, limit))][::-1]
 
     # -- statistics ---------------------------------------------------------
 

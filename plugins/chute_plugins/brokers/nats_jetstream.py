@@ -594,14 +594,19 @@ class JetStreamBroker:
         t = self._topic(topic)
 
         async def entries() -> list[Any]:
-            # One request per entry (JetStream 2.9 has no batched get); from the
-            # stream's first one, each asking for the next that is still there.
+            # One request per entry (JetStream 2.9 has no batched get), each
+            # asking for the next entry still there, over the last ``limit``
+            # sequence numbers (fewer entries where acknowledged ones left gaps).
+            try:
+                state = (await self.js.stream_info(t.stream)).state
+            except nats.js.errors.NotFoundError:
+                return []
             got: list[Any] = []
-            seq = 1
+            seq = max(state.first_seq, state.last_seq - limit + 1)
             while len(got) < limit:
                 try:
                     raw = await self.js.get_msg(t.stream, seq, t.subject, next=True)
-                except nats.js.errors.NotFoundError:  # no more, or no stream
+                except nats.js.errors.NotFoundError:  # no more
                     break
                 got.append(raw)
                 seq = (raw.seq or seq) + 1
