@@ -34,7 +34,7 @@ committed, which wait up to one flush window (``outcomes.FLUSH_EVERY``) for a
 group commit: the most outcomes a commit pass carried is that second part.
 
     python bench/spawn.py [--count 2000] [--concurrency 2 8] [--rounds 7]
-    python bench/spawn.py --loop-time   # where the event loop's time per item goes
+    python bench/spawn.py --loop-time   # where the event loop's time and CPU per item go
 """
 
 from __future__ import annotations
@@ -59,7 +59,10 @@ from chute import outcomes as outcomes_module
 from chute.config import config_from_dict
 from chute.engine import Runtime
 from chute.message import new_message
+from chute_plugins.brokers import _local_db
+from chute_plugins.executors import _folders
 from chute_plugins.executors._spawn import PosixSpawn
+from chute_plugins.stores import sqlite
 
 TRUE = "/bin/true"
 
@@ -308,39 +311,57 @@ async def main(count: int, concurrencies: list[int], rounds: int) -> None:
         print(f"hypervisor steal during the run: {share:.0%} of CPU time")
 
 
+CPU_PARTS: list[tuple[Any, str, str]] = [
+    (PosixSpawn, "spawn", "spawn call"),
+    (PosixSpawn, "reap", "reap"),
+    (_folders.Folders, "take", "item file"),
+    (sqlite, "_claim_tokens", "state claims"),
+    (sqlite, "_finish_rows", "state finishes"),
+    (_local_db.Journal, "_pass", "broker journal"),
+]
+"""Parts of chute's per-item work on the loop, calls that never await, whose CPU
+``--loop-time`` reports. The state store's BEGIN and COMMIT around its claims and
+finishes count in "the rest"; the broker journal's pass includes its commit."""
+
+
 @contextlib.contextmanager
 def _loop_clock() -> Iterator[dict[str, float]]:
     """Seconds the event loop's thread spends waiting in epoll and inside the spawn call
-    (the executor's, or the bare loop's ``os.posix_spawn``), while the block runs; spawns
-    in the executor's threads are not the loop's."""
-    spent = {"epoll": 0.0, "spawn": 0.0}
+    (the executor's, or the bare loop's ``os.posix_spawn``), and its CPU seconds in each of
+    ``CPU_PARTS``, while the block runs; spawns in the executor's threads are not the loop's."""
+    spent = {"epoll": 0.0, "spawn": 0.0, **{f"cpu {what}": 0.0 for _, _, what in CPU_PARTS}}
     loop_thread = threading.get_ident()
 
-    def timed(fn: Callable[..., Any], what: str) -> Callable[..., Any]:
+    def timed(fn: Callable[..., Any], what: str, clock: Callable[[], float]) -> Callable[..., Any]:
         def run(*args: Any, **kwargs: Any) -> Any:
-            before = time.perf_counter()
+            before = clock()
             try:
                 return fn(*args, **kwargs)
             finally:
                 if MEASURING["on"] and threading.get_ident() == loop_thread:
-                    spent[what] += time.perf_counter() - before
+                    spent[what] += clock() - before
 
         return run
 
-    patched = [(selectors.EpollSelector, "select", "epoll"), (PosixSpawn, "spawn", "spawn"),
-               (os, "posix_spawn", "spawn")]  # fmt: skip
-    originals = [getattr(owner, name) for owner, name, _ in patched]
-    for (owner, name, what), fn in zip(patched, originals, strict=True):
-        setattr(owner, name, timed(fn, what))
+    patched = [(selectors.EpollSelector, "select", "epoll", time.perf_counter),
+               (PosixSpawn, "spawn", "spawn", time.perf_counter),
+               (os, "posix_spawn", "spawn", time.perf_counter),
+               *((owner, name, f"cpu {what}", time.thread_time)
+                 for owner, name, what in CPU_PARTS)]  # fmt: skip
+    originals = [getattr(owner, name) for owner, name, _, _ in patched]
+    # The spawn call is timed twice (wall and CPU): the CPU timer goes inside the wall one.
+    for owner, name, what, clock in reversed(patched):
+        setattr(owner, name, timed(getattr(owner, name), what, clock))
     try:
         yield spent
     finally:
-        for (owner, name, _), fn in zip(patched, originals, strict=True):
+        for (owner, name, _, _), fn in zip(patched, originals, strict=True):
             setattr(owner, name, fn)
 
 
 async def loop_time(count: int, concurrency: int) -> None:
-    """Where the event loop's time per item goes, for chute and the bare posix_spawn loop."""
+    """Where the event loop's time per item goes, for chute and the bare posix_spawn loop;
+    and for chute, the loop's CPU per item and the parts of it in ``CPU_PARTS``."""
 
     async def bare(count: int, concurrency: int) -> float:
         MEASURING["on"] = True
@@ -351,11 +372,18 @@ async def loop_time(count: int, concurrency: int) -> None:
 
     for name, run in [("chute", chute), ("bare posix_spawn loop", bare)] * 2:
         with _loop_clock() as spent:
+            cpu_before = time.thread_time()
             wall = count / await run(count, concurrency)  # the timed part's seconds
+            cpu = time.thread_time() - cpu_before  # start and stop included: an upper bound
         per = {k: v / count * 1e6 for k, v in spent.items()}
         print(f"  concurrency {concurrency}: {name:<22} {wall / count * 1e6:4.0f} us of loop time "
               f"per item: {per['epoll']:4.0f} waiting in epoll, {per['spawn']:4.0f} in the spawn "
               f"call, {(wall / count * 1e6) - per['epoll'] - per['spawn']:4.0f} the rest")  # fmt: skip
+        parts = {what: per[f"cpu {what}"] for _, _, what in CPU_PARTS} if name == "chute" else {}
+        listed = "".join(f"{what} {us:.1f}, " for what, us in parts.items())
+        print(f"  concurrency {concurrency}: {'':<22} the loop's CPU per item: "
+              f"{cpu / count * 1e6:.0f} us (start and stop included); "
+              f"{listed}the rest {cpu / count * 1e6 - sum(parts.values()):.0f}")  # fmt: skip
 
 
 if __name__ == "__main__":
@@ -365,7 +393,7 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--broker", default="", help="e.g. memory (default: the default)")
     parser.add_argument("--loop-time", action="store_true",
-                        help="instead: where the event loop's time per item goes")  # fmt: skip
+                        help="instead: where the event loop's time and CPU per item go")  # fmt: skip
     args = parser.parse_args()
     if args.broker:
         BROKER["broker"] = args.broker
