@@ -579,8 +579,6 @@ class RedisBroker:
         await self._conn.call(run)
         t.groups.pop(group, None)
 
-    # -- statistics -------------------------------------------------------
-
     async def browse(self, topic: str, *, limit: int) -> list[Message]:
         key = self._topic(topic).key
 
@@ -598,6 +596,8 @@ class RedisBroker:
             message.id = _str(raw_id)
             out.append(message)
         return out
+
+    # -- statistics -------------------------------------------------------
 
     async def stats(self, topic: str) -> TopicStats:
         t = self._topic(topic)
