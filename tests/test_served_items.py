@@ -9,7 +9,9 @@ from urllib.parse import quote
 import aiohttp
 import anyio
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from chute import served_items
+from chute.api import build_app
 from chute.config import config_from_dict
 from chute.engine import Runtime
 from chute.errors import ConfigError
@@ -128,3 +130,20 @@ async def test_a_topic_holding_more_than_a_listing_offers_its_newest_messages(
             await rt.publish("out", {"n": n}, key=f"r{n}")
         status, listing = await get(f"http://127.0.0.1:{rt.api_port}/v1/items")
     assert (status, listing["items"]) == (200, ["r2", "r3", "r4"])
+
+
+class ListsNothing:
+    """A third party's broker without ``browse``: it loads, and serves no items."""
+
+    healthy = True
+
+
+async def test_a_broker_that_cannot_browse_gets_a_501_naming_it(tmp_path: Path) -> None:
+    rt = Runtime(config(tmp_path, "a", api={"enabled": True, "items": "out"}, topics={"out": {}}))
+    rt.broker = ListsNothing()  # type: ignore[assignment]
+    async with TestClient(TestServer(build_app(rt, token="t"))) as client:
+        response = await client.get("/v1/items")
+        assert response.status == 501
+        assert (
+            "the broker 'local' cannot list a topic's messages" in (await response.json())["error"]
+        )
