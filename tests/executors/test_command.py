@@ -427,6 +427,12 @@ async def test_a_quick_childs_output_is_read_whole(tmp_path: Path, size: int) ->
         ({"argv": ["no-such-program-here"]}, "argv[0]: program 'no-such-program-here' not found"),
         ({"argv": ["/bin/true", "{unclosed"]}, "argv[1]: unmatched '{'"),
         ({"argv": ["/bin/true", "{}"]}, "argv[1]: empty field name"),
+        (
+            {"argv": ["awk", "{print $1}", "{path}"]},
+            "argv[1]: {print $1} is not an item field: for braces in the argument itself "
+            "(awk, a shell snippet) write {{print $1}}",
+        ),
+        ({"argv": ["/bin/sh", "-c", 'echo {"n": 1}']}, 'argv[2]: {"n": 1} is not an item field'),
         ({"argv": ["/bin/true"], "cwd": "missing"}, "cwd:"),
         ({"argv": ["/bin/true"], "env": {"A=B": "x"}}, "env: 'A=B'"),
         ({"argv": ["/bin/echo", "cut\u0000here"]}, "argv[1]: holds a NUL byte"),

@@ -7,7 +7,8 @@
 Each argument is a template: ``{field}`` (or ``{a.b}`` for nested data) is
 replaced by that field of the item's data, per argument, and the list goes to
 ``execve`` as it is: no shell ever sees item data, so a file called
-``$(rm -rf ~).mp4`` is just a name. ``{{`` and ``}}`` are literal braces.
+``$(rm -rf ~).mp4`` is just a name. ``{{`` and ``}}`` are literal braces;
+braces around what no field name holds (``{print $1}``) are a config error.
 
 The process gets an allowlist of this process's environment (``pass_env``),
 the config's ``env``, and the book's variables: ``WORK_ITEM_FILE`` (the
@@ -91,6 +92,8 @@ _RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 """Errors that are the runtime's shortage wherever they happen."""
 
 _FIELD = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+_CODE = re.compile(r"[$\"'()\[\];=\\|&<>!*`,\n\t]")
+"""Characters no item field's name holds, and code in braces does (awk, a shell snippet)."""
 
 
 class CommandOptions(Strict):
@@ -138,6 +141,9 @@ class Template:
                 path = m.group(1).strip()
                 if not path or any(not p for p in path.split(".")):
                     raise ValueError(f"empty field name in {text!r}")
+                if _CODE.search(path):
+                    raise ValueError(f"{token} is not an item field: for braces in the argument "
+                                     f"itself (awk, a shell snippet) write {{{token}}}")  # fmt: skip
                 self.parts.append(tuple(path.split(".")))
             pos = m.end()
         if pos < len(text):
