@@ -32,7 +32,7 @@ from .api_guard import (
 )
 from .broker import Browsable
 from .errors import InvalidMessage, Unavailable
-from .graph import DEAD_SUFFIX
+from .graph import DEAD_SUFFIX, scheme_of
 from .message import Item, ItemList, Message, json_encoder, new_message
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import Metrics
@@ -261,8 +261,8 @@ def build_app(rt: Runtime, *, token: str) -> web.Application:
         if served is None:
             if not api.items:
                 return _error(404, 'this runtime serves no items: set items = "TOPIC" in [api]')
-            return _error(501, f"the broker {rt.config.settings.broker!r} cannot list "
-                               "a topic's messages")  # fmt: skip
+            scheme = scheme_of(rt.config.settings.broker)  # a URL may hold a password
+            return _error(501, f"the {scheme} broker cannot list a topic's messages")
         try:
             with anyio.fail_after(_BROWSE_WAIT):
                 return await served.look()
