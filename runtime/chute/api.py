@@ -33,7 +33,8 @@ from .api_guard import (
 from .broker import Browsable
 from .errors import InvalidMessage, Unavailable
 from .graph import DEAD_SUFFIX, scheme_of
-from .message import Item, ItemList, Message, json_encoder, new_message
+from .items_server import struct_response
+from .message import Item, ItemList, Message, new_message
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import Metrics
 from .served_items import ServedItems
@@ -274,8 +275,7 @@ def build_app(rt: Runtime, *, token: str) -> web.Application:
         held = await held_items()
         if isinstance(held, web.Response):
             return held
-        return web.Response(body=json_encoder.encode(ItemList(items=list(held))),
-                            content_type="application/json")  # fmt: skip
+        return struct_response(ItemList(items=list(held)))
 
     async def get_item(request: web.Request) -> web.Response:
         held, name = await held_items(), request.match_info["name"]
@@ -283,8 +283,7 @@ def build_app(rt: Runtime, *, token: str) -> web.Application:
             return held
         if name not in held:
             return _error(404, f"topic {api.items!r} holds no item {name!r}")
-        return web.Response(body=json_encoder.encode(Item(data=held[name])),
-                            content_type="application/json")  # fmt: skip
+        return struct_response(Item(data=held[name]))
 
     middleware = guard(
         token=token, loopback=is_loopback(api.host), reads_need_token=bool(api.token)

@@ -134,9 +134,9 @@ class Browsable(Protocol):
     ``/v1/items``). Optional: a broker without it serves no items."""
 
     async def browse(self, topic: str, *, limit: int) -> list[Message]:
-        """The newest ``limit`` (or fewer) of the messages the topic holds, oldest first,
-        with their ids. A topic holds every message some consumer group has not yet
-        acknowledged (with no group, every one it retains); one that every group has
-        acknowledged may still be held until the backend drops it. An unknown topic
-        holds nothing."""
+        """The newest ``limit`` (at least 1) or fewer of the messages the topic holds,
+        oldest first, with their ids. A topic holds every message some consumer group
+        has not yet acknowledged (with no group, every one it retains); one that every
+        group has acknowledged may still be held until the backend drops it. An
+        unknown topic holds nothing."""
         ...

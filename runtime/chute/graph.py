@@ -292,8 +292,8 @@ def _topics_fed(config: Config, wiring: Wiring) -> Iterator[Problem]:
     for topic, readers in wiring.consumed.items():
         if topic not in wiring.produced and topic not in declared:
             first = readers[0]
-            key = "topic" if first.startswith(("pools.", "sinks.")) else "input"
-            yield (first, "items" if first == "api" else key,
+            key = "items" if first == "api" else "input"
+            yield (first, "topic" if first.startswith(("pools.", "sinks.")) else key,
                    f"nothing publishes to topic {topic!r}{did_you_mean(topic, known)} (declare "
                    f"it under [topics.{topic}] if it is fed from outside)")  # fmt: skip
 

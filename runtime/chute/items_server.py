@@ -88,7 +88,8 @@ class _Folder:
         return {"path": str(path), "name": name, "size": st.st_size, "mtime": st.st_mtime}
 
 
-def _json(body: object, status: int = 200) -> web.Response:
+def struct_response(body: object, status: int = 200) -> web.Response:
+    """JSON of ``body`` (msgspec Structs included), as the item API answers."""
     body_bytes = json_encoder.encode(body)
     return web.Response(body=body_bytes, status=status, content_type="application/json")
 
@@ -101,7 +102,7 @@ def build_app(directory: str | Path, glob: str = "*", token: str = "") -> web.Ap
         if token:
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return _json({"error": "missing or wrong bearer token"}, 401)
+                return struct_response({"error": "missing or wrong bearer token"}, 401)
         response: web.StreamResponse = await handler(request)
         return response
 
@@ -109,14 +110,14 @@ def build_app(directory: str | Path, glob: str = "*", token: str = "") -> web.Ap
         try:
             names = await anyio.to_thread.run_sync(folder.names)
         except OSError as exc:
-            return _json({"error": f"cannot list the folder: {exc.strerror}"}, 503)
-        return _json(ItemList(items=names))
+            return struct_response({"error": f"cannot list the folder: {exc.strerror}"}, 503)
+        return struct_response(ItemList(items=names))
 
     async def get_item(request: web.Request) -> web.Response:
         data = await anyio.to_thread.run_sync(folder.item, request.match_info["name"])
         if data is None:
-            return _json({"error": "no such item"}, 404)
-        return _json(Item(data=data))
+            return struct_response({"error": "no such item"}, 404)
+        return struct_response(Item(data=data))
 
     app = web.Application(middlewares=[auth])
     app.router.add_get("/v1/items", list_items)

@@ -401,7 +401,7 @@ class LocalBroker:
             return []
         floor = min((needed_from(g) for g in t.groups.values()), default=0)
         held = takewhile(lambda entry: entry[0] >= floor, reversed(t.msgs.items()))
-        return [m for _, m in islice(held, max(0, limit))][::-1]
+        return [m for _, m in islice(held, limit)][::-1]
 
     # -- statistics ---------------------------------------------------------
 

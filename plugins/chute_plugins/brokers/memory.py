@@ -543,7 +543,7 @@ class MemoryBroker:
         if t is None:
             return []
         start = min((needed_from(g) for g in t.groups.values()), default=t.base) - t.base
-        return t.log[max(start, len(t.log) - limit) :] if limit > 0 else []
+        return t.log[max(start, len(t.log) - limit) :]
 
     # -- statistics ---------------------------------------------------------
 

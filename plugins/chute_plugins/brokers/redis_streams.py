@@ -585,10 +585,10 @@ class RedisBroker:
         async def entries() -> list[Any]:
             floor = await upkeep.needed_floor(self.redis, key)
             oldest = "-" if floor is None else f"{floor[0]}-{floor[1]}"
-            return list(await self.redis.xrevrange(key, "+", oldest, count=max(1, limit)) or [])
+            return list(await self.redis.xrevrange(key, "+", oldest, count=limit) or [])
 
         out: list[Message] = []
-        for raw_id, fields in reversed(await self._conn.call(entries) if limit > 0 else []):
+        for raw_id, fields in reversed(await self._conn.call(entries)):
             try:  # another program's entry is not an item (a read dead-letters it)
                 message = decode_message(fields[FIELD])
             except (KeyError, msgspec.DecodeError, msgspec.ValidationError, TypeError):

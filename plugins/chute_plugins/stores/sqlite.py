@@ -148,20 +148,26 @@ def _s(raw: bytes | str) -> str:
     return raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
 
 
+def _listed(keys: Sequence[str], json: bool) -> bytes | None:
+    """``keys`` as a JSON list, for one statement over the batch; None where the batch
+    must go key by key: a key comes twice (each statement must see the one before it),
+    JSON cannot carry one exactly (a NUL, or bytes that are not UTF-8), or this SQLite
+    was built without JSON."""
+    if not json or len(set(keys)) != len(keys) or any("\0" in key for key in keys):
+        return None
+    try:
+        return msgspec.json.encode(keys)
+    except UnicodeEncodeError:
+        return None
+
+
 def _claim_tokens(db: sqlite3.Connection, pool: str, keys: Sequence[str],
                   args: tuple[float, str, float], json: bool) -> list[int | None]:  # fmt: skip
     """Claim each key in order: its new fencing token, or None where refused."""
-    # One statement for the batch, unless a key comes twice (each claim
-    # must see the one before it), JSON cannot carry it exactly (a NUL, or
-    # bytes that are not UTF-8) or this SQLite was built without JSON.
-    if json and len(set(keys)) == len(keys) and not any("\0" in key for key in keys):
-        try:
-            listed = msgspec.json.encode(keys)
-        except UnicodeEncodeError:
-            pass
-        else:
-            tokens = dict(db.execute(_CLAIM_EACH, (pool, listed, *args)).fetchall())
-            return [tokens.get(_b(key)) for key in keys]
+    listed = _listed(keys, json)
+    if listed is not None:
+        tokens = dict(db.execute(_CLAIM_EACH, (pool, listed, *args)).fetchall())
+        return [tokens.get(_b(key)) for key in keys]
     rows = (db.execute(_CLAIM, (pool, _b(key), *args)).fetchone() for key in keys)
     return [None if row is None else row[1] for row in rows]
 
@@ -170,28 +176,21 @@ def _finish_rows(db: sqlite3.Connection, pool: str, outcomes: Sequence[Finish], 
                  json: bool) -> list[bool]:  # fmt: skip
     """Record each outcome in order: whether it was (its claim still held)."""
     keys = [o.key for o in outcomes]
-    # One statement per status and error (usually one for the whole batch),
-    # under the same conditions as the claims' (_claim_tokens).
-    if json and len(set(keys)) == len(keys) and not any("\0" in key for key in keys):
-        alike: dict[tuple[str, str], list[tuple[str, int]]] = {}
-        for o in outcomes:
-            alike.setdefault((o.status.value, o.error), []).append((o.key, o.token))
-        try:
-            batches = [(status, error, msgspec.json.encode(pairs))
-                       for (status, error), pairs in alike.items()]  # fmt: skip
-        except UnicodeEncodeError:
-            pass
-        else:
-            done: set[bytes] = set()
-            for status, error, pairs in batches:
-                rows = db.execute(_FINISH_EACH, (status, _b(error), now, pool, pairs))
-                done.update(key for (key,) in rows)
-            return [_b(key) in done for key in keys]
-    return [
-        db.execute(_FINISH, (o.status.value, _b(o.error), now, pool, _b(o.key), o.token)).rowcount
-        == 1
-        for o in outcomes
-    ]
+    if _listed(keys, json) is None:
+        return [
+            db.execute(_FINISH, (o.status.value, _b(o.error), now, pool, _b(o.key), o.token))
+            .rowcount == 1
+            for o in outcomes
+        ]  # fmt: skip
+    # One statement per status and error: usually one for the whole batch.
+    alike: dict[tuple[str, str], list[tuple[str, int]]] = {}
+    for o in outcomes:
+        alike.setdefault((o.status.value, o.error), []).append((o.key, o.token))
+    done: set[bytes] = set()
+    for (status, error), pairs in alike.items():
+        rows = db.execute(_FINISH_EACH, (status, _b(error), now, pool, msgspec.json.encode(pairs)))
+        done.update(key for (key,) in rows)
+    return [_b(key) in done for key in keys]
 
 
 def _record(row: tuple[str, bytes, str, int, bytes | str, float, float]) -> ItemRecord:
